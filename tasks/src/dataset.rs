@@ -1,0 +1,508 @@
+//! Data files: generating train/test splits, writing and reading them (JSONL or NTF's line
+//! format), and the `manifest.json` that describes a dataset directory.
+//!
+//! Splits are drawn from independent ChaCha8 streams of one seed: the test split from stream 1,
+//! the training split from stream 0 with every instance that the test split holds rejected, so
+//! the two share no instance (see [`Task::instance_key`]) and the test split does not depend on
+//! how many training examples were asked for. Duplicates *within* a split are kept, as NTF does:
+//! they are draws from the task's distribution.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::path_star::{PathStar, PathStarParams};
+use crate::{Example, Task, TaskSpec, TextExample, Vocab};
+
+/// On-disk format of a split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One `{"prompt": ..., "target": ...}` object per line, token names separated by spaces.
+    Jsonl,
+    /// Next-Token-Failures' line format (path-star only): `u,v|u,v|.../s,g=p1,p2,...`.
+    Ntf,
+}
+
+impl Format {
+    /// The format a file name suggests: `.jsonl` is JSONL, anything else NTF.
+    pub fn of_path(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl") => Format::Jsonl,
+            _ => Format::Ntf,
+        }
+    }
+}
+
+/// Why a dataset could not be generated, written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A line of a data file is malformed or fails the task's checks.
+    #[error("{path}:{line}: {msg}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A manifest is missing, unreadable or inconsistent.
+    #[error("{path}: {msg}")]
+    Manifest {
+        /// The manifest (or the directory that should hold one).
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Anything else, stated in words (e.g. a format the task cannot be written in).
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataError + '_ {
+    move |source| DataError::Io { path: path.to_path_buf(), source }
+}
+
+/// One split's entry in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFile {
+    /// File name, relative to the manifest's directory.
+    pub file: String,
+    /// Number of examples (lines).
+    pub examples: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+}
+
+/// `manifest.json`: everything needed to rebuild the task and trust the files beside it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The program that wrote the dataset, with its version.
+    pub generator: String,
+    /// The task and its parameters.
+    pub task: TaskSpec,
+    /// The seed of both splits.
+    pub seed: u64,
+    /// Format of the split files.
+    pub format: Format,
+    /// The vocabulary, token names in id order.
+    pub vocab: Vocab,
+    /// Longest target, a decoding budget.
+    pub max_target_len: usize,
+    /// Token ending variable-length targets, if the task has one.
+    pub eos: Option<String>,
+    /// The split files by name (`train`, `test`).
+    pub splits: BTreeMap<String, SplitFile>,
+}
+
+/// The name a manifest has in its dataset directory.
+pub const MANIFEST: &str = "manifest.json";
+
+impl Manifest {
+    /// Reads `manifest.json` from a dataset directory (or the manifest file itself).
+    pub fn read(path: &Path) -> Result<(Manifest, PathBuf), DataError> {
+        let file = if path.is_dir() { path.join(MANIFEST) } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&file).map_err(io_err(&file))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| DataError::Manifest { path: file.clone(), msg: format!("not a lab manifest: {e}") })?;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok((manifest, dir))
+    }
+
+    /// Builds the task and checks that its vocabulary matches the manifest's.
+    pub fn task(&self, path: &Path) -> Result<Box<dyn Task>, DataError> {
+        let task =
+            self.task.build().map_err(|e| DataError::Manifest { path: path.to_path_buf(), msg: e.to_string() })?;
+        if task.vocab() != &self.vocab {
+            let msg = "the vocabulary differs from the one this version of the lab builds for the task".into();
+            return Err(DataError::Manifest { path: path.to_path_buf(), msg });
+        }
+        Ok(task)
+    }
+}
+
+/// Requested sizes and seed of a dataset.
+#[derive(Clone, Copy, Debug)]
+pub struct SplitSizes {
+    /// Training examples.
+    pub train: u64,
+    /// Test examples.
+    pub test: u64,
+    /// Seed of both splits.
+    pub seed: u64,
+}
+
+/// The random stream of a split, so that the streams never overlap.
+pub fn split_rng(seed: u64, test: bool) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(if test { 1 } else { 0 });
+    rng
+}
+
+/// Draws the test split then the training split in memory (see the module docs). For large
+/// datasets prefer [`write_dataset`], which streams the training split to disk.
+pub fn generate(task: &dyn Task, sizes: SplitSizes) -> Result<(Vec<Example>, Vec<Example>), DataError> {
+    let mut test = Vec::with_capacity(sizes.test as usize);
+    let mut train = Vec::with_capacity(sizes.train as usize);
+    let held_out = draw_test(task, sizes, &mut |ex| {
+        test.push(ex.clone());
+        Ok(())
+    })?;
+    draw_train(task, sizes, &held_out, &mut |ex| {
+        train.push(ex.clone());
+        Ok(())
+    })?;
+    Ok((train, test))
+}
+
+fn draw_test(
+    task: &dyn Task,
+    sizes: SplitSizes,
+    sink: &mut dyn FnMut(&Example) -> Result<(), DataError>,
+) -> Result<HashSet<Vec<u32>>, DataError> {
+    let mut rng = split_rng(sizes.seed, true);
+    let mut keys = HashSet::with_capacity(sizes.test as usize);
+    for _ in 0..sizes.test {
+        let ex = task.sample_test(&mut rng);
+        keys.insert(task.instance_key(&ex));
+        sink(&ex)?;
+    }
+    Ok(keys)
+}
+
+fn draw_train(
+    task: &dyn Task,
+    sizes: SplitSizes,
+    held_out: &HashSet<Vec<u32>>,
+    sink: &mut dyn FnMut(&Example) -> Result<(), DataError>,
+) -> Result<(), DataError> {
+    let mut rng = split_rng(sizes.seed, false);
+    // Rejection must not spin forever when the test split holds most of a small instance space.
+    let max_rejections = 10_000 + 20 * sizes.train;
+    let mut rejected = 0u64;
+    let mut kept = 0u64;
+    while kept < sizes.train {
+        let ex = task.sample(&mut rng);
+        if !held_out.is_empty() && held_out.contains(&task.instance_key(&ex)) {
+            rejected += 1;
+            if rejected > max_rejections {
+                return Err(DataError::Other(format!(
+                    "the task has too few distinct instances for {} test and {} training examples: \
+                     {rejected} of {} training draws were test instances; ask for fewer test examples \
+                     or a larger task",
+                    sizes.test,
+                    sizes.train,
+                    rejected + kept
+                )));
+            }
+            continue;
+        }
+        kept += 1;
+        sink(&ex)?;
+    }
+    Ok(())
+}
+
+/// A writer that hashes and counts what goes through it.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Formats examples as lines of a split file.
+pub struct LineWriter<'a> {
+    task: &'a dyn Task,
+    format: Format,
+    path_star: Option<PathStar>,
+    line: String,
+}
+
+impl<'a> LineWriter<'a> {
+    /// A writer for `task` in `format`; NTF is only for path-star.
+    pub fn new(task: &'a dyn Task, format: Format) -> Result<LineWriter<'a>, DataError> {
+        let path_star = match (format, task.spec()) {
+            (Format::Ntf, TaskSpec::PathStar(p)) => {
+                Some(PathStar::new(p.clone()).map_err(|e| DataError::Other(e.to_string()))?)
+            }
+            (Format::Ntf, spec) => {
+                return Err(DataError::Other(format!(
+                    "the ntf format is for path-star only; write {} as jsonl",
+                    spec.name()
+                )));
+            }
+            (Format::Jsonl, _) => None,
+        };
+        Ok(LineWriter { task, format, path_star, line: String::with_capacity(256) })
+    }
+
+    /// One example as a line, without the newline.
+    pub fn line(&mut self, example: &Example) -> &str {
+        self.line.clear();
+        match (self.format, &self.path_star) {
+            (Format::Ntf, Some(ps)) => ps.to_ntf_line(example, &mut self.line),
+            _ => {
+                let text = example.text(self.task.vocab());
+                // Serialising two strings cannot fail.
+                self.line = serde_json::to_string(&text).expect("strings serialise");
+            }
+        }
+        &self.line
+    }
+}
+
+/// Writes one split file atomically (a temporary file renamed into place) and returns its entry.
+fn write_split(
+    path: &Path,
+    writer: &mut LineWriter<'_>,
+    fill: impl FnOnce(&mut dyn FnMut(&Example) -> Result<(), DataError>) -> Result<(), DataError>,
+) -> Result<SplitFile, DataError> {
+    let tmp = path.with_extension("partial");
+    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
+    let mut examples = 0u64;
+    let result = fill(&mut |ex| {
+        let line = writer.line(ex);
+        out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).map_err(io_err(&tmp))?;
+        examples += 1;
+        Ok(())
+    });
+    if let Err(e) = result.and_then(|_| out.flush().map_err(io_err(&tmp))) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let sha256 = hex(&out.hasher.finalize());
+    Ok(SplitFile { file, examples, bytes: out.bytes, sha256 })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// File names of the two splits: NTF's own naming for NTF files, so that NTF's scripts can read
+/// them, and `train.jsonl` / `test.jsonl` otherwise.
+pub fn split_file_names(task: &dyn Task, format: Format, sizes: SplitSizes) -> (String, String) {
+    match (format, task.spec()) {
+        (Format::Ntf, TaskSpec::PathStar(p)) => {
+            let stem = p.ntf_stem();
+            let rev = if p.reverse { "_reverse" } else { "" };
+            (format!("{stem}{rev}_train_{}.txt", sizes.train), format!("{stem}{rev}_test_{}.txt", sizes.test))
+        }
+        _ => ("train.jsonl".into(), "test.jsonl".into()),
+    }
+}
+
+/// Generates both splits of a dataset into `dir` (created if needed) and writes its manifest.
+/// `progress` is called with the number of examples written so far, every few thousand.
+pub fn write_dataset(
+    task: &dyn Task,
+    sizes: SplitSizes,
+    format: Format,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Manifest, DataError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut writer = LineWriter::new(task, format)?;
+    let (train_name, test_name) = split_file_names(task, format, sizes);
+    let mut done = 0u64;
+    let mut tick = |done: &mut u64| {
+        *done += 1;
+        if *done % 4096 == 0 {
+            progress(*done);
+        }
+    };
+
+    let mut held_out = HashSet::new();
+    let test_file = write_split(&dir.join(&test_name), &mut writer, |sink| {
+        held_out = draw_test(task, sizes, &mut |ex| {
+            tick(&mut done);
+            sink(ex)
+        })?;
+        Ok(())
+    })?;
+    let train_file = write_split(&dir.join(&train_name), &mut writer, |sink| {
+        draw_train(task, sizes, &held_out, &mut |ex| {
+            tick(&mut done);
+            sink(ex)
+        })
+    })?;
+    progress(done);
+
+    let manifest = Manifest {
+        generator: format!("tasks {}", env!("CARGO_PKG_VERSION")),
+        task: task.spec().clone(),
+        seed: sizes.seed,
+        format,
+        vocab: task.vocab().clone(),
+        max_target_len: task.max_target_len(),
+        eos: task.eos().map(|e| task.vocab().decode(&[e])),
+        splits: BTreeMap::from([("train".to_string(), train_file), ("test".to_string(), test_file)]),
+    };
+    let path = dir.join(MANIFEST);
+    let tmp = dir.join("manifest.json.partial");
+    let json = serde_json::to_string_pretty(&manifest).expect("manifests serialise") + "\n";
+    std::fs::write(&tmp, json).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    Ok(manifest)
+}
+
+/// Parses one line of a split file into an example and checks it with the task.
+pub fn parse_line(
+    task: &dyn Task,
+    format: Format,
+    path_star: Option<&PathStar>,
+    line: &str,
+) -> Result<Example, String> {
+    let example = match (format, path_star) {
+        (Format::Ntf, Some(ps)) => return ps.parse_ntf_line(line),
+        (Format::Ntf, None) => return Err("the ntf format is for path-star only".into()),
+        (Format::Jsonl, _) => {
+            let text: TextExample =
+                serde_json::from_str(line).map_err(|e| format!("not a {{\"prompt\", \"target\"}} object: {e}"))?;
+            text.encode(task.vocab())?
+        }
+    };
+    task.check(&example)?;
+    Ok(example)
+}
+
+/// Reads every line of a split file, checking each; `on_bad` sees each bad line (as a
+/// [`DataError::Line`]) and decides whether to go on (`true`) or stop. Returns the good examples.
+pub fn read_split(
+    task: &dyn Task,
+    path: &Path,
+    format: Format,
+    on_bad: &mut dyn FnMut(DataError) -> bool,
+) -> Result<Vec<Example>, DataError> {
+    let path_star = match task.spec() {
+        TaskSpec::PathStar(p) => Some(PathStar::new(p.clone()).map_err(|e| DataError::Other(e.to_string()))?),
+        _ => None,
+    };
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut examples = Vec::new();
+    for (i, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
+        let line = line.map_err(io_err(path))?;
+        match parse_line(task, format, path_star.as_ref(), &line) {
+            Ok(ex) => examples.push(ex),
+            Err(msg) => {
+                if !on_bad(DataError::Line { path: path.to_path_buf(), line: i + 1, msg }) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(examples)
+}
+
+/// Reads a split file, failing at the first bad line.
+pub fn read_split_strict(task: &dyn Task, path: &Path, format: Format) -> Result<Vec<Example>, DataError> {
+    let mut first = None;
+    let examples = read_split(task, path, format, &mut |e| {
+        first = Some(e);
+        false
+    })?;
+    match first {
+        Some(e) => Err(e),
+        None => Ok(examples),
+    }
+}
+
+/// Path-star parameters from an NTF file name such as `deg_2_path_5_nodes_50_test_20000.txt`.
+pub fn ntf_params_from_name(path: &Path) -> Option<PathStarParams> {
+    let name = path.file_name()?.to_str()?;
+    let field = |key: &str| -> Option<u32> {
+        let rest = &name[name.find(key)? + key.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    Some(PathStarParams {
+        degree: field("deg_")?,
+        path_len: field("path_")?,
+        nodes: field("nodes_")?,
+        reverse: name.contains("reverse"),
+    })
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, DataError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut hasher).map_err(io_err(path))?;
+    Ok(hex(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::TaskSpec;
+
+    #[test]
+    fn splits_share_no_instance_even_when_the_space_is_small() {
+        // G(2,3,6) has 6*5*4*3*2 = 720 instances: the test split covers a good share of them.
+        let spec = TaskSpec::PathStar(PathStarParams { degree: 2, path_len: 3, nodes: 6, reverse: false });
+        let task = spec.build().unwrap();
+        let (train, test) = generate(task.as_ref(), SplitSizes { train: 2000, test: 300, seed: 5 }).unwrap();
+        let test_keys: HashSet<_> = test.iter().map(|e| task.instance_key(e)).collect();
+        assert!(test_keys.len() > 150, "the test split is varied");
+        assert!(train.iter().all(|e| !test_keys.contains(&task.instance_key(e))));
+        assert_eq!(train.len(), 2000);
+    }
+
+    #[test]
+    fn an_exhausted_instance_space_is_an_error_not_a_hang() {
+        // G(1,2,2) has exactly 2 instances; 50 test draws take both.
+        let spec = TaskSpec::PathStar(PathStarParams { degree: 1, path_len: 2, nodes: 2, reverse: false });
+        let task = spec.build().unwrap();
+        let err = generate(task.as_ref(), SplitSizes { train: 10, test: 50, seed: 0 }).unwrap_err();
+        assert!(err.to_string().contains("too few distinct instances"), "{err}");
+    }
+
+    #[test]
+    fn test_split_does_not_depend_on_the_training_size() {
+        let task = TaskSpec::PathStar(PathStarParams::default()).build().unwrap();
+        let (_, a) = generate(task.as_ref(), SplitSizes { train: 10, test: 20, seed: 1 }).unwrap();
+        let (_, b) = generate(task.as_ref(), SplitSizes { train: 500, test: 20, seed: 1 }).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn ntf_names_give_parameters() {
+        let p = ntf_params_from_name(Path::new("x/deg_5_path_3_nodes_50_test_20000.txt")).unwrap();
+        assert_eq!(p, PathStarParams { degree: 5, path_len: 3, nodes: 50, reverse: false });
+        assert!(ntf_params_from_name(Path::new("test.txt")).is_none());
+    }
+}

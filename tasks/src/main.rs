@@ -1,0 +1,486 @@
+//! `tasks`: generate, show and check the lab's datasets.
+//!
+//! ```text
+//! tasks gen path-star                      # G(2,5,50), 200k train / 20k test, NTF format
+//! tasks gen graph-walk --steps 8 --out d/  # any task; every parameter is a flag
+//! tasks show sibling -n 3                  # a few examples, explained
+//! tasks show --file d/test.jsonl           # the first lines of a data file, explained
+//! tasks check d/test.jsonl                 # verify every line (and the manifest's checksum)
+//! ```
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tasks::creative::{CreativeParams, SiblingParams, TriangleParams};
+use tasks::dataset::{self, DataError, Format, Manifest, SplitSizes};
+use tasks::long_range::{GraphWalkParams, KeyRecallParams, PrefixFn, PrefixFunctionParams};
+use tasks::path_star::PathStarParams;
+use tasks::{Task, TaskSpec};
+
+#[derive(Parser)]
+#[command(name = "tasks", version, about = "Generate, show and check the lab's synthetic tasks.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate train and test splits and a manifest.json into a directory.
+    Gen(GenArgs),
+    /// Print a few examples of a task (freshly drawn, or the first lines of --file), explained.
+    Show(ShowArgs),
+    /// Verify every line of a data file with its task's checks and verifier.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct GenArgs {
+    #[command(subcommand)]
+    task: TaskCmd,
+    /// Training examples [default: 200000; creative tasks: the published sizes].
+    #[arg(long, global = true)]
+    train: Option<u64>,
+    /// Test examples [default: 20000; creative tasks: the published sizes].
+    #[arg(long, global = true)]
+    test: Option<u64>,
+    /// Seed of both splits.
+    #[arg(long, global = true, default_value_t = 0)]
+    seed: u64,
+    /// File format [default: ntf for path-star, jsonl otherwise].
+    #[arg(long, global = true, value_enum)]
+    format: Option<Format>,
+    /// Output directory [default: data/<task>/<parameters>_seed_<seed>].
+    #[arg(long, short, global = true)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ShowArgs {
+    #[command(subcommand)]
+    task: Option<TaskCmd>,
+    /// Show the first lines of this data file instead of fresh examples.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// How many examples.
+    #[arg(long, short = 'n', global = true, default_value_t = 3)]
+    count: usize,
+    /// Seed for fresh examples.
+    #[arg(long, global = true, default_value_t = 0)]
+    seed: u64,
+    /// Draw test prompts instead of training examples (they differ for triangle).
+    #[arg(long, global = true)]
+    test_split: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The data file to check.
+    file: PathBuf,
+    /// The task that wrote it, when no manifest.json lies beside it and its name is not NTF's.
+    #[command(subcommand)]
+    task: Option<TaskCmd>,
+}
+
+/// Every task with its parameters as flags; defaults are the published settings.
+#[derive(Subcommand, Clone)]
+enum TaskCmd {
+    /// Path-star graphs G(d, l, N) (Bachmann & Nagarajan 2024).
+    PathStar(PathStarArgs),
+    /// A key shown first decides the answer after a distractor span.
+    KeyRecall(KeyRecallArgs),
+    /// The answer is a function of the first k tokens, after a distractor span.
+    PrefixFunction(PrefixFunctionArgs),
+    /// A walk on a given graph that must end at the goal after exactly n steps.
+    GraphWalk(GraphWalkArgs),
+    /// Sibling discovery (Nagarajan et al. 2025).
+    Sibling(SiblingArgs),
+    /// Triangle discovery (Nagarajan et al. 2025).
+    Triangle(TriangleArgs),
+    /// Circle construction (Nagarajan et al. 2025).
+    Circle(ConstructionArgs<9>),
+    /// Line construction (Nagarajan et al. 2025).
+    Line(ConstructionArgs<10>),
+}
+
+#[derive(Args, Clone)]
+struct PathStarArgs {
+    /// Degree of the source d (number of arms).
+    #[arg(long, short = 'd', default_value_t = PathStarParams::default().degree)]
+    degree: u32,
+    /// Nodes per arm l, source and goal included.
+    #[arg(long, short = 'l', default_value_t = PathStarParams::default().path_len)]
+    path_len: u32,
+    /// Node ids 0..N; needs N >= d(l-1)+1.
+    #[arg(long, short = 'N', default_value_t = PathStarParams::default().nodes)]
+    nodes: u32,
+    /// Target from goal to source (the easy direction).
+    #[arg(long)]
+    reverse: bool,
+}
+
+#[derive(Args, Clone)]
+struct KeyRecallArgs {
+    /// Symbols for keys and distractors.
+    #[arg(long, default_value_t = KeyRecallParams::default().symbols)]
+    symbols: u32,
+    /// Shortest distractor span.
+    #[arg(long, default_value_t = KeyRecallParams::default().min_gap)]
+    min_gap: u32,
+    /// Longest distractor span.
+    #[arg(long, default_value_t = KeyRecallParams::default().max_gap)]
+    max_gap: u32,
+}
+
+#[derive(Args, Clone)]
+struct PrefixFunctionArgs {
+    /// The deciding function.
+    #[arg(long, value_enum, default_value = "sum-mod")]
+    function: PrefixFn,
+    /// Alphabet size m.
+    #[arg(long, default_value_t = PrefixFunctionParams::default().modulus)]
+    modulus: u32,
+    /// Deciding tokens k.
+    #[arg(long, short = 'k', default_value_t = PrefixFunctionParams::default().k)]
+    k: u32,
+    /// Shortest distractor span.
+    #[arg(long, default_value_t = PrefixFunctionParams::default().min_gap)]
+    min_gap: u32,
+    /// Longest distractor span.
+    #[arg(long, default_value_t = PrefixFunctionParams::default().max_gap)]
+    max_gap: u32,
+}
+
+#[derive(Args, Clone)]
+struct GraphWalkArgs {
+    /// Nodes per graph.
+    #[arg(long, default_value_t = GraphWalkParams::default().nodes)]
+    nodes: u32,
+    /// Successors of every node.
+    #[arg(long, default_value_t = GraphWalkParams::default().out_degree)]
+    out_degree: u32,
+    /// Exact length of the walk in steps.
+    #[arg(long, default_value_t = GraphWalkParams::default().steps)]
+    steps: u32,
+}
+
+#[derive(Args, Clone)]
+struct SiblingArgs {
+    /// Parents.
+    #[arg(long, default_value_t = SiblingParams::default().parents)]
+    parents: u32,
+    /// Children per parent in each child set.
+    #[arg(long, default_value_t = SiblingParams::default().children)]
+    children: u32,
+    /// Hash characters per prompt (0: no hash conditioning).
+    #[arg(long, default_value_t = 10)]
+    hash_len: u32,
+}
+
+#[derive(Args, Clone)]
+struct TriangleArgs {
+    /// Nodes of the world graph.
+    #[arg(long, default_value_t = TriangleParams::default().nodes)]
+    nodes: u32,
+    /// Random neighbours per node (D).
+    #[arg(long, default_value_t = TriangleParams::default().degree)]
+    degree: u32,
+    /// Degree flexibility factor alpha.
+    #[arg(long, default_value_t = TriangleParams::default().alpha)]
+    alpha: f64,
+    /// Triangle attempts per node (T).
+    #[arg(long, default_value_t = TriangleParams::default().triangles_per_node)]
+    triangles_per_node: u32,
+    /// Share of training examples that are triangles (the rest teach edges).
+    #[arg(long, default_value_t = TriangleParams::default().triangle_fraction)]
+    triangle_fraction: f64,
+    /// Seed of the world graph.
+    #[arg(long, default_value_t = 0)]
+    world_seed: u64,
+    /// Hash characters per prompt (0: no hash conditioning).
+    #[arg(long, default_value_t = 10)]
+    hash_len: u32,
+}
+
+/// Circle and line share their flags; `NODES` is the published number of entities used.
+#[derive(Args, Clone)]
+struct ConstructionArgs<const NODES: u32> {
+    /// Entities to build from.
+    #[arg(long, default_value_t = 10)]
+    entities: u32,
+    /// Entities one construction uses.
+    #[arg(long, default_value_t = NODES)]
+    nodes: u32,
+    /// Hash characters per prompt (0: no hash conditioning).
+    #[arg(long, default_value_t = 10)]
+    hash_len: u32,
+}
+
+impl TaskCmd {
+    fn spec(&self) -> TaskSpec {
+        match self.clone() {
+            TaskCmd::PathStar(a) => TaskSpec::PathStar(PathStarParams {
+                degree: a.degree,
+                path_len: a.path_len,
+                nodes: a.nodes,
+                reverse: a.reverse,
+            }),
+            TaskCmd::KeyRecall(a) => {
+                TaskSpec::KeyRecall(KeyRecallParams { symbols: a.symbols, min_gap: a.min_gap, max_gap: a.max_gap })
+            }
+            TaskCmd::PrefixFunction(a) => TaskSpec::PrefixFunction(PrefixFunctionParams {
+                function: a.function,
+                modulus: a.modulus,
+                k: a.k,
+                min_gap: a.min_gap,
+                max_gap: a.max_gap,
+            }),
+            TaskCmd::GraphWalk(a) => {
+                TaskSpec::GraphWalk(GraphWalkParams { nodes: a.nodes, out_degree: a.out_degree, steps: a.steps })
+            }
+            TaskCmd::Sibling(a) => {
+                TaskSpec::Sibling(SiblingParams { parents: a.parents, children: a.children, hash_len: a.hash_len })
+            }
+            TaskCmd::Triangle(a) => TaskSpec::Triangle(TriangleParams {
+                nodes: a.nodes,
+                degree: a.degree,
+                alpha: a.alpha,
+                triangles_per_node: a.triangles_per_node,
+                triangle_fraction: a.triangle_fraction,
+                world_seed: a.world_seed,
+                hash_len: a.hash_len,
+            }),
+            TaskCmd::Circle(a) => {
+                TaskSpec::Circle(CreativeParams { entities: a.entities, nodes: a.nodes, hash_len: a.hash_len })
+            }
+            TaskCmd::Line(a) => {
+                TaskSpec::Line(CreativeParams { entities: a.entities, nodes: a.nodes, hash_len: a.hash_len })
+            }
+        }
+    }
+}
+
+/// Published split sizes: NTF's 200k/20k, and the creative-task notebooks' own.
+fn default_sizes(spec: &TaskSpec) -> (u64, u64) {
+    match spec {
+        TaskSpec::Sibling(_) => (50_000, 3_000),
+        TaskSpec::Triangle(_) => (15_000, 1_024),
+        TaskSpec::Circle(_) | TaskSpec::Line(_) => (10_000, 1_024),
+        _ => (200_000, 20_000),
+    }
+}
+
+/// A directory name that tells the parameters apart: NTF's stem for path-star, `key_value`
+/// pairs otherwise.
+fn default_dir(spec: &TaskSpec, seed: u64) -> PathBuf {
+    let slug = match spec {
+        TaskSpec::PathStar(p) => format!("{}{}", p.ntf_stem(), if p.reverse { "_reverse" } else { "" }),
+        _ => {
+            let value = serde_json::to_value(spec).expect("specs serialise");
+            let fields = value.as_object().expect("specs are objects");
+            let parts: Vec<String> = fields
+                .iter()
+                .filter(|(k, _)| k.as_str() != "task")
+                .map(|(k, v)| format!("{k}_{}", v.to_string().trim_matches('"')))
+                .collect();
+            parts.join("_")
+        }
+    };
+    Path::new("data").join(spec.name()).join(format!("{slug}_seed_{seed}"))
+}
+
+fn build(spec: &TaskSpec) -> Result<Box<dyn Task>> {
+    Ok(spec.build()?)
+}
+
+fn generate(args: GenArgs) -> Result<()> {
+    let spec = args.task.spec();
+    let task = build(&spec)?;
+    let (train, test) = default_sizes(&spec);
+    let sizes = SplitSizes { train: args.train.unwrap_or(train), test: args.test.unwrap_or(test), seed: args.seed };
+    let format = args.format.unwrap_or(if matches!(spec, TaskSpec::PathStar(_)) { Format::Ntf } else { Format::Jsonl });
+    let dir = args.out.unwrap_or_else(|| default_dir(&spec, args.seed));
+
+    let total = sizes.train + sizes.test;
+    let bar = if total >= 50_000 { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {human_pos}/{human_len} ({per_sec}, {eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("generating {}", spec.name()));
+    let started = Instant::now();
+    let manifest = dataset::write_dataset(task.as_ref(), sizes, format, &dir, &mut |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+
+    let bytes: u64 = manifest.splits.values().map(|s| s.bytes).sum();
+    println!(
+        "wrote {} train + {} test {} examples ({}, seed {}) to {} in {:.2} s, {:.1} MB",
+        sizes.train,
+        sizes.test,
+        describe_spec(&spec),
+        serde_json::to_string(&format).expect("formats serialise").trim_matches('"'),
+        sizes.seed,
+        dir.display(),
+        started.elapsed().as_secs_f64(),
+        bytes as f64 / 1e6
+    );
+    for (name, split) in &manifest.splits {
+        println!("  {name:5} {}", dir.join(&split.file).display());
+    }
+    println!("  manifest {}", dir.join(dataset::MANIFEST).display());
+    Ok(())
+}
+
+fn describe_spec(spec: &TaskSpec) -> String {
+    match spec {
+        TaskSpec::PathStar(p) => {
+            format!("path-star G({},{},{}){}", p.degree, p.path_len, p.nodes, if p.reverse { " reversed" } else { "" })
+        }
+        _ => spec.name().to_string(),
+    }
+}
+
+/// Works out which task wrote `file`: the manifest beside it, an explicit task, or NTF's name.
+fn task_for_file(file: &Path, explicit: Option<&TaskCmd>) -> Result<(Box<dyn Task>, Option<(Manifest, String)>)> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Some(cmd) = explicit {
+        return Ok((build(&cmd.spec())?, None));
+    }
+    if dir.join(dataset::MANIFEST).exists() {
+        let (manifest, _) = Manifest::read(dir)?;
+        let task = manifest.task(&dir.join(dataset::MANIFEST))?;
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let split = manifest.splits.iter().find(|(_, s)| s.file == name).map(|(k, _)| k.clone());
+        return Ok((task, split.map(|s| (manifest, s))));
+    }
+    if let Some(p) = dataset::ntf_params_from_name(file) {
+        return Ok((build(&TaskSpec::PathStar(p))?, None));
+    }
+    bail!(
+        "cannot tell which task wrote {}: no {} beside it and not an NTF file name; name the task, e.g. \
+         `tasks check {} path-star --nodes 50`",
+        file.display(),
+        dataset::MANIFEST,
+        file.display()
+    )
+}
+
+fn show(args: ShowArgs, out: &mut impl Write) -> Result<()> {
+    match (&args.file, &args.task) {
+        (Some(file), _) => {
+            let (task, split) = task_for_file(file, None)?;
+            let format = split.as_ref().map(|(m, _)| m.format).unwrap_or_else(|| Format::of_path(file));
+            let mut seen = 0;
+            let mut first_err = None;
+            // Stop reading after the lines we show; a bad line among them is an error.
+            let examples = dataset::read_split(task.as_ref(), file, format, &mut |e| {
+                first_err.get_or_insert(e);
+                false
+            });
+            let examples = examples?;
+            for ex in examples.iter().take(args.count) {
+                seen += 1;
+                writeln!(out, "{}\n", task.describe(ex))?;
+            }
+            if let Some(e) = first_err {
+                return Err(e.into());
+            }
+            if seen == 0 {
+                writeln!(out, "{} holds no examples", file.display())?;
+            }
+        }
+        (None, Some(cmd)) => {
+            let spec = cmd.spec();
+            let task = build(&spec)?;
+            let mut rng = dataset::split_rng(args.seed, args.test_split);
+            writeln!(out, "{} (vocabulary of {} tokens):\n", describe_spec(&spec), task.vocab().len())?;
+            for _ in 0..args.count {
+                let ex = if args.test_split { task.sample_test(&mut rng) } else { task.sample(&mut rng) };
+                writeln!(out, "{}\n", task.describe(&ex))?;
+            }
+        }
+        (None, None) => {
+            bail!("name a task (e.g. `tasks show path-star`) or a file (`tasks show --file FILE`)")
+        }
+    }
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> Result<bool> {
+    let file = &args.file;
+    if !file.is_file() {
+        bail!("{}: no such file", file.display());
+    }
+    let (task, split) = task_for_file(file, args.task.as_ref())?;
+    let format = split.as_ref().map(|(m, _)| m.format).unwrap_or_else(|| Format::of_path(file));
+    let mut bad = 0usize;
+    let examples = dataset::read_split(task.as_ref(), file, format, &mut |e: DataError| {
+        bad += 1;
+        if bad <= 10 {
+            eprintln!("{e}");
+        }
+        true
+    })?;
+    let mut ok = bad == 0;
+    if bad > 10 {
+        eprintln!("... and {} more bad lines", bad - 10);
+    }
+    if let Some((manifest, name)) = &split {
+        let entry = &manifest.splits[name];
+        let sha = dataset::sha256_file(file)?;
+        if sha != entry.sha256 {
+            eprintln!(
+                "{}: checksum differs from the manifest's (the file changed after it was written)",
+                file.display()
+            );
+            ok = false;
+        }
+        if entry.examples != (examples.len() + bad) as u64 {
+            eprintln!("{}: {} lines, the manifest says {}", file.display(), examples.len() + bad, entry.examples);
+            ok = false;
+        }
+    }
+    let what = describe_spec(task.spec());
+    let source = if split.is_some() { ", checksum matches the manifest" } else { "" };
+    if ok {
+        println!("{}: {} examples of {what}, all valid{source}", file.display(), examples.len());
+    } else {
+        println!("{}: {} valid and {bad} bad lines of {what}", file.display(), examples.len());
+    }
+    Ok(ok)
+}
+
+fn run(cli: Cli) -> Result<bool> {
+    match cli.cmd {
+        Cmd::Gen(args) => generate(args).map(|_| true),
+        Cmd::Show(args) => {
+            let stdout = io::stdout();
+            let mut out = io::BufWriter::new(stdout.lock());
+            show(args, &mut out).and_then(|_| out.flush().map_err(|e| anyhow!(e))).map(|_| true)
+        }
+        Cmd::Check(args) => check(args),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            // A closed pipe (`tasks show ... | head`) is not an error worth reporting.
+            if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
