@@ -276,21 +276,12 @@ fn default_sizes(spec: &TaskSpec) -> (u64, u64) {
     }
 }
 
-/// A directory name that tells the parameters apart: NTF's stem for path-star, `key_value`
-/// pairs otherwise.
+/// `data/<task>/<parameters>_seed_<seed>`: NTF's stem for path-star, the parameters that differ
+/// from the defaults otherwise.
 fn default_dir(spec: &TaskSpec, seed: u64) -> PathBuf {
     let slug = match spec {
         TaskSpec::PathStar(p) => format!("{}{}", p.ntf_stem(), if p.reverse { "_reverse" } else { "" }),
-        _ => {
-            let value = serde_json::to_value(spec).expect("specs serialise");
-            let fields = value.as_object().expect("specs are objects");
-            let parts: Vec<String> = fields
-                .iter()
-                .filter(|(k, _)| k.as_str() != "task")
-                .map(|(k, v)| format!("{k}_{}", v.to_string().trim_matches('"')))
-                .collect();
-            parts.join("_")
-        }
+        _ => spec.slug(),
     };
     Path::new("data").join(spec.name()).join(format!("{slug}_seed_{seed}"))
 }

@@ -63,6 +63,38 @@ impl TaskSpec {
     pub const NAMES: [&'static str; 8] =
         ["path-star", "key-recall", "prefix-function", "graph-walk", "sibling", "triangle", "circle", "line"];
 
+    /// The published (or the lab's default) parameters of a task, by name.
+    pub fn default_of(name: &str) -> Option<TaskSpec> {
+        Some(match name {
+            "path-star" => TaskSpec::PathStar(PathStarParams::default()),
+            "key-recall" => TaskSpec::KeyRecall(KeyRecallParams::default()),
+            "prefix-function" => TaskSpec::PrefixFunction(PrefixFunctionParams::default()),
+            "graph-walk" => TaskSpec::GraphWalk(GraphWalkParams::default()),
+            "sibling" => TaskSpec::Sibling(SiblingParams::default()),
+            "triangle" => TaskSpec::Triangle(TriangleParams::default()),
+            "circle" => TaskSpec::Circle(CreativeParams::circle()),
+            "line" => TaskSpec::Line(CreativeParams::line()),
+            _ => return None,
+        })
+    }
+
+    /// A short name for a directory: the parameters that differ from [`TaskSpec::default_of`]
+    /// as `key_value` pairs, or `default`.
+    pub fn slug(&self) -> String {
+        let fields = |spec: &TaskSpec| match serde_json::to_value(spec) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => unreachable!("specs serialise to objects"),
+        };
+        let ours = fields(self);
+        let defaults = TaskSpec::default_of(self.name()).map(|d| fields(&d)).unwrap_or_default();
+        let parts: Vec<String> = ours
+            .iter()
+            .filter(|(k, v)| k.as_str() != "task" && defaults.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}_{}", v.to_string().trim_matches('"')))
+            .collect();
+        if parts.is_empty() { "default".into() } else { parts.join("_") }
+    }
+
     /// Validates the parameters and builds the task (creative tasks build their world here,
     /// from the world seed in their parameters).
     pub fn build(&self) -> Result<Box<dyn Task>, SpecError> {
@@ -89,6 +121,18 @@ mod tests {
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(json, r#"{"task":"path-star","degree":2,"path_len":5,"nodes":50,"reverse":false}"#);
         assert_eq!(serde_json::from_str::<TaskSpec>(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn slugs_name_what_differs_from_the_defaults() {
+        for name in TaskSpec::NAMES {
+            let spec = TaskSpec::default_of(name).unwrap();
+            assert_eq!(spec.name(), name);
+            assert_eq!(spec.slug(), "default");
+            spec.build().unwrap();
+        }
+        let walk = TaskSpec::GraphWalk(GraphWalkParams { steps: 8, ..Default::default() });
+        assert_eq!(walk.slug(), "steps_8");
     }
 
     #[test]
