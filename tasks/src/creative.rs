@@ -333,11 +333,7 @@ impl Creative {
         tokens.push(self.m.q);
         let prefix_len = tokens.len();
         let k = self.nodes as usize;
-        let mut ids: Vec<u32> = (0..self.entities).collect();
-        for i in 0..k {
-            let j = rng.random_range(i as u32..self.entities) as usize;
-            ids.swap(i, j);
-        }
+        let ids = crate::path_star::partial_shuffle(rng, self.entities, k);
         let mut edges: Vec<(u32, u32)> = ids[..k].windows(2).map(|w| (w[0], w[1])).collect();
         if self.kind == CreativeKind::Circle {
             edges.push((ids[k - 1], ids[0]));

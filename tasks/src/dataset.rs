@@ -128,6 +128,16 @@ impl Manifest {
         Ok((manifest, dir))
     }
 
+    /// Pretty JSON with the vocabulary on one line (it can hold thousands of tokens).
+    pub fn to_json(&self) -> String {
+        const MARK: &str = "@@vocab@@";
+        let mut value = serde_json::to_value(self).expect("manifests serialise");
+        value["vocab"] = serde_json::Value::String(MARK.into());
+        let pretty = serde_json::to_string_pretty(&value).expect("values serialise");
+        let vocab = serde_json::to_string(&self.vocab).expect("vocabularies serialise");
+        pretty.replacen(&format!("\"{MARK}\""), &vocab, 1) + "\n"
+    }
+
     /// Builds the task and checks that its vocabulary matches the manifest's.
     pub fn task(&self, path: &Path) -> Result<Box<dyn Task>, DataError> {
         let task =
@@ -374,8 +384,7 @@ pub fn write_dataset(
     };
     let path = dir.join(MANIFEST);
     let tmp = dir.join("manifest.json.partial");
-    let json = serde_json::to_string_pretty(&manifest).expect("manifests serialise") + "\n";
-    std::fs::write(&tmp, json).map_err(io_err(&tmp))?;
+    std::fs::write(&tmp, manifest.to_json()).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
     Ok(manifest)
 }
@@ -408,13 +417,33 @@ pub fn read_split(
     format: Format,
     on_bad: &mut dyn FnMut(DataError) -> bool,
 ) -> Result<Vec<Example>, DataError> {
+    read_lines(task, path, format, usize::MAX, on_bad)
+}
+
+/// Reads and checks the first `limit` lines of a split file, failing at the first bad one.
+pub fn read_head(task: &dyn Task, path: &Path, format: Format, limit: usize) -> Result<Vec<Example>, DataError> {
+    let mut first = None;
+    let examples = read_lines(task, path, format, limit, &mut |e| {
+        first = Some(e);
+        false
+    })?;
+    first.map_or(Ok(examples), Err)
+}
+
+fn read_lines(
+    task: &dyn Task,
+    path: &Path,
+    format: Format,
+    limit: usize,
+    on_bad: &mut dyn FnMut(DataError) -> bool,
+) -> Result<Vec<Example>, DataError> {
     let path_star = match task.spec() {
         TaskSpec::PathStar(p) => Some(PathStar::new(p.clone()).map_err(|e| DataError::Other(e.to_string()))?),
         _ => None,
     };
     let file = File::open(path).map_err(io_err(path))?;
     let mut examples = Vec::new();
-    for (i, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
+    for (i, line) in BufReader::with_capacity(1 << 20, file).lines().take(limit).enumerate() {
         let line = line.map_err(io_err(path))?;
         match parse_line(task, format, path_star.as_ref(), &line) {
             Ok(ex) => examples.push(ex),
@@ -430,15 +459,7 @@ pub fn read_split(
 
 /// Reads a split file, failing at the first bad line.
 pub fn read_split_strict(task: &dyn Task, path: &Path, format: Format) -> Result<Vec<Example>, DataError> {
-    let mut first = None;
-    let examples = read_split(task, path, format, &mut |e| {
-        first = Some(e);
-        false
-    })?;
-    match first {
-        Some(e) => Err(e),
-        None => Ok(examples),
-    }
+    read_head(task, path, format, usize::MAX)
 }
 
 /// Path-star parameters from an NTF file name such as `deg_2_path_5_nodes_50_test_20000.txt`.

@@ -368,23 +368,12 @@ fn show(args: ShowArgs, out: &mut impl Write) -> Result<()> {
         (Some(file), _) => {
             let (task, split) = task_for_file(file, None)?;
             let format = split.as_ref().map(|(m, _)| m.format).unwrap_or_else(|| Format::of_path(file));
-            let mut seen = 0;
-            let mut first_err = None;
-            // Stop reading after the lines we show; a bad line among them is an error.
-            let examples = dataset::read_split(task.as_ref(), file, format, &mut |e| {
-                first_err.get_or_insert(e);
-                false
-            });
-            let examples = examples?;
-            for ex in examples.iter().take(args.count) {
-                seen += 1;
-                writeln!(out, "{}\n", task.describe(ex))?;
-            }
-            if let Some(e) = first_err {
-                return Err(e.into());
-            }
-            if seen == 0 {
+            let examples = dataset::read_head(task.as_ref(), file, format, args.count)?;
+            if examples.is_empty() {
                 writeln!(out, "{} holds no examples", file.display())?;
+            }
+            for ex in &examples {
+                writeln!(out, "{}\n", task.describe(ex))?;
             }
         }
         (None, Some(cmd)) => {

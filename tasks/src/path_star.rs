@@ -184,12 +184,7 @@ impl PathStar {
         let n = self.params.nodes;
         let k = d * (l - 1) + 1;
 
-        // Partial Fisher-Yates: the first k entries become a uniform ordered sample.
-        let mut ids: Vec<u32> = (0..n).collect();
-        for i in 0..k {
-            let j = rng.random_range(i as u32..n) as usize;
-            ids.swap(i, j);
-        }
+        let ids = partial_shuffle(rng, n, k);
         let source = ids[0];
         let path = ids[..l].to_vec();
         let goal = path[l - 1];
@@ -343,6 +338,31 @@ impl PathStar {
         self.check(&example)?;
         Ok(example)
     }
+}
+
+/// The first `k` entries of a Fisher-Yates shuffle of `0..n`: a uniform ordered sample of `k`
+/// distinct ids. For large `n` the shuffled array is virtual (only displaced entries are stored),
+/// which gives the same ids from the same random draws without touching `n` entries.
+pub(crate) fn partial_shuffle(rng: &mut ChaCha8Rng, n: u32, k: usize) -> Vec<u32> {
+    if n <= 4096 {
+        let mut ids: Vec<u32> = (0..n).collect();
+        for i in 0..k {
+            let j = rng.random_range(i as u32..n) as usize;
+            ids.swap(i, j);
+        }
+        ids.truncate(k);
+        return ids;
+    }
+    let mut moved: std::collections::HashMap<u32, u32> = std::collections::HashMap::with_capacity(2 * k);
+    let mut ids = Vec::with_capacity(k);
+    for i in 0..k as u32 {
+        let j = rng.random_range(i..n);
+        let at_j = moved.get(&j).copied().unwrap_or(j);
+        let at_i = moved.get(&i).copied().unwrap_or(i);
+        moved.insert(j, at_i);
+        ids.push(at_j);
+    }
+    ids
 }
 
 fn push_u32(out: &mut String, v: u32) {
@@ -521,6 +541,25 @@ mod tests {
         let rev = PathStar::new(PathStarParams { reverse: true, ..Default::default() }).unwrap();
         assert!(rev.verify(ex.prefix(), &[12, 16, 6, 34, 32]).is_valid());
         assert!(!rev.verify(ex.prefix(), &[32, 34, 6, 16, 12]).is_valid());
+    }
+
+    #[test]
+    fn virtual_shuffle_draws_the_same_ids_as_the_dense_one() {
+        // Both branches consume the same draws; compare the sparse one against a dense shuffle
+        // written out here.
+        let (n, k) = (10_000u32, 40usize);
+        let sparse = partial_shuffle(&mut ChaCha8Rng::seed_from_u64(9), n, k);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut ids: Vec<u32> = (0..n).collect();
+        for i in 0..k {
+            let j = rng.random_range(i as u32..n) as usize;
+            ids.swap(i, j);
+        }
+        assert_eq!(sparse, ids[..k]);
+        let mut distinct = sparse.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), k);
     }
 
     #[test]
