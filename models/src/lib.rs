@@ -1,6 +1,10 @@
-//! The lab's models: a nanoGPT-style decoder and the heads that objectives need, generic over
-//! burn's `Backend`.
+//! The lab's models: a nanoGPT-style decoder ([`gpt`]) that returns hidden states as well as
+//! logits, with key/value-cached incremental decoding, generic over burn's `Backend`.
 //!
-//! Empty until the training-loop issue lands; the crate exists now so that the workspace layout
-//! (and its invariants, see ARCHITECTURE.md) is fixed from the start. It will know nothing of
-//! objectives: it returns logits and hidden states, and the trainer decides what to do with them.
+//! The crate knows nothing of objectives: it maps tokens to logits and hidden states, and the
+//! trainer decides what to do with them (extra heads that objectives need live beside the GPT
+//! and take its hidden states as input).
+
+pub mod gpt;
+
+pub use gpt::{Gpt, GptConfig, GptOutput, KvCache};

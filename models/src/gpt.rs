@@ -1,0 +1,370 @@
+//! A GPT in the style of nanoGPT's `model.py`: token and learned position embeddings,
+//! pre-LayerNorm blocks of causal self-attention and a GELU MLP, a final LayerNorm, and an
+//! unembedding tied to the token embedding (or not). No dropout: the papers this lab reproduces
+//! train without it.
+//!
+//! Shapes use `b` = batch, `t` = sequence, `d` = d_model, `h` = heads, `k` = d / h,
+//! `v` = vocabulary.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::gelu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Int, Tensor};
+
+/// Shape and initialisation of a [`Gpt`].
+#[derive(Config, Debug, PartialEq)]
+pub struct GptConfig {
+    /// Tokens in the vocabulary (the task's vocabulary size).
+    pub vocab_size: usize,
+    /// Longest sequence the model accepts: the number of learned positions.
+    pub max_seq_len: usize,
+    /// Transformer blocks.
+    #[config(default = 2)]
+    pub n_layers: usize,
+    /// Width of the residual stream.
+    #[config(default = 128)]
+    pub d_model: usize,
+    /// Attention heads; must divide `d_model`.
+    #[config(default = 4)]
+    pub n_heads: usize,
+    /// Hidden width of the MLP (nanoGPT: 4 x d_model).
+    #[config(default = 512)]
+    pub d_ff: usize,
+    /// Use the token embedding (transposed) as the unembedding, as NTF and GPT-2 do.
+    #[config(default = true)]
+    pub tie_embeddings: bool,
+    /// Epsilon of every LayerNorm.
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+    /// Standard deviation of the normal initialisation of weights (GPT-2: 0.02); projections
+    /// into the residual stream get std / sqrt(2 n_layers), as in nanoGPT.
+    #[config(default = 0.02)]
+    pub init_std: f64,
+}
+
+impl GptConfig {
+    /// A model small enough for CPU tests: 2 layers, 64 wide, 2 heads.
+    pub fn tiny(vocab_size: usize, max_seq_len: usize) -> Self {
+        GptConfig::new(vocab_size, max_seq_len).with_n_layers(2).with_d_model(64).with_n_heads(2).with_d_ff(256)
+    }
+
+    /// The model of the Next-Token-Failures README: 6 layers, 384 wide, 6 heads.
+    pub fn ntf(vocab_size: usize, max_seq_len: usize) -> Self {
+        GptConfig::new(vocab_size, max_seq_len).with_n_layers(6).with_d_model(384).with_n_heads(6).with_d_ff(1536)
+    }
+
+    /// Checks the shape; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vocab_size == 0 || self.max_seq_len == 0 || self.n_layers == 0 || self.d_ff == 0 {
+            return Err("vocab_size, max_seq_len, n_layers and d_ff must be positive".into());
+        }
+        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+            return Err(format!("n_heads ({}) must divide d_model ({})", self.n_heads, self.d_model));
+        }
+        Ok(())
+    }
+
+    /// Builds the model with freshly initialised weights (seed the backend first for
+    /// reproducible weights).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt<B> {
+        if let Err(e) = self.validate() {
+            panic!("invalid GptConfig: {e}");
+        }
+        let normal = |std: f64| Initializer::Normal { mean: 0.0, std };
+        let residual_std = self.init_std / (2.0 * self.n_layers as f64).sqrt();
+        let linear = |d_in: usize, d_out: usize, std: f64| {
+            LinearConfig::new(d_in, d_out).with_initializer(normal(std)).init(device)
+        };
+        let norm = || LayerNormConfig::new(self.d_model).with_epsilon(self.layer_norm_eps).init(device);
+        let blocks = (0..self.n_layers)
+            .map(|_| Block {
+                ln_1: norm(),
+                attn: CausalSelfAttention {
+                    qkv: linear(self.d_model, 3 * self.d_model, self.init_std),
+                    proj: linear(self.d_model, self.d_model, residual_std),
+                    n_heads: self.n_heads,
+                },
+                ln_2: norm(),
+                mlp: Mlp {
+                    fc: linear(self.d_model, self.d_ff, self.init_std),
+                    proj: linear(self.d_ff, self.d_model, residual_std),
+                },
+            })
+            .collect();
+        let embedding =
+            |n: usize| EmbeddingConfig::new(n, self.d_model).with_initializer(normal(self.init_std)).init(device);
+        Gpt {
+            tok_emb: embedding(self.vocab_size),
+            pos_emb: embedding(self.max_seq_len),
+            blocks,
+            ln_f: norm(),
+            lm_head: (!self.tie_embeddings).then(|| {
+                LinearConfig::new(self.d_model, self.vocab_size)
+                    .with_bias(false)
+                    .with_initializer(normal(self.init_std))
+                    .init(device)
+            }),
+            max_seq_len: self.max_seq_len,
+        }
+    }
+}
+
+/// A decoder-only transformer; see the module documentation.
+#[derive(Module, Debug)]
+pub struct Gpt<B: Backend> {
+    tok_emb: Embedding<B>,
+    pos_emb: Embedding<B>,
+    blocks: Vec<Block<B>>,
+    ln_f: LayerNorm<B>,
+    /// `None` when the unembedding is tied to `tok_emb`.
+    lm_head: Option<Linear<B>>,
+    max_seq_len: usize,
+}
+
+/// What a forward pass returns: logits and the hidden states that objectives read.
+#[derive(Debug, Clone)]
+pub struct GptOutput<B: Backend> {
+    /// Next-token logits, `[b, t, v]`.
+    pub logits: Tensor<B, 3>,
+    /// Final hidden states after the last LayerNorm (what the unembedding reads), `[b, t, d]`.
+    pub hidden: Tensor<B, 3>,
+    /// The residual stream after each block, `layers[i]` after block `i`, each `[b, t, d]`.
+    /// Holding them costs nothing extra: autodiff keeps them for the backward pass anyway.
+    pub layers: Vec<Tensor<B, 3>>,
+}
+
+/// Keys and values of the positions decoded so far, one pair per block, for incremental
+/// decoding; see [`Gpt::forward_cached`].
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    /// Per block: keys and values, each `[b, h, t_past, k]`.
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True before the first token.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<B: Backend> Gpt<B> {
+    /// Full forward pass over `tokens` `[b, t]` (t <= max_seq_len).
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> GptOutput<B> {
+        let [_, t] = tokens.dims();
+        let x = self.embed(tokens, 0); // [b, t, d]
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        let mut x = x;
+        for block in &self.blocks {
+            x = block.forward(x, None);
+            layers.push(x.clone());
+        }
+        let hidden = self.ln_f.forward(x);
+        let logits = self.unembed(hidden.clone());
+        debug_assert_eq!(logits.dims()[1], t);
+        GptOutput { logits, hidden, layers }
+    }
+
+    /// An empty cache for incremental decoding.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache { layers: vec![None; self.blocks.len()], len: 0 }
+    }
+
+    /// Incremental forward pass: `tokens` `[b, t_new]` continue the sequence whose keys and
+    /// values `cache` holds; returns the logits of the new positions `[b, t_new, v]` and extends
+    /// the cache. Feeding a prompt then one token at a time gives the same logits as
+    /// [`Gpt::forward`] over the whole sequence.
+    pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let [_, t_new] = tokens.dims();
+        let mut x = self.embed(tokens, cache.len);
+        for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward(x, Some(kv));
+        }
+        cache.len += t_new;
+        self.unembed(self.ln_f.forward(x))
+    }
+
+    /// The longest sequence the model accepts.
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+
+    /// Token plus position embeddings for positions `offset..offset + t`.
+    fn embed(&self, tokens: Tensor<B, 2, Int>, offset: usize) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
+        assert!(
+            offset + t <= self.max_seq_len,
+            "sequence of {} tokens exceeds the model's max_seq_len of {}",
+            offset + t,
+            self.max_seq_len
+        );
+        let device = tokens.device();
+        let positions = Tensor::<B, 1, Int>::arange(offset as i64..(offset + t) as i64, &device).reshape([1, t]);
+        let pos = self.pos_emb.forward(positions); // [1, t, d]
+        let tok = self.tok_emb.forward(tokens); // [b, t, d]
+        debug_assert_eq!(tok.dims()[0], b);
+        tok + pos
+    }
+
+    fn unembed(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            // The embedding is [v, d]; Row-layout linear computes x · W with W [d, v].
+            None => linear(hidden, self.tok_emb.weight.val().transpose(), None),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+struct Block<B: Backend> {
+    ln_1: LayerNorm<B>,
+    attn: CausalSelfAttention<B>,
+    ln_2: LayerNorm<B>,
+    mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+struct CausalSelfAttention<B: Backend> {
+    /// Queries, keys and values in one projection, `[d, 3d]`.
+    qkv: Linear<B>,
+    /// Output projection back into the residual stream.
+    proj: Linear<B>,
+    n_heads: usize,
+}
+
+impl<B: Backend> CausalSelfAttention<B> {
+    fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let (h, k) = (self.n_heads, d / self.n_heads);
+        let qkv = self.qkv.forward(x); // [b, t, 3d]
+        let heads = |i: usize| {
+            qkv.clone()
+                .slice([0..b, 0..t, i * d..(i + 1) * d]) // [b, t, d]
+                .reshape([b, t, h, k])
+                .swap_dims(1, 2) // [b, h, t, k]
+        };
+        let (q, mut key, mut value) = (heads(0), heads(1), heads(2));
+        if let Some(slot) = cache {
+            if let Some((past_k, past_v)) = slot.take() {
+                key = Tensor::cat(vec![past_k, key], 2); // [b, h, t_past + t, k]
+                value = Tensor::cat(vec![past_v, value], 2);
+            }
+            *slot = Some((key.clone(), value.clone()));
+        }
+        // Causal masking aligns the queries with the *last* keys, which is what a cache needs.
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let y = attention(q, key, value, None, None, options); // [b, h, t, k]
+        let y = y.swap_dims(1, 2).reshape([b, t, d]);
+        self.proj.forward(y)
+    }
+}
+
+#[derive(Module, Debug)]
+struct Mlp<B: Backend> {
+    fc: Linear<B>,
+    proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.proj.forward(gelu(self.fc.forward(x)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexDevice;
+    use burn::tensor::{TensorData, Tolerance};
+
+    use super::*;
+
+    type B = Flex;
+
+    fn tokens(rows: &[&[i32]]) -> Tensor<B, 2, Int> {
+        let (b, t) = (rows.len(), rows[0].len());
+        let flat: Vec<i32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_data(TensorData::new(flat, [b, t]), &FlexDevice)
+    }
+
+    fn model(tied: bool) -> Gpt<B> {
+        B::seed(&FlexDevice, 0);
+        GptConfig::tiny(17, 12).with_tie_embeddings(tied).init(&FlexDevice)
+    }
+
+    #[test]
+    fn shapes_and_parameter_count() {
+        let m = model(true);
+        let out = m.forward(tokens(&[&[1, 2, 3, 4, 5], &[5, 4, 3, 2, 1]]));
+        assert_eq!(out.logits.dims(), [2, 5, 17]);
+        assert_eq!(out.hidden.dims(), [2, 5, 64]);
+        assert_eq!(out.layers.len(), 2);
+        assert_eq!(out.layers[1].dims(), [2, 5, 64]);
+        // Per block: 2 LayerNorms (2d each), qkv (3d^2 + 3d), proj (d^2 + d), fc (d*f + f),
+        // proj (f*d + d); plus embeddings (v*d + T*d) and the final norm (2d).
+        let (d, f, v, t) = (64, 256, 17, 12);
+        let block = 4 * d + 3 * d * d + 3 * d + d * d + d + d * f + f + f * d + d;
+        assert_eq!(m.num_params(), 2 * block + v * d + t * d + 2 * d);
+        assert_eq!(model(false).num_params(), m.num_params() + d * v);
+    }
+
+    #[test]
+    fn earlier_positions_do_not_see_later_tokens() {
+        let m = model(true);
+        let a = m.forward(tokens(&[&[1, 2, 3, 4, 5]])).logits.slice([0..1, 0..3, 0..17]);
+        let b = m.forward(tokens(&[&[1, 2, 3, 9, 9]])).logits.slice([0..1, 0..3, 0..17]);
+        a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::default());
+    }
+
+    #[test]
+    fn cached_decoding_matches_full_recomputation() {
+        for tied in [true, false] {
+            let m = model(tied);
+            let seq = tokens(&[&[3, 1, 4, 1, 5, 9, 2, 6], &[2, 7, 1, 8, 2, 8, 1, 8]]);
+            let full = m.forward(seq.clone()).logits; // [2, 8, 17]
+            let mut cache = m.new_cache();
+            // A 3-token prompt, then one token at a time.
+            let mut parts = vec![m.forward_cached(seq.clone().slice([0..2, 0..3]), &mut cache)];
+            for i in 3..8 {
+                parts.push(m.forward_cached(seq.clone().slice([0..2, i..i + 1]), &mut cache));
+            }
+            assert_eq!(cache.len(), 8);
+            let cached = Tensor::cat(parts, 1);
+            full.into_data().assert_approx_eq::<f32>(&cached.into_data(), Tolerance::rel_abs(1e-4, 1e-5));
+        }
+    }
+
+    #[test]
+    fn same_seed_same_weights() {
+        let logits = |seed| {
+            B::seed(&FlexDevice, seed);
+            let m: Gpt<B> = GptConfig::tiny(17, 12).init(&FlexDevice);
+            m.forward(tokens(&[&[1, 2, 3]])).logits.into_data().to_vec::<f32>().unwrap()
+        };
+        assert_eq!(logits(5), logits(5));
+        assert_ne!(logits(5), logits(6));
+    }
+
+    #[test]
+    fn validate_catches_heads_that_do_not_divide_the_width() {
+        assert!(GptConfig::new(10, 8).with_d_model(30).with_n_heads(4).validate().is_err());
+        assert!(GptConfig::ntf(54, 32).validate().is_ok());
+    }
+}
