@@ -71,6 +71,17 @@ impl GptConfig {
     /// Builds the model with freshly initialised weights (seed the backend first for
     /// reproducible weights).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt<B> {
+        let model = self.build(device);
+        // burn initialises parameters lazily, on first use. Materialise them now, in declaration
+        // order: otherwise a clone taken before the first forward pass (a checkpoint, say)
+        // initialises separately and draws different weights from the backend's generator.
+        let _ = model.num_params();
+        model
+    }
+
+    /// Builds the model with lazily initialised weights, for loading a record into: a record
+    /// replaces the initialisers before they ever run.
+    pub(crate) fn build<B: Backend>(&self, device: &B::Device) -> Gpt<B> {
         if let Err(e) = self.validate() {
             panic!("invalid GptConfig: {e}");
         }

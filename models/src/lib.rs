@@ -5,6 +5,7 @@
 //! trainer decides what to do with them (extra heads that objectives need live beside the GPT
 //! and take its hidden states as input).
 
+pub mod checkpoint;
 pub mod gpt;
 
 pub use gpt::{Gpt, GptConfig, GptOutput, KvCache};

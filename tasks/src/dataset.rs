@@ -486,6 +486,99 @@ pub fn sha256_file(path: &Path) -> Result<String, DataError> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// Where a run's examples come from: the `[data]` section of a training config, and what eval
+/// reads back from a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// A dataset directory written by `tasks gen`; its manifest's task must be the run's task.
+    /// When absent, both splits are generated in memory from the task and `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// A file that replaces the test split, e.g. NTF's own `deg_2_path_5_nodes_50_test_20000.txt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_file: Option<PathBuf>,
+    /// Training examples to generate (ignored with `dir`).
+    #[serde(default = "DataSpec::default_train")]
+    pub train: u64,
+    /// Test examples to generate (ignored with `dir` or `test_file`).
+    #[serde(default = "DataSpec::default_test")]
+    pub test: u64,
+    /// Seed of generated splits.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for DataSpec {
+    fn default() -> Self {
+        DataSpec { dir: None, test_file: None, train: Self::default_train(), test: Self::default_test(), seed: 0 }
+    }
+}
+
+/// A task with its loaded (or generated) splits.
+pub struct Loaded {
+    /// The task, built from the spec.
+    pub task: Box<dyn Task>,
+    /// Training examples (empty when not asked for).
+    pub train: Vec<Example>,
+    /// Test examples.
+    pub test: Vec<Example>,
+}
+
+impl DataSpec {
+    fn default_train() -> u64 {
+        200_000
+    }
+
+    fn default_test() -> u64 {
+        20_000
+    }
+
+    /// Builds the task and loads (or generates) its splits; `with_train: false` skips the
+    /// training split (evaluation needs only the test split).
+    pub fn load(&self, spec: &TaskSpec, with_train: bool) -> Result<Loaded, DataError> {
+        let task = spec.build().map_err(|e| DataError::Other(e.to_string()))?;
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        match &self.dir {
+            Some(dir) => {
+                let (manifest, root) = Manifest::read(dir)?;
+                if &manifest.task != spec {
+                    return Err(DataError::Manifest {
+                        path: dir.join(MANIFEST),
+                        msg: format!(
+                            "the dataset is {} but the config asks for {}",
+                            serde_json::to_string(&manifest.task).unwrap_or_default(),
+                            serde_json::to_string(spec).unwrap_or_default()
+                        ),
+                    });
+                }
+                let split = |name: &str| -> Result<PathBuf, DataError> {
+                    let entry = manifest.splits.get(name).ok_or_else(|| DataError::Manifest {
+                        path: dir.join(MANIFEST),
+                        msg: format!("no {name} split"),
+                    })?;
+                    Ok(root.join(&entry.file))
+                };
+                if with_train {
+                    train = read_split_strict(task.as_ref(), &split("train")?, manifest.format)?;
+                }
+                if self.test_file.is_none() {
+                    test = read_split_strict(task.as_ref(), &split("test")?, manifest.format)?;
+                }
+            }
+            None => {
+                let sizes =
+                    SplitSizes { train: if with_train { self.train } else { 0 }, test: self.test, seed: self.seed };
+                (train, test) = generate(task.as_ref(), sizes)?;
+            }
+        }
+        if let Some(file) = &self.test_file {
+            test = read_split_strict(task.as_ref(), file, Format::of_path(file))?;
+        }
+        Ok(Loaded { task, train, test })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +611,21 @@ mod tests {
         let (_, a) = generate(task.as_ref(), SplitSizes { train: 10, test: 20, seed: 1 }).unwrap();
         let (_, b) = generate(task.as_ref(), SplitSizes { train: 500, test: 20, seed: 1 }).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn data_specs_load_generated_and_written_splits_alike() {
+        let spec = TaskSpec::PathStar(PathStarParams::default());
+        let data = DataSpec { train: 300, test: 40, seed: 2, ..Default::default() };
+        let generated = data.load(&spec, true).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = SplitSizes { train: 300, test: 40, seed: 2 };
+        write_dataset(generated.task.as_ref(), sizes, Format::Ntf, dir.path(), &mut |_| {}).unwrap();
+        let read = DataSpec { dir: Some(dir.path().to_path_buf()), ..Default::default() }.load(&spec, true).unwrap();
+        assert_eq!((read.train, read.test), (generated.train, generated.test));
+        let other = TaskSpec::PathStar(PathStarParams { nodes: 60, ..Default::default() });
+        let err = DataSpec { dir: Some(dir.path().to_path_buf()), ..Default::default() }.load(&other, false);
+        assert!(err.err().unwrap().to_string().contains("the dataset is"));
     }
 
     #[test]

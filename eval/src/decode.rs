@@ -1,0 +1,70 @@
+//! Decoding: teacher-forced (one pass over the true sequence), teacherless (one pass over the
+//! prompt and `$` inputs), and greedy free-running with the KV cache.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use models::Gpt;
+
+use crate::batch::Batch;
+
+fn argmax_rows<B: Backend>(logits: Tensor<B, 3>) -> (Vec<i64>, usize) {
+    let [_, t, _] = logits.dims();
+    let ids = logits.argmax(2).into_data().convert::<i64>().to_vec::<i64>().expect("argmax gives ints");
+    (ids, t)
+}
+
+/// Each row's predicted target tokens when every input is the true token.
+pub fn teacher_forced<B: Backend>(model: &Gpt<B>, batch: &Batch<B>) -> Vec<Vec<u32>> {
+    targets_from_logits(model.forward(batch.inputs.clone()).logits, batch)
+}
+
+/// Each row's predicted target tokens when the target inputs are all `$`.
+pub fn teacherless<B: Backend>(model: &Gpt<B>, batch: &Batch<B>, dummy: u32) -> Vec<Vec<u32>> {
+    targets_from_logits(model.forward(batch.teacherless(dummy)).logits, batch)
+}
+
+fn targets_from_logits<B: Backend>(logits: Tensor<B, 3>, batch: &Batch<B>) -> Vec<Vec<u32>> {
+    let (ids, t) = argmax_rows(logits);
+    batch
+        .prefix_lens
+        .iter()
+        .zip(&batch.target_lens)
+        .enumerate()
+        .map(|(r, (&p, &len))| (0..len).map(|i| ids[r * t + p - 1 + i] as u32).collect())
+        .collect()
+}
+
+/// Greedy decoding of up to `max_len` tokens after prompts of equal length, with the KV cache.
+/// A row stops at `eos` (kept in its output).
+pub fn greedy<B: Backend>(
+    model: &Gpt<B>,
+    prompts: &[&[u32]],
+    max_len: usize,
+    eos: Option<u32>,
+    device: &B::Device,
+) -> Vec<Vec<u32>> {
+    let (b, p) = (prompts.len(), prompts[0].len());
+    debug_assert!(prompts.iter().all(|x| x.len() == p));
+    let flat: Vec<i32> = prompts.iter().flat_map(|x| x.iter().map(|&t| t as i32)).collect();
+    let mut cache = model.new_cache();
+    let mut logits =
+        model.forward_cached(Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, p]), device), &mut cache);
+    let mut outputs = vec![Vec::with_capacity(max_len); b];
+    let mut done = vec![false; b];
+    for step in 0..max_len {
+        let [_, t, _] = logits.dims();
+        let next = logits.slice([0..b, t - 1..t]).argmax(2).reshape([b, 1]); // [b, 1]
+        let ids = next.clone().into_data().convert::<i64>().to_vec::<i64>().expect("argmax gives ints");
+        for (r, &id) in ids.iter().enumerate() {
+            if !done[r] {
+                outputs[r].push(id as u32);
+                done[r] = eos == Some(id as u32);
+            }
+        }
+        if step + 1 == max_len || done.iter().all(|&d| d) {
+            break;
+        }
+        logits = model.forward_cached(next, &mut cache);
+    }
+    outputs
+}

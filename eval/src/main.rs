@@ -1,0 +1,64 @@
+//! `eval RUN_DIR`: evaluates a run's latest checkpoint (or `--step N`) on its test split,
+//! writes `eval.json` and `failures.txt` into the run directory and prints the table.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use burn::backend::Flex;
+use burn::backend::flex::FlexDevice;
+use clap::Parser;
+use eval::run_dir;
+
+#[derive(Parser)]
+#[command(name = "eval", version, about = "Evaluate a lab run: teacher-forced vs free-running accuracy per position.")]
+struct Cli {
+    /// The run directory.
+    run: PathBuf,
+    /// Evaluate this checkpoint instead of the latest.
+    #[arg(long)]
+    step: Option<u64>,
+    /// Test examples to evaluate (0: all) [default: the run's `[eval] examples`].
+    #[arg(long)]
+    examples: Option<usize>,
+    /// Replace the run's test split by this file (e.g. NTF's own test set).
+    #[arg(long)]
+    test_file: Option<PathBuf>,
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let (step, stem) = match cli.step {
+        Some(step) => (step, run_dir::checkpoint_stem(&cli.run, step)),
+        None => run_dir::latest(&cli.run)?,
+    };
+    let meta = run_dir::read_meta(&stem)?;
+    let mut options = run_dir::eval_options(&cli.run)?;
+    options.teacherless |= meta.teacherless;
+    if let Some(n) = cli.examples {
+        options.examples = n;
+    }
+    let mut data = meta.data.clone();
+    if cli.test_file.is_some() {
+        data.test_file = cli.test_file.clone();
+    }
+    let loaded = data.load(&meta.task, false)?;
+    let device = FlexDevice;
+    let model = models::checkpoint::load_model::<Flex>(&meta.model, &stem, &device)
+        .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;
+    let report = eval::evaluate(&model, loaded.task.as_ref(), &loaded.test, &options);
+    run_dir::write_report(&cli.run, step, &report)?;
+    println!("{} at step {step}, {}", cli.run.display(), meta.objective);
+    print!("{}", report.table());
+    println!("wrote {} and {}", cli.run.join("eval.json").display(), cli.run.join("failures.txt").display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Scores from decoded outputs, and the report's three forms: metrics (for `metrics.jsonl`),
+//! `eval.json`, and a table for people.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use tasks::path_star::PathStar;
+use tasks::{Example, Task, TaskSpec};
+
+/// Exact match and accuracy per target position for one decoding mode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    /// Share of examples whose whole target is reproduced.
+    pub exact: f64,
+    /// Accuracy at target positions 1, 2, ... (index 0 is position 1, as in the papers).
+    pub per_position: Vec<f64>,
+}
+
+/// The Pitfalls of Next-Token Prediction's diagnostics on path-star.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PathStarDiagnostics {
+    /// Teacher-forced accuracy at target position 2, the first real decision (the paper's
+    /// "indecipherable token": chance is 1/d).
+    pub decision: f64,
+    /// Share of teacher-forced predictions at positions >= 3 that equal the next node after
+    /// the previous *true* node (its child; its parent for reversed targets): the Clever-Hans
+    /// cheat when it is near 1 while free-running accuracy is near 1/d.
+    pub clever_hans: f64,
+    /// Share of free-running predictions at positions >= 3 that follow an edge from the
+    /// previous *generated* node: whether the model walks the graph once it has chosen an arm.
+    pub free_follows_edge: f64,
+}
+
+/// One mistake, for `failures.txt`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Index in the test split.
+    pub index: usize,
+    /// The prompt, as text.
+    pub prompt: String,
+    /// The reference target, as text.
+    pub expected: String,
+    /// The free-running output, as text.
+    pub free: String,
+    /// The teacher-forced predictions, as text.
+    pub forced: String,
+    /// The verifier's reason.
+    pub reason: String,
+}
+
+/// Everything an evaluation found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Examples evaluated.
+    pub examples: usize,
+    /// Teacher-forced: every input is the true token.
+    pub forced: Scores,
+    /// Free-running: greedy decoding from the prompt alone, with the KV cache.
+    pub free: Scores,
+    /// Share of free-running outputs that the task's verifier accepts (for tasks with many
+    /// right answers this, not `free.exact`, is the score).
+    pub free_valid: f64,
+    /// Teacherless decoding (prompt and `$` inputs, one pass), when asked for.
+    pub teacherless: Option<Scores>,
+    /// Path-star diagnostics, for path-star tasks.
+    pub path_star: Option<PathStarDiagnostics>,
+    /// The first mistakes of free-running decoding.
+    pub failures: Vec<Failure>,
+}
+
+fn scores(examples: &[Example], predictions: &[Vec<u32>]) -> Scores {
+    let longest = examples.iter().map(|e| e.target().len()).max().unwrap_or(0);
+    let mut right = vec![0usize; longest];
+    let mut count = vec![0usize; longest];
+    let mut exact = 0;
+    for (ex, pred) in examples.iter().zip(predictions) {
+        let target = ex.target();
+        for (i, &t) in target.iter().enumerate() {
+            count[i] += 1;
+            right[i] += (pred.get(i) == Some(&t)) as usize;
+        }
+        exact += (pred.as_slice() == target) as usize;
+    }
+    Scores {
+        exact: ratio(exact, examples.len()),
+        per_position: right.iter().zip(&count).map(|(&r, &c)| ratio(r, c)).collect(),
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+fn path_star_diagnostics(
+    ps: &PathStar,
+    examples: &[Example],
+    forced: &[Vec<u32>],
+    free: &[Vec<u32>],
+) -> PathStarDiagnostics {
+    let reverse = ps.params().reverse;
+    let (mut cheat, mut cheat_n, mut follow, mut follow_n, mut decision) = (0, 0, 0, 0, 0);
+    for ((ex, f), g) in examples.iter().zip(forced).zip(free) {
+        let Ok(inst) = ps.parse_prompt(ex.prefix()) else { continue };
+        // The node after `v` in the direction the target is written.
+        let next = |v: u32| {
+            if reverse { inst.edges.iter().find(|e| e.1 == v).map(|e| e.0) } else { inst.child(v) }
+        };
+        let target = ex.target();
+        decision += (f.get(1) == target.get(1)) as usize;
+        for i in 2..target.len() {
+            cheat_n += 1;
+            cheat += (f.get(i).copied() == next(target[i - 1])) as usize;
+            if let (Some(&prev), Some(&cur)) = (g.get(i - 1), g.get(i)) {
+                follow_n += 1;
+                follow += (Some(cur) == next(prev)) as usize;
+            }
+        }
+    }
+    PathStarDiagnostics {
+        decision: ratio(decision, examples.len()),
+        clever_hans: ratio(cheat, cheat_n),
+        free_follows_edge: ratio(follow, follow_n),
+    }
+}
+
+/// Scores decoded outputs against the examples.
+pub fn score(
+    task: &dyn Task,
+    examples: &[Example],
+    forced: &[Vec<u32>],
+    free: &[Vec<u32>],
+    teacherless: Option<&[Vec<u32>]>,
+    keep_failures: usize,
+) -> EvalReport {
+    let vocab = task.vocab();
+    let mut valid = 0;
+    let mut failures = Vec::new();
+    for (i, ((ex, f), g)) in examples.iter().zip(forced).zip(free).enumerate() {
+        match task.verify(ex.prefix(), g) {
+            tasks::Verdict::Valid => valid += 1,
+            tasks::Verdict::Invalid(reason) if failures.len() < keep_failures => failures.push(Failure {
+                index: i,
+                prompt: vocab.decode(ex.prefix()),
+                expected: vocab.decode(ex.target()),
+                free: vocab.decode(g),
+                forced: vocab.decode(f),
+                reason,
+            }),
+            tasks::Verdict::Invalid(_) => {}
+        }
+    }
+    let path_star = match task.spec() {
+        TaskSpec::PathStar(p) => {
+            PathStar::new(p.clone()).ok().map(|ps| path_star_diagnostics(&ps, examples, forced, free))
+        }
+        _ => None,
+    };
+    EvalReport {
+        examples: examples.len(),
+        forced: scores(examples, forced),
+        free: scores(examples, free),
+        free_valid: ratio(valid, examples.len()),
+        teacherless: teacherless.map(|t| scores(examples, t)),
+        path_star,
+        failures,
+    }
+}
+
+impl EvalReport {
+    /// Flat metrics for `metrics.jsonl`: `eval/forced/exact`, `eval/free/pos_2`, ...
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        let mut m = Vec::new();
+        let mut mode = |name: &str, s: &Scores| {
+            m.push((format!("eval/{name}/exact"), s.exact));
+            for (i, a) in s.per_position.iter().enumerate() {
+                m.push((format!("eval/{name}/pos_{}", i + 1), *a));
+            }
+        };
+        mode("forced", &self.forced);
+        mode("free", &self.free);
+        if let Some(t) = &self.teacherless {
+            mode("teacherless", t);
+        }
+        m.push(("eval/free/valid".into(), self.free_valid));
+        if let Some(d) = &self.path_star {
+            m.push(("eval/path_star/decision".into(), d.decision));
+            m.push(("eval/path_star/clever_hans".into(), d.clever_hans));
+            m.push(("eval/path_star/free_follows_edge".into(), d.free_follows_edge));
+        }
+        m
+    }
+
+    /// A table for people: one row per decoding mode, one column per target position.
+    pub fn table(&self) -> String {
+        let positions = self.forced.per_position.len();
+        let mut out = format!("{} test examples\n\n{:<14}{:>8}", self.examples, "decoding", "exact");
+        for p in 1..=positions {
+            let _ = write!(out, "{:>8}", format!("pos {p}"));
+        }
+        out.push('\n');
+        let mut row = |name: &str, s: &Scores| {
+            let _ = write!(out, "{name:<14}{:>8.3}", s.exact);
+            for a in &s.per_position {
+                let _ = write!(out, "{a:>8.3}");
+            }
+            out.push('\n');
+        };
+        row("teacher-forced", &self.forced);
+        row("free-running", &self.free);
+        if let Some(t) = &self.teacherless {
+            row("teacherless", t);
+        }
+        let _ = writeln!(out, "\nfree-running outputs the verifier accepts: {:.3}", self.free_valid);
+        if let Some(d) = &self.path_star {
+            let _ = writeln!(
+                out,
+                "path-star: decision-token accuracy (position 2, teacher-forced) {:.3}; Clever-Hans rate {:.3}; \
+                 free-running steps that follow an edge {:.3}",
+                d.decision, d.clever_hans, d.free_follows_edge
+            );
+        }
+        out
+    }
+
+    /// `failures.txt`: the first mistakes, one block each.
+    pub fn failures_text(&self) -> String {
+        let mut out = String::new();
+        for f in &self.failures {
+            let _ = writeln!(
+                out,
+                "#{}\n  prompt   {}\n  expected {}\n  free     {}   ({})\n  forced   {}\n",
+                f.index, f.prompt, f.expected, f.free, f.reason, f.forced
+            );
+        }
+        if out.is_empty() {
+            out.push_str("no mistakes\n");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tasks::path_star::PathStarParams;
+
+    use super::*;
+
+    #[test]
+    fn path_star_scores_by_hand() {
+        let task = PathStar::new(PathStarParams::default()).unwrap();
+        // Source 32, goal 12; arms 32-34-6-16-12 and 32-3-19-47-28.
+        let ex = task.parse_ntf_line("32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,28/32,12=32,34,6,16,12").unwrap();
+        let examples = vec![ex.clone(), ex];
+        // Row 0: the Clever-Hans model: forced right after the decision, wrong arm when free.
+        // Row 1: right everywhere.
+        let forced = vec![vec![32, 3, 6, 16, 12], vec![32, 34, 6, 16, 12]];
+        let free = vec![vec![32, 3, 19, 47, 28], vec![32, 34, 6, 16, 12]];
+        let r = score(&task, &examples, &forced, &free, None, 5);
+        assert_eq!(r.forced.exact, 0.5);
+        assert_eq!(r.forced.per_position, vec![1.0, 0.5, 1.0, 1.0, 1.0]);
+        assert_eq!(r.free.per_position, vec![1.0, 0.5, 0.5, 0.5, 0.5]);
+        assert_eq!(r.free_valid, 0.5);
+        let d = r.path_star.clone().unwrap();
+        assert_eq!((d.decision, d.clever_hans, d.free_follows_edge), (0.5, 1.0, 1.0));
+        assert_eq!(r.failures.len(), 1);
+        assert!(r.failures[0].reason.contains("ends at 28"));
+        let metrics = r.metrics();
+        assert!(metrics.contains(&("eval/free/pos_2".to_string(), 0.5)));
+        assert!(r.table().contains("Clever-Hans rate 1.000"));
+    }
+}
