@@ -61,6 +61,12 @@ impl EvalOptions {
     }
 }
 
+/// Positions a model needs to evaluate `examples`: the longest teacher-forced input and the
+/// longest prompt followed by a full free-running target.
+pub fn needed_positions(task: &dyn Task, examples: &[Example]) -> usize {
+    examples.iter().map(|e| (e.tokens.len() - 1).max(e.prefix_len + task.max_target_len() - 1)).max().unwrap_or(1)
+}
+
 /// Evaluates `model` on (the first `options.examples` of) `examples`.
 pub fn evaluate<B: Backend>(
     model: &Gpt<B>,
@@ -70,6 +76,10 @@ pub fn evaluate<B: Backend>(
 ) -> EvalReport {
     let n = if options.examples == 0 { examples.len() } else { options.examples.min(examples.len()) };
     let examples = &examples[..n];
+    assert!(
+        needed_positions(task, examples) <= model.max_seq_len(),
+        "the examples need more positions than the model has; check with needed_positions first"
+    );
     let device = model_device(model);
     let batch_size = options.batch_size.max(1);
 

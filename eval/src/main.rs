@@ -42,6 +42,13 @@ fn run(cli: Cli) -> Result<()> {
         data.test_file = cli.test_file.clone();
     }
     let loaded = data.load(&meta.task, false)?;
+    let needed = eval::needed_positions(loaded.task.as_ref(), &loaded.test);
+    if needed > meta.model.max_seq_len {
+        anyhow::bail!(
+            "the test split needs {needed} positions but the model has {}: evaluate on data of the run's shape",
+            meta.model.max_seq_len
+        );
+    }
     let device = FlexDevice;
     let model = models::checkpoint::load_model::<Flex>(&meta.model, &stem, &device)
         .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;

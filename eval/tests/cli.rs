@@ -1,0 +1,78 @@
+//! `eval RUN_DIR` on a run directory written by hand through the contract of `eval::run_dir`
+//! (the trainer is not linked here, as in the crate itself).
+
+use assert_cmd::Command;
+use burn::backend::Flex;
+use burn::backend::flex::FlexDevice;
+use burn::tensor::backend::Backend;
+use eval::run_dir::{CheckpointMeta, checkpoint_stem};
+use models::GptConfig;
+use tasks::TaskSpec;
+use tasks::dataset::DataSpec;
+use tasks::path_star::PathStarParams;
+
+#[test]
+fn evaluates_the_latest_checkpoint_of_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    std::fs::write(run.join("config.toml"), "[eval]\nexamples = 30\nteacherless = true\n").unwrap();
+    let task = TaskSpec::PathStar(PathStarParams { degree: 2, path_len: 3, nodes: 8, reverse: false });
+    // 15 prompt tokens and 3 target tokens: 17 inputs at most.
+    let model = GptConfig::tiny(12, 17).with_d_model(32).with_d_ff(64);
+    Flex::seed(&FlexDevice, 0);
+    let stem = checkpoint_stem(&run, 7);
+    models::checkpoint::save_model(&model.init::<Flex>(&FlexDevice), &stem).unwrap();
+    let meta = CheckpointMeta {
+        step: 7,
+        model,
+        task,
+        data: DataSpec { train: 0, test: 40, ..Default::default() },
+        objective: "ntp".into(),
+        teacherless: false,
+    };
+    std::fs::write(stem.with_extension("json"), serde_json::to_string(&meta).unwrap()).unwrap();
+
+    let out = Command::cargo_bin("eval").unwrap().arg(&run).assert().success().get_output().stdout.clone();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("at step 7") && out.contains("teacherless") && out.contains("Clever-Hans"), "{out}");
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    assert_eq!((eval["step"].as_u64(), eval["examples"].as_u64()), (Some(7), Some(30)));
+    assert!(std::fs::read_to_string(run.join("failures.txt")).unwrap().len() > 10);
+}
+
+#[test]
+fn refuses_what_is_not_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        Command::cargo_bin("eval").unwrap().arg(dir.path().join("nothing")).assert().failure().get_output().clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: ") && err.contains("is not a run directory"), "{err}");
+    let out = Command::cargo_bin("eval").unwrap().arg(dir.path()).assert().failure().get_output().clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("holds no complete checkpoint"), "{err}");
+}
+
+#[test]
+fn a_test_file_too_long_for_the_model_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    std::fs::write(run.join("config.toml"), "").unwrap();
+    let model = GptConfig::tiny(12, 10).with_d_model(32).with_d_ff(64);
+    let stem = checkpoint_stem(&run, 1);
+    models::checkpoint::save_model(&model.init::<Flex>(&FlexDevice), &stem).unwrap();
+    let meta = CheckpointMeta {
+        step: 1,
+        model,
+        task: TaskSpec::PathStar(PathStarParams { degree: 2, path_len: 3, nodes: 8, reverse: false }),
+        data: DataSpec { train: 0, test: 5, ..Default::default() },
+        objective: "ntp".into(),
+        teacherless: false,
+    };
+    std::fs::write(stem.with_extension("json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    let out = Command::cargo_bin("eval").unwrap().arg(&run).assert().failure().get_output().clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("needs 17 positions but the model has 10"), "{err}");
+}

@@ -1,0 +1,136 @@
+//! `trainer train --config FILE [--set key=value]... [--out DIR]` starts a run;
+//! `trainer train --resume RUN_DIR` continues one from its latest checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use burn::backend::flex::FlexDevice;
+use burn::backend::{Autodiff, Flex};
+use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
+use trainer::{RunConfig, TrainOptions};
+
+/// The backend of this build: burn's pure-Rust CPU backend with autodiff.
+type Backend = Autodiff<Flex>;
+
+#[derive(Parser)]
+#[command(name = "trainer", version, about = "Train lab models with competing objectives.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a model (or continue a run with --resume).
+    Train {
+        /// The config file (TOML), e.g. configs/path-star/ntp.toml.
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        config: Option<PathBuf>,
+        /// Override a config value: --set optimizer.lr=3e-4 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "resume")]
+        overrides: Vec<String>,
+        /// Run directory [default: runs/<date>-<task>-<objective>-<config hash>].
+        #[arg(long, conflicts_with = "resume")]
+        out: Option<PathBuf>,
+        /// Continue this run from its latest checkpoint, with its saved config.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+/// Today's date (UTC) as yyyy-mm-dd, from the system clock.
+fn today() -> String {
+    let days =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn default_run_dir(config: &RunConfig) -> PathBuf {
+    let hash = Sha256::digest(config.to_toml().as_bytes());
+    let short: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    Path::new("runs").join(format!("{}-{}-{}-{short}", today(), config.task.name(), config.objective.name()))
+}
+
+fn command_line() -> String {
+    let argv: Vec<String> = std::env::args().collect();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    format!(
+        "command: {}\ncommit: {commit}\ndevice: flex (CPU, {} threads)\nfeatures: flex\ntrainer: {}\n",
+        argv.join(" "),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let Cmd::Train { config, overrides, out, resume, quiet } = cli.cmd;
+    let (config, run, resuming) = match resume {
+        Some(run) => {
+            let path = run.join("config.toml");
+            if !path.is_file() {
+                bail!("{} is not a run directory (no config.toml)", run.display());
+            }
+            (RunConfig::load(&path, &[])?, run, true)
+        }
+        None => {
+            let path = config.expect("clap requires --config without --resume");
+            let config = RunConfig::load(&path, &overrides)?;
+            let run = out.unwrap_or_else(|| default_run_dir(&config));
+            (config, run, false)
+        }
+    };
+    let options = TrainOptions { progress: !quiet, stop_after: None };
+    if !resuming {
+        std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
+        std::fs::write(run.join("command.txt"), command_line()).context("writing command.txt")?;
+    } else {
+        let mut text = std::fs::read_to_string(run.join("command.txt")).unwrap_or_default();
+        text.push_str(&format!("resumed: {}", command_line()));
+        std::fs::write(run.join("command.txt"), text).context("writing command.txt")?;
+    }
+    println!("{} {}", if resuming { "resuming" } else { "training in" }, run.display());
+    let outcome = trainer::train::<Backend>(&config, &run, resuming, &FlexDevice, &options)?;
+    println!(
+        "{} steps of {} on {} in {:.1} s ({:.1} steps/s)",
+        outcome.step,
+        config.objective.name(),
+        config.task.name(),
+        outcome.seconds,
+        outcome.step as f64 / outcome.seconds.max(1e-9)
+    );
+    if let Some(report) = &outcome.report {
+        print!("{}", report.table());
+    }
+    println!("metrics: {}", run.join("metrics.jsonl").display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

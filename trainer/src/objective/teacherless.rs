@@ -1,0 +1,27 @@
+//! The teacherless objective of Next-Token-Failures (Bachmann & Nagarajan 2024): every input at
+//! a target position is replaced by the dummy `$`, so the model must produce the whole target
+//! from the prompt alone and cannot lean on the true previous token (no Clever-Hans cheat).
+
+use burn::tensor::backend::AutodiffBackend;
+use eval::Batch;
+use models::Gpt;
+
+use super::{LossOutput, Objective, masked_cross_entropy};
+
+/// Teacherless training; see the module docs.
+pub struct Teacherless {
+    /// The task's `$` token.
+    pub dummy: u32,
+}
+
+impl<B: AutodiffBackend> Objective<B> for Teacherless {
+    fn loss(&self, model: &Gpt<B>, batch: &Batch<B>) -> LossOutput<B> {
+        let out = model.forward(batch.teacherless(self.dummy));
+        let loss = masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone());
+        LossOutput { total: loss.clone(), parts: vec![("teacherless", loss)] }
+    }
+
+    fn teacherless_eval(&self) -> bool {
+        true
+    }
+}

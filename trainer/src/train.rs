@@ -1,0 +1,271 @@
+//! The explicit training loop (`forward → loss → backward → clip → AdamW step`), with metrics,
+//! evaluation, atomic checkpoints and exact resume.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::record::Recorder;
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
+use eval::run_dir::{self, CheckpointMeta};
+use eval::{Batch, EvalReport};
+use indicatif::{ProgressBar, ProgressStyle};
+use models::Gpt;
+use models::checkpoint::{LabRecorder, load_model, save_model};
+use serde_json::{Map, Value, json};
+use tasks::Example;
+
+use crate::clip::clip_grad_norm;
+use crate::config::{ModelSection, RunConfig};
+use crate::sampler::BatchSampler;
+
+/// How to run, beyond the config.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// Stop after this many steps as if the process had been killed there (for tests of
+    /// `--resume`); checkpoints and metrics are left as a kill would leave them.
+    pub stop_after: Option<u64>,
+}
+
+/// What a finished (or stopped) run leaves.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Steps done.
+    pub step: u64,
+    /// The last evaluation, if one ran.
+    pub report: Option<EvalReport>,
+    /// Wall-clock seconds of this invocation.
+    pub seconds: f64,
+}
+
+/// Starts a run in `run` (which must not hold checkpoints yet) or, with `resume`, continues it
+/// from its latest checkpoint. `config` is the resolved config when resuming.
+pub fn train<B: AutodiffBackend>(
+    config: &RunConfig,
+    run: &Path,
+    resume: bool,
+    device: &B::Device,
+    options: &TrainOptions,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let loaded = config.data.load(&config.task, true).context("loading the data")?;
+    let (task, train, test) = (loaded.task, loaded.train, loaded.test);
+    if train.is_empty() {
+        bail!("the training split is empty");
+    }
+    let needed = eval::needed_positions(task.as_ref(), &train).max(eval::needed_positions(task.as_ref(), &test));
+    let model_config = config.model.resolve(task.vocab().len(), needed)?;
+    let objective = config.objective.build::<B>(task.as_ref());
+    let mut eval_options = config.eval.clone();
+    eval_options.teacherless |= objective.teacherless_eval();
+
+    let mut resolved = config.clone();
+    resolved.model = ModelSection::from_resolved(config.model.preset, &model_config);
+    let meta = |step| CheckpointMeta {
+        step,
+        model: model_config.clone(),
+        task: config.task.clone(),
+        data: config.data.clone(),
+        objective: config.objective.name().to_string(),
+        teacherless: eval_options.teacherless,
+    };
+
+    let opt = &config.optimizer;
+    let mut optim = AdamWConfig::new()
+        .with_beta_1(opt.beta1)
+        .with_beta_2(opt.beta2)
+        .with_epsilon(opt.eps)
+        .with_weight_decay(opt.weight_decay as f32)
+        .init::<B, Gpt<B>>();
+
+    let (mut model, start): (Gpt<B>, u64) = if resume {
+        let (step, stem) = run_dir::latest(run)?;
+        let saved = run_dir::read_meta(&stem)?;
+        if saved.model != model_config {
+            bail!("the checkpoint's model differs from the one the run's config resolves to");
+        }
+        let model = load_model::<B>(&model_config, &stem, device)
+            .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;
+        let record = Recorder::<B>::load(&LabRecorder::new(), optim_stem(&stem), device)
+            .with_context(|| format!("loading the optimizer state beside {}", stem.display()))?;
+        optim = optim.load_record(record);
+        truncate_metrics(&run.join("metrics.jsonl"), step)?;
+        (model, step)
+    } else {
+        if !run_dir::checkpoints(run)?.is_empty() {
+            bail!("{} already holds checkpoints; continue it with --resume, or choose another --out", run.display());
+        }
+        std::fs::create_dir_all(run.join("checkpoints")).with_context(|| format!("creating {}", run.display()))?;
+        run_dir::write_atomic(&run.join("config.toml"), resolved.to_toml().as_bytes())?;
+        File::create(run.join("metrics.jsonl")).context("creating metrics.jsonl")?;
+        B::seed(device, config.seeds.model);
+        (model_config.init::<B>(device), 0)
+    };
+
+    let schedule = &config.schedule;
+    let mut sampler = BatchSampler::new(train.len(), schedule.batch_size, config.seeds.data);
+    let mut metrics =
+        OpenOptions::new().append(true).open(run.join("metrics.jsonl")).context("opening metrics.jsonl")?;
+    let bar = progress_bar(options.progress, schedule.steps, start);
+    let pad = task.vocab().dummy();
+    let mut window = Window::default();
+    let mut report = None;
+    let mut last_checkpoint = start;
+
+    for step in start..schedule.steps {
+        let lr = schedule.lr(opt.lr, step);
+        let rows: Vec<&Example> = sampler.indices(step).into_iter().map(|i| &train[i]).collect();
+        let batch = Batch::<B>::new(&rows, pad, device);
+        let loss = objective.loss(&model, &batch);
+        let value: f64 = loss.total.clone().into_scalar().elem();
+        if !value.is_finite() {
+            bar.abandon();
+            bail!(
+                "the loss became {value} at step {}; the run stopped and keeps its last good checkpoint (step {last_checkpoint}). \
+                 Lower optimizer.lr or raise schedule.warmup_steps, then start again{}",
+                step + 1,
+                if last_checkpoint > 0 { " or --resume from there" } else { "" }
+            );
+        }
+        let parts: Vec<(&str, f64)> = loss.parts.iter().map(|(n, t)| (*n, t.clone().into_scalar().elem())).collect();
+        let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, opt.grad_clip);
+        model = optim.step(lr, model, grads);
+
+        let done = step + 1;
+        window.add(value, &parts, grad_norm);
+        if done % schedule.log_every == 0 || done == schedule.steps {
+            let mut line = window.take();
+            line.insert("train/lr".into(), json!(lr));
+            write_metrics(&mut metrics, done, line)?;
+        }
+        let last = done == schedule.steps;
+        if last || (schedule.eval_every > 0 && done % schedule.eval_every == 0) {
+            let r = eval::evaluate(&model.valid(), task.as_ref(), &test, &eval_options);
+            write_metrics(&mut metrics, done, r.metrics().into_iter().map(|(k, v)| (k, json!(v))).collect())?;
+            run_dir::write_report(run, done, &r)?;
+            bar.set_message(format!("loss {value:.4} | free exact {:.3}", r.free.exact));
+            report = Some(r);
+        } else if done % schedule.log_every == 0 {
+            let free =
+                report.as_ref().map_or(String::new(), |r: &EvalReport| format!(" | free exact {:.3}", r.free.exact));
+            bar.set_message(format!("loss {value:.4}{free}"));
+        }
+        if last || (schedule.checkpoint_every > 0 && done % schedule.checkpoint_every == 0) {
+            save_checkpoint(&model, &optim, run, &meta(done))?;
+            last_checkpoint = done;
+        }
+        bar.set_position(done);
+        if options.stop_after == Some(done) {
+            bar.abandon();
+            return Ok(Outcome { step: done, report, seconds: started.elapsed().as_secs_f64() });
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Outcome { step: schedule.steps.max(start), report, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn optim_stem(stem: &Path) -> PathBuf {
+    let name = stem.file_name().expect("a checkpoint stem has a name").to_string_lossy();
+    stem.with_file_name(format!("{name}-optim"))
+}
+
+/// Writes weights, optimizer state, then the sidecar that marks the checkpoint complete; each
+/// file goes to a temporary name first and is renamed into place.
+fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Gpt<B>, B>>(
+    model: &Gpt<B>,
+    optim: &O,
+    run: &Path,
+    meta: &CheckpointMeta,
+) -> Result<()> {
+    let stem = run_dir::checkpoint_stem(run, meta.step);
+    let tmp = |s: &Path| s.with_file_name(format!("tmp-{}", s.file_name().unwrap().to_string_lossy()));
+    let file = models::checkpoint::record_path;
+    save_model(model, &tmp(&stem)).context("saving the model")?;
+    std::fs::rename(file(&tmp(&stem)), file(&stem))?;
+    let ostem = optim_stem(&stem);
+    Recorder::<B>::record(&LabRecorder::new(), optim.to_record(), tmp(&ostem)).context("saving the optimizer")?;
+    std::fs::rename(file(&tmp(&ostem)), file(&ostem))?;
+    let json = serde_json::to_string_pretty(meta)? + "\n";
+    run_dir::write_atomic(&stem.with_extension("json"), json.as_bytes())
+}
+
+/// Drops metric lines written after `step` (a killed run may have logged past its last
+/// checkpoint; the resumed run writes them again).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut kept = String::new();
+    for line in BufReader::new(file).lines() {
+        let line = line?;
+        let s = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["step"].as_u64());
+        if s.is_some_and(|s| s <= step) {
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+    }
+    run_dir::write_atomic(path, kept.as_bytes())
+}
+
+fn write_metrics(out: &mut File, step: u64, values: Map<String, Value>) -> Result<()> {
+    let mut line = Map::new();
+    line.insert("step".into(), json!(step));
+    line.extend(values);
+    writeln!(out, "{}", Value::Object(line)).context("writing metrics.jsonl")?;
+    out.flush().context("writing metrics.jsonl")
+}
+
+/// Means of training values over the steps since the last log line.
+#[derive(Default)]
+struct Window {
+    n: usize,
+    loss: f64,
+    parts: Vec<(String, f64)>,
+    grad_norm: f64,
+}
+
+impl Window {
+    fn add(&mut self, loss: f64, parts: &[(&str, f64)], grad_norm: f64) {
+        if self.parts.is_empty() {
+            self.parts = parts.iter().map(|(n, _)| (n.to_string(), 0.0)).collect();
+        }
+        for (acc, (_, v)) in self.parts.iter_mut().zip(parts) {
+            acc.1 += v;
+        }
+        self.n += 1;
+        self.loss += loss;
+        self.grad_norm += grad_norm;
+    }
+
+    fn take(&mut self) -> Map<String, Value> {
+        let n = self.n.max(1) as f64;
+        let mut m = Map::new();
+        m.insert("train/loss".into(), json!(self.loss / n));
+        for (name, v) in &self.parts {
+            m.insert(format!("train/loss.{name}"), json!(v / n));
+        }
+        m.insert("train/grad_norm".into(), json!(self.grad_norm / n));
+        *self = Window::default();
+        m
+    }
+}
+
+fn progress_bar(show: bool, steps: u64, start: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}, {per_sec}]")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(start);
+    bar
+}

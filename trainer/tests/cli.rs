@@ -1,0 +1,81 @@
+//! The trainer's command line: bad input gets a one-line error, never a panic; a short run
+//! writes a complete run directory.
+
+use assert_cmd::Command;
+
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.assert().failure().get_output().clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+const CONFIG: &str = r#"
+[task]
+task = "path-star"
+degree = 2
+path_len = 3
+nodes = 8
+[data]
+train = 200
+test = 20
+[model]
+d_model = 32
+d_ff = 64
+[schedule]
+steps = 6
+batch_size = 8
+warmup_steps = 2
+log_every = 2
+eval_every = 0
+checkpoint_every = 0
+"#;
+
+#[test]
+fn bad_configs_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, CONFIG).unwrap();
+    let trainer = || {
+        let mut c = Command::cargo_bin("trainer").unwrap();
+        c.current_dir(dir.path()).args(["train", "--quiet", "--config"]).arg(&path);
+        c
+    };
+    for (set, why) in [
+        ("optimizer.momentum=0.9", "unknown field `momentum`"),
+        ("task.nodes=3", "needs at least d(l-1)+1"),
+        ("model.n_heads=5", "must divide d_model"),
+        ("schedule.steps=0", "steps, batch_size and log_every must be positive"),
+    ] {
+        let err = fails(trainer().args(["--set", set]));
+        assert!(err.contains(why), "{set}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let err = fails(Command::cargo_bin("trainer").unwrap().args(["train", "--config", "missing.toml"]));
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn a_short_run_writes_a_complete_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, CONFIG).unwrap();
+    let run = dir.path().join("run");
+    Command::cargo_bin("trainer")
+        .unwrap()
+        .args(["train", "--quiet", "--config"])
+        .arg(&path)
+        .arg("--out")
+        .arg(&run)
+        .assert()
+        .success();
+    for file in
+        ["config.toml", "command.txt", "metrics.jsonl", "eval.json", "failures.txt", "checkpoints/step_000006.json"]
+    {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval["step"], 6);
+    assert_eq!(eval["examples"], 20);
+}
