@@ -4,7 +4,6 @@
 use assert_cmd::Command;
 use burn::backend::Flex;
 use burn::backend::flex::FlexDevice;
-use burn::tensor::backend::Backend;
 use eval::run_dir::{CheckpointMeta, checkpoint_stem};
 use models::GptConfig;
 use tasks::TaskSpec;
@@ -20,9 +19,8 @@ fn evaluates_the_latest_checkpoint_of_a_run() {
     let task = TaskSpec::PathStar(PathStarParams { degree: 2, path_len: 3, nodes: 8, reverse: false });
     // 15 prompt tokens and 3 target tokens: 17 inputs at most.
     let model = GptConfig::tiny(12, 17).with_d_model(32).with_d_ff(64);
-    Flex::seed(&FlexDevice, 0);
     let stem = checkpoint_stem(&run, 7);
-    models::checkpoint::save_model(&model.init::<Flex>(&FlexDevice), &stem).unwrap();
+    models::checkpoint::save_model(&model.init_seeded::<Flex>(0, &FlexDevice), &stem).unwrap();
     let meta = CheckpointMeta {
         step: 7,
         model,

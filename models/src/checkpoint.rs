@@ -38,9 +38,8 @@ mod tests {
 
     #[test]
     fn weights_round_trip_exactly() {
-        Flex::seed(&FlexDevice, 3);
         let config = GptConfig::tiny(11, 8);
-        let model: Gpt<Flex> = config.init(&FlexDevice);
+        let model: Gpt<Flex> = config.init_seeded(3, &FlexDevice);
         let dir = std::env::temp_dir().join(format!("lab-ckpt-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let stem = dir.join("step_000001");

@@ -79,6 +79,16 @@ impl GptConfig {
         model
     }
 
+    /// Seeds the backend and builds the model, holding a process-wide lock in between: burn's
+    /// generator is global to the process, so two threads that seed and initialise at once
+    /// (parallel tests, a pool of runs) would otherwise interleave their draws.
+    pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Gpt<B> {
+        static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        B::seed(device, seed);
+        self.init(device)
+    }
+
     /// Builds the model with lazily initialised weights, for loading a record into: a record
     /// replaces the initialisers before they ever run.
     pub(crate) fn build<B: Backend>(&self, device: &B::Device) -> Gpt<B> {
@@ -316,8 +326,7 @@ mod tests {
     }
 
     fn model(tied: bool) -> Gpt<B> {
-        B::seed(&FlexDevice, 0);
-        GptConfig::tiny(17, 12).with_tie_embeddings(tied).init(&FlexDevice)
+        GptConfig::tiny(17, 12).with_tie_embeddings(tied).init_seeded(0, &FlexDevice)
     }
 
     #[test]
@@ -365,8 +374,7 @@ mod tests {
     #[test]
     fn same_seed_same_weights() {
         let logits = |seed| {
-            B::seed(&FlexDevice, seed);
-            let m: Gpt<B> = GptConfig::tiny(17, 12).init(&FlexDevice);
+            let m: Gpt<B> = GptConfig::tiny(17, 12).init_seeded(seed, &FlexDevice);
             m.forward(tokens(&[&[1, 2, 3]])).logits.into_data().to_vec::<f32>().unwrap()
         };
         assert_eq!(logits(5), logits(5));

@@ -22,6 +22,7 @@ use tasks::Example;
 
 use crate::clip::clip_grad_norm;
 use crate::config::{ModelSection, RunConfig};
+use crate::objective::Objective;
 use crate::sampler::BatchSampler;
 
 /// How to run, beyond the config.
@@ -105,8 +106,7 @@ pub fn train<B: AutodiffBackend>(
         std::fs::create_dir_all(run.join("checkpoints")).with_context(|| format!("creating {}", run.display()))?;
         run_dir::write_atomic(&run.join("config.toml"), resolved.to_toml().as_bytes())?;
         File::create(run.join("metrics.jsonl")).context("creating metrics.jsonl")?;
-        B::seed(device, config.seeds.model);
-        (model_config.init::<B>(device), 0)
+        (model_config.init_seeded::<B>(config.seeds.model, device), 0)
     };
 
     let schedule = &config.schedule;
@@ -123,8 +123,9 @@ pub fn train<B: AutodiffBackend>(
         let lr = schedule.lr(opt.lr, step);
         let rows: Vec<&Example> = sampler.indices(step).into_iter().map(|i| &train[i]).collect();
         let batch = Batch::<B>::new(&rows, pad, device);
-        let loss = objective.loss(&model, &batch);
-        let value: f64 = loss.total.clone().into_scalar().elem();
+        let (next, stats) = train_step(model, &mut optim, objective.as_ref(), &batch, lr, opt.grad_clip);
+        model = next;
+        let StepStats { loss: value, parts, grad_norm } = stats;
         if !value.is_finite() {
             bar.abandon();
             bail!(
@@ -134,10 +135,6 @@ pub fn train<B: AutodiffBackend>(
                 if last_checkpoint > 0 { " or --resume from there" } else { "" }
             );
         }
-        let parts: Vec<(&str, f64)> = loss.parts.iter().map(|(n, t)| (*n, t.clone().into_scalar().elem())).collect();
-        let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
-        let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, opt.grad_clip);
-        model = optim.step(lr, model, grads);
 
         let done = step + 1;
         window.add(value, &parts, grad_norm);
@@ -170,6 +167,36 @@ pub fn train<B: AutodiffBackend>(
     }
     bar.finish_and_clear();
     Ok(Outcome { step: schedule.steps.max(start), report, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// What one optimizer step measured.
+pub struct StepStats {
+    /// The total loss of the batch.
+    pub loss: f64,
+    /// Its named parts.
+    pub parts: Vec<(&'static str, f64)>,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One optimizer step: loss, backward, global-norm clipping, AdamW. A non-finite loss is
+/// returned as measured; the caller decides what to do (the model is updated all the same, so
+/// callers that stop on NaN must not save it).
+pub fn train_step<B: AutodiffBackend, O: Optimizer<Gpt<B>, B>>(
+    model: Gpt<B>,
+    optim: &mut O,
+    objective: &dyn Objective<B>,
+    batch: &Batch<B>,
+    lr: f64,
+    grad_clip: f64,
+) -> (Gpt<B>, StepStats) {
+    let loss = objective.loss(&model, batch);
+    let value: f64 = loss.total.clone().into_scalar().elem();
+    let parts = loss.parts.iter().map(|(n, t)| (*n, t.clone().into_scalar().elem())).collect();
+    let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
+    let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, grad_clip);
+    let model = optim.step(lr, model, grads);
+    (model, StepStats { loss: value, parts, grad_norm })
 }
 
 fn optim_stem(stem: &Path) -> PathBuf {

@@ -1,0 +1,63 @@
+//! Training-step throughput on the CPU backend (flex): one `trainer::train::train_step`
+//! (forward, loss, backward, global-norm clipping, AdamW) on random tokens, the same work as the
+//! PyTorch reference `shared/peer/gpt_step.py` (loss over every position, no dropout).
+//!
+//! `cargo bench -p benches --bench train_step`; compare with
+//! `python gpt_step.py --d-model 128 --n-layers 2 --n-heads 4 --batch 64 --seq-len 32 --vocab 54`.
+
+use std::hint::black_box;
+
+use burn::backend::flex::FlexDevice;
+use burn::backend::{Autodiff, Flex};
+use burn::optim::AdamWConfig;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use eval::Batch;
+use models::{Gpt, GptConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tasks::Example;
+use trainer::objective::Ntp;
+use trainer::train::train_step;
+
+type B = Autodiff<Flex>;
+
+fn bench_config(c: &mut Criterion, name: &str, config: GptConfig, batch: usize, samples: usize) {
+    let device = FlexDevice;
+    let (vocab, seq) = (config.vocab_size, config.max_seq_len);
+    let mut model: Option<Gpt<B>> = Some(config.init_seeded(0, &device));
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Gpt<B>>();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    // prefix_len 1: every position of the sequence is a target, as in the reference script.
+    let examples: Vec<Example> = (0..batch)
+        .map(|_| {
+            let tokens: Vec<u32> = (0..=seq).map(|_| rng.random_range(0..vocab as u32)).collect();
+            Example { tokens, prefix_len: 1 }
+        })
+        .collect();
+    let rows: Vec<&Example> = examples.iter().collect();
+    let batch_tensors = Batch::<B>::new(&rows, 0, &device);
+    let mut group = c.benchmark_group("train_step");
+    group.sample_size(samples);
+    group.throughput(Throughput::Elements((batch * seq) as u64));
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let (next, stats) = train_step(model.take().unwrap(), &mut optim, &Ntp, &batch_tensors, 1e-4, 1.0);
+            model = Some(next);
+            black_box(stats.loss)
+        })
+    });
+    group.finish();
+}
+
+fn train_steps(c: &mut Criterion) {
+    // The lab's CPU-test preset on a G(2,4,10)-sized batch.
+    bench_config(c, "tiny-d64-l2-b64x15", GptConfig::tiny(14, 15), 64, 20);
+    // The size the speed target of the GPU issue names: d 128, 2 layers, batch 64 x 32.
+    let mid = GptConfig::new(54, 32).with_n_layers(2).with_d_model(128).with_n_heads(4).with_d_ff(512);
+    bench_config(c, "d128-l2-b64x32", mid, 64, 10);
+    // The NTF README model.
+    bench_config(c, "ntf-d384-l6-b64x32", GptConfig::ntf(54, 32), 64, 10);
+}
+
+criterion_group!(benches, train_steps);
+criterion_main!(benches);
