@@ -68,3 +68,70 @@ pub fn greedy<B: Backend>(
     }
     outputs
 }
+
+/// Greedy decoding by full recomputation: the whole sequence goes through the model for every
+/// new token. The reference that [`greedy`] must match, and the baseline of the decoding
+/// benchmark.
+pub fn greedy_uncached<B: Backend>(
+    model: &Gpt<B>,
+    prompts: &[&[u32]],
+    max_len: usize,
+    eos: Option<u32>,
+    device: &B::Device,
+) -> Vec<Vec<u32>> {
+    let b = prompts.len();
+    let mut seqs: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+    let mut outputs = vec![Vec::with_capacity(max_len); b];
+    let mut done = vec![false; b];
+    for _ in 0..max_len {
+        let t = seqs[0].len();
+        let flat: Vec<i32> = seqs.iter().flat_map(|s| s.iter().map(|&x| x as i32)).collect();
+        let logits = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), device)).logits;
+        let ids = logits.slice([0..b, t - 1..t]).argmax(2).into_data().convert::<i64>().to_vec::<i64>().expect("ints");
+        for (r, &id) in ids.iter().enumerate() {
+            seqs[r].push(id as u32);
+            if !done[r] {
+                outputs[r].push(id as u32);
+                done[r] = eos == Some(id as u32);
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+    }
+    outputs
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexDevice;
+    use models::GptConfig;
+
+    use super::*;
+
+    #[test]
+    fn cached_and_recomputed_greedy_decoding_give_the_same_tokens() {
+        // A random model has no preference worth learning, so its greedy choices are a fair test
+        // of the two decoders' agreement (ties aside, which random logits do not produce).
+        let model: Gpt<Flex> = GptConfig::tiny(20, 24).init_seeded(4, &FlexDevice);
+        let prompts: Vec<Vec<u32>> = (0..6).map(|r| (0..8).map(|i| (r * 7 + i * 3) % 20).collect()).collect();
+        let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+        let cached = greedy(&model, &refs, 12, None, &FlexDevice);
+        let full = greedy_uncached(&model, &refs, 12, None, &FlexDevice);
+        assert_eq!(cached, full);
+        assert!(cached.iter().all(|o| o.len() == 12));
+        // With an end token, rows stop there and keep it.
+        let eos = cached[0][0];
+        let stopped = greedy(&model, &refs, 12, Some(eos), &FlexDevice);
+        let expected: Vec<Vec<u32>> = cached
+            .iter()
+            .map(|row| match row.iter().position(|&t| t == eos) {
+                Some(i) => row[..=i].to_vec(),
+                None => row.clone(),
+            })
+            .collect();
+        assert_eq!(stopped, expected);
+        assert_eq!(stopped, greedy_uncached(&model, &refs, 12, Some(eos), &FlexDevice));
+    }
+}

@@ -7,7 +7,7 @@
 //! [`evaluate`] at its eval steps; `cargo run -p eval -- RUN_DIR` does the same afterwards.
 
 pub mod batch;
-mod decode;
+pub mod decode;
 pub mod report;
 pub mod run_dir;
 

@@ -1,0 +1,35 @@
+//! Free-running decoding throughput, with and without the KV cache: 64 prompts of 27 tokens
+//! (the G(2,5,50) prompt length), 32 tokens generated each, the `ntf`-width and tiny models.
+//!
+//! `cargo bench -p benches --bench decode`
+
+use std::hint::black_box;
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexDevice;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use eval::decode::{greedy, greedy_uncached};
+use models::{Gpt, GptConfig};
+
+fn decoding(c: &mut Criterion) {
+    let (batch, prompt, new) = (64usize, 27usize, 32usize);
+    let prompts: Vec<Vec<u32>> =
+        (0..batch).map(|r| (0..prompt).map(|i| ((r * 31 + i * 7) % 54) as u32).collect()).collect();
+    let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    let mut group = c.benchmark_group("decode");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((batch * new) as u64));
+    for (name, config) in [("tiny", GptConfig::tiny(54, 64)), ("ntf", GptConfig::ntf(54, 64))] {
+        let model: Gpt<Flex> = config.init_seeded(0, &FlexDevice);
+        group.bench_function(format!("{name}-kv-cache"), |b| {
+            b.iter(|| black_box(greedy(&model, &refs, new, None, &FlexDevice)))
+        });
+        group.bench_function(format!("{name}-recompute"), |b| {
+            b.iter(|| black_box(greedy_uncached(&model, &refs, new, None, &FlexDevice)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decoding);
+criterion_main!(benches);
