@@ -55,18 +55,23 @@ pub fn greedy<B: Backend>(
         let [_, t, _] = logits.dims();
         let next = logits.slice([0..b, t - 1..t]).argmax(2).reshape([b, 1]); // [b, 1]
         let ids = next.clone().into_data().convert::<i64>().to_vec::<i64>().expect("argmax gives ints");
-        for (r, &id) in ids.iter().enumerate() {
-            if !done[r] {
-                outputs[r].push(id as u32);
-                done[r] = eos == Some(id as u32);
-            }
-        }
+        record(&ids, &mut outputs, &mut done, eos);
         if step + 1 == max_len || done.iter().all(|&d| d) {
             break;
         }
         logits = model.forward_cached(next, &mut cache);
     }
     outputs
+}
+
+/// Appends each unfinished row's new token; a row finishes on `eos`.
+fn record(ids: &[i64], outputs: &mut [Vec<u32>], done: &mut [bool], eos: Option<u32>) {
+    for ((&id, out), done) in ids.iter().zip(outputs).zip(done) {
+        if !*done {
+            out.push(id as u32);
+            *done = eos == Some(id as u32);
+        }
+    }
 }
 
 /// Greedy decoding by full recomputation: the whole sequence goes through the model for every
@@ -88,13 +93,10 @@ pub fn greedy_uncached<B: Backend>(
         let flat: Vec<i32> = seqs.iter().flat_map(|s| s.iter().map(|&x| x as i32)).collect();
         let logits = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), device)).logits;
         let ids = logits.slice([0..b, t - 1..t]).argmax(2).into_data().convert::<i64>().to_vec::<i64>().expect("ints");
-        for (r, &id) in ids.iter().enumerate() {
-            seqs[r].push(id as u32);
-            if !done[r] {
-                outputs[r].push(id as u32);
-                done[r] = eos == Some(id as u32);
-            }
+        for (seq, &id) in seqs.iter_mut().zip(&ids) {
+            seq.push(id as u32);
         }
+        record(&ids, &mut outputs, &mut done, eos);
         if done.iter().all(|&d| d) {
             break;
         }

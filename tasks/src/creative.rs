@@ -284,11 +284,7 @@ impl Creative {
             if nb.len() < 2 {
                 continue;
             }
-            let i = rng.random_range(0..nb.len() as u32) as usize;
-            let mut j = rng.random_range(0..nb.len() as u32 - 1) as usize;
-            if j >= i {
-                j += 1;
-            }
+            let (i, j) = two_distinct(rng, nb.len());
             let (v, w) = (nb[i], nb[j]);
             if g.contains_edge(v, w) {
                 self.push_edges(&[(u, v), (v, w), (w, u)], tokens);
@@ -417,11 +413,7 @@ fn triangle_world(p: &TriangleParams) -> UnGraphMap<u32, ()> {
             if nb.len() < 2 {
                 break;
             }
-            let i = rng.random_range(0..nb.len() as u32) as usize;
-            let mut j = rng.random_range(0..nb.len() as u32 - 1) as usize;
-            if j >= i {
-                j += 1;
-            }
+            let (i, j) = two_distinct(&mut rng, nb.len());
             let (v, w) = (nb[i], nb[j]);
             if !g.contains_edge(v, w) {
                 g.add_edge(v, w, ());
@@ -432,6 +424,13 @@ fn triangle_world(p: &TriangleParams) -> UnGraphMap<u32, ()> {
         }
     }
     g
+}
+
+/// Two distinct indices below `len` (at least 2), uniformly, as Python's `random.sample(_, 2)`.
+fn two_distinct(rng: &mut ChaCha8Rng, len: usize) -> (usize, usize) {
+    let i = rng.random_range(0..len as u32) as usize;
+    let j = rng.random_range(0..len as u32 - 1) as usize;
+    (i, if j >= i { j + 1 } else { j })
 }
 
 /// Number of triangles in an undirected graph.
