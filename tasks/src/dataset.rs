@@ -495,10 +495,15 @@ pub struct DataSpec {
     /// When absent, both splits are generated in memory from the task and `seed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// A file that replaces the training split (NTF's line format for `.txt`, JSONL for
+    /// `.jsonl`), e.g. NTF's own `deg_2_path_5_nodes_50_train_200000.txt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_file: Option<PathBuf>,
     /// A file that replaces the test split, e.g. NTF's own `deg_2_path_5_nodes_50_test_20000.txt`.
+    /// A generated training split then holds out this file's instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_file: Option<PathBuf>,
-    /// Training examples to generate (ignored with `dir`).
+    /// Training examples to generate (ignored with `dir` or `train_file`).
     #[serde(default = "DataSpec::default_train")]
     pub train: u64,
     /// Test examples to generate (ignored with `dir` or `test_file`).
@@ -511,7 +516,14 @@ pub struct DataSpec {
 
 impl Default for DataSpec {
     fn default() -> Self {
-        DataSpec { dir: None, test_file: None, train: Self::default_train(), test: Self::default_test(), seed: 0 }
+        DataSpec {
+            dir: None,
+            train_file: None,
+            test_file: None,
+            train: Self::default_train(),
+            test: Self::default_test(),
+            seed: 0,
+        }
     }
 }
 
@@ -538,6 +550,7 @@ impl DataSpec {
     /// training split (evaluation needs only the test split).
     pub fn load(&self, spec: &TaskSpec, with_train: bool) -> Result<Loaded, DataError> {
         let task = spec.build().map_err(|e| DataError::Other(e.to_string()))?;
+        let read = |file: &PathBuf| read_split_strict(task.as_ref(), file, Format::of_path(file));
         let (mut train, mut test) = (Vec::new(), Vec::new());
         match &self.dir {
             Some(dir) => {
@@ -552,28 +565,50 @@ impl DataSpec {
                         ),
                     });
                 }
-                let split = |name: &str| -> Result<PathBuf, DataError> {
+                let split = |name: &str| -> Result<Vec<Example>, DataError> {
                     let entry = manifest.splits.get(name).ok_or_else(|| DataError::Manifest {
                         path: dir.join(MANIFEST),
                         msg: format!("no {name} split"),
                     })?;
-                    Ok(root.join(&entry.file))
+                    read_split_strict(task.as_ref(), &root.join(&entry.file), manifest.format)
+                };
+                test = match &self.test_file {
+                    Some(file) => read(file)?,
+                    None => split("test")?,
                 };
                 if with_train {
-                    train = read_split_strict(task.as_ref(), &split("train")?, manifest.format)?;
-                }
-                if self.test_file.is_none() {
-                    test = read_split_strict(task.as_ref(), &split("test")?, manifest.format)?;
+                    train = match &self.train_file {
+                        Some(file) => read(file)?,
+                        None => split("train")?,
+                    };
                 }
             }
             None => {
-                let sizes =
-                    SplitSizes { train: if with_train { self.train } else { 0 }, test: self.test, seed: self.seed };
-                (train, test) = generate(task.as_ref(), sizes)?;
+                let sizes = SplitSizes { train: self.train, test: self.test, seed: self.seed };
+                let held_out = match &self.test_file {
+                    Some(file) => {
+                        test = read(file)?;
+                        test.iter().map(|e| task.instance_key(e)).collect()
+                    }
+                    None => draw_test(task.as_ref(), sizes, &mut |ex| {
+                        test.push(ex.clone());
+                        Ok(())
+                    })?,
+                };
+                if with_train {
+                    train = match &self.train_file {
+                        Some(file) => read(file)?,
+                        None => {
+                            let mut train = Vec::with_capacity(self.train as usize);
+                            draw_train(task.as_ref(), sizes, &held_out, &mut |ex| {
+                                train.push(ex.clone());
+                                Ok(())
+                            })?;
+                            train
+                        }
+                    };
+                }
             }
-        }
-        if let Some(file) = &self.test_file {
-            test = read_split_strict(task.as_ref(), file, Format::of_path(file))?;
         }
         Ok(Loaded { task, train, test })
     }
@@ -626,6 +661,25 @@ mod tests {
         let other = TaskSpec::PathStar(PathStarParams { nodes: 60, ..Default::default() });
         let err = DataSpec { dir: Some(dir.path().to_path_buf()), ..Default::default() }.load(&other, false);
         assert!(err.err().unwrap().to_string().contains("the dataset is"));
+    }
+
+    #[test]
+    fn a_generated_training_split_holds_out_an_external_test_file() {
+        // G(2,3,6) is small enough that 2,000 training draws would hit the file's instances.
+        let spec = TaskSpec::PathStar(PathStarParams { degree: 2, path_len: 3, nodes: 6, reverse: false });
+        let task = spec.build().unwrap();
+        let (_, external) = generate(task.as_ref(), SplitSizes { train: 0, test: 100, seed: 9 }).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deg_2_path_3_nodes_6_test_100.txt");
+        let mut writer = LineWriter::new(task.as_ref(), Format::Ntf).unwrap();
+        let text: String = external.iter().map(|e| format!("{}\n", writer.line(e))).collect();
+        std::fs::write(&file, text).unwrap();
+        let data = DataSpec { train: 2000, test_file: Some(file), ..Default::default() };
+        let loaded = data.load(&spec, true).unwrap();
+        assert_eq!(loaded.test, external);
+        let keys: HashSet<_> = external.iter().map(|e| task.instance_key(e)).collect();
+        assert!(loaded.train.iter().all(|e| !keys.contains(&task.instance_key(e))));
+        assert_eq!(loaded.train.len(), 2000);
     }
 
     #[test]
