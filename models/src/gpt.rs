@@ -105,7 +105,9 @@ impl GptConfig {
             .map(|_| Block {
                 ln_1: norm(),
                 attn: CausalSelfAttention {
-                    qkv: linear(self.d_model, 3 * self.d_model, self.init_std),
+                    q: linear(self.d_model, self.d_model, self.init_std),
+                    k: linear(self.d_model, self.d_model, self.init_std),
+                    v: linear(self.d_model, self.d_model, self.init_std),
                     proj: linear(self.d_model, self.d_model, residual_std),
                     n_heads: self.n_heads,
                 },
@@ -263,8 +265,9 @@ impl<B: Backend> Block<B> {
 
 #[derive(Module, Debug)]
 struct CausalSelfAttention<B: Backend> {
-    /// Queries, keys and values in one projection, `[d, 3d]`.
-    qkv: Linear<B>,
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
     /// Output projection back into the residual stream.
     proj: Linear<B>,
     n_heads: usize,
@@ -274,14 +277,8 @@ impl<B: Backend> CausalSelfAttention<B> {
     fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let (h, k) = (self.n_heads, d / self.n_heads);
-        let qkv = self.qkv.forward(x); // [b, t, 3d]
-        let heads = |i: usize| {
-            qkv.clone()
-                .slice([0..b, 0..t, i * d..(i + 1) * d]) // [b, t, d]
-                .reshape([b, t, h, k])
-                .swap_dims(1, 2) // [b, h, t, k]
-        };
-        let (q, mut key, mut value) = (heads(0), heads(1), heads(2));
+        let heads = |lin: &Linear<B>| lin.forward(x.clone()).reshape([b, t, h, k]).swap_dims(1, 2); // [b, h, t, k]
+        let (q, mut key, mut value) = (heads(&self.q), heads(&self.k), heads(&self.v));
         if let Some(slot) = cache {
             if let Some((past_k, past_v)) = slot.take() {
                 key = Tensor::cat(vec![past_k, key], 2); // [b, h, t_past + t, k]
