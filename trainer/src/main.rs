@@ -111,12 +111,12 @@ fn run(cli: Cli) -> Result<()> {
     println!("{} {}", if resuming { "resuming" } else { "training in" }, run.display());
     let outcome = trainer::train::<Backend>(&config, &run, resuming, &FlexDevice, &options)?;
     println!(
-        "{} steps of {} on {} in {:.1} s ({:.1} steps/s)",
+        "{} steps of {} on {} in {:.1} s ({:.3} s per step, data loading and evaluation included)",
         outcome.step,
         config.objective.name(),
         config.task.name(),
         outcome.seconds,
-        outcome.step as f64 / outcome.seconds.max(1e-9)
+        outcome.seconds / outcome.step.max(1) as f64
     );
     if let Some(report) = &outcome.report {
         print!("{}", report.table());
