@@ -35,16 +35,19 @@ fn default_hash_len() -> u32 {
     10
 }
 
-/// Parameters of sibling discovery.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of sibling discovery (also the flags of `tasks gen sibling`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SiblingParams {
     /// Number of parents `a0..`.
+    #[arg(long, default_value_t = SiblingParams::default().parents)]
     pub parents: u32,
     /// Children per parent in each of the two child sets (`b1_*` and `b2_*`).
+    #[arg(long, default_value_t = SiblingParams::default().children)]
     pub children: u32,
     /// Hash characters at the start of each prompt; 0 turns hash conditioning off.
     #[serde(default = "default_hash_len")]
+    #[arg(long, default_value_t = default_hash_len())]
     pub hash_len: u32,
 }
 
@@ -59,25 +62,32 @@ impl Default for SiblingParams {
 /// every node first gets `degree` random neighbours (among nodes whose degree is at most
 /// `alpha * degree`), then each node closes up to `triangles_per_node` triangles between pairs of
 /// its neighbours.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct TriangleParams {
     /// Nodes of the world graph `n0..`.
+    #[arg(long, default_value_t = TriangleParams::default().nodes)]
     pub nodes: u32,
     /// Random neighbours each node gets in the first phase (D).
+    #[arg(long, default_value_t = TriangleParams::default().degree)]
     pub degree: u32,
     /// A node accepts random neighbours while its degree is at most alpha * D.
+    #[arg(long, default_value_t = TriangleParams::default().alpha)]
     pub alpha: f64,
     /// Triangles each node tries to close in the second phase (T).
+    #[arg(long, default_value_t = TriangleParams::default().triangles_per_node)]
     pub triangles_per_node: u32,
     /// Share of training examples that are triangles; the rest are `edge:` samples that teach
     /// the graph.
+    #[arg(long, default_value_t = TriangleParams::default().triangle_fraction)]
     pub triangle_fraction: f64,
     /// Seed of the world graph (independent of the data seed, so that train and test files of
     /// different sizes share one world).
+    #[arg(long, default_value_t = TriangleParams::default().world_seed)]
     pub world_seed: u64,
     /// Hash characters at the start of each triangle prompt; 0 turns hash conditioning off.
     #[serde(default = "default_hash_len")]
+    #[arg(long, default_value_t = default_hash_len())]
     pub hash_len: u32,
 }
 

@@ -40,16 +40,19 @@ fn check_gap(task: &'static str, min_gap: u32, max_gap: u32) -> Result<(), SpecE
 // ---------------------------------------------------------------------------------------------
 // Key recall
 
-/// Parameters of [`KeyRecall`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of [`KeyRecall`] (also the flags of `tasks gen key-recall`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRecallParams {
     /// Number of symbols `s0..`; keys and distractors are both drawn from them, so the model
     /// must find the key by its position, not by its kind.
+    #[arg(long, default_value_t = KeyRecallParams::default().symbols)]
     pub symbols: u32,
     /// Shortest distractor span between the key and the `?`.
+    #[arg(long, default_value_t = KeyRecallParams::default().min_gap)]
     pub min_gap: u32,
     /// Longest distractor span; each example draws its span length uniformly in between.
+    #[arg(long, default_value_t = KeyRecallParams::default().max_gap)]
     pub max_gap: u32,
 }
 
@@ -183,19 +186,24 @@ impl PrefixFn {
     }
 }
 
-/// Parameters of [`PrefixFunction`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of [`PrefixFunction`] (also the flags of `tasks gen prefix-function`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct PrefixFunctionParams {
     /// The function that decides the answer.
+    #[arg(long, value_enum, default_value = "sum-mod")]
     pub function: PrefixFn,
     /// Alphabet size m: tokens are `0..m` (at least 2).
+    #[arg(long, default_value_t = PrefixFunctionParams::default().modulus)]
     pub modulus: u32,
     /// Number of deciding tokens at the start, k.
+    #[arg(long, short = 'k', default_value_t = PrefixFunctionParams::default().k)]
     pub k: u32,
     /// Shortest distractor span between the deciding tokens and the `=`.
+    #[arg(long, default_value_t = PrefixFunctionParams::default().min_gap)]
     pub min_gap: u32,
     /// Longest distractor span; each example draws its span length uniformly in between.
+    #[arg(long, default_value_t = PrefixFunctionParams::default().max_gap)]
     pub max_gap: u32,
 }
 
@@ -312,15 +320,18 @@ impl Task for PrefixFunction {
 // ---------------------------------------------------------------------------------------------
 // Graph walk
 
-/// Parameters of [`GraphWalk`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of [`GraphWalk`] (also the flags of `tasks gen graph-walk`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct GraphWalkParams {
     /// Nodes per graph, numbered `0..nodes`.
+    #[arg(long, default_value_t = GraphWalkParams::default().nodes)]
     pub nodes: u32,
     /// Out-degree of every node (distinct successors, no self-loops).
+    #[arg(long, default_value_t = GraphWalkParams::default().out_degree)]
     pub out_degree: u32,
     /// Exact number of steps the walk must take; the target has steps + 1 nodes.
+    #[arg(long, default_value_t = GraphWalkParams::default().steps)]
     pub steps: u32,
 }
 

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tasks::creative::{CreativeParams, SiblingParams, TriangleParams};
 use tasks::dataset::{self, DataError, Format, Manifest, SplitSizes};
-use tasks::long_range::{GraphWalkParams, KeyRecallParams, PrefixFn, PrefixFunctionParams};
+use tasks::long_range::{GraphWalkParams, KeyRecallParams, PrefixFunctionParams};
 use tasks::path_star::PathStarParams;
 use tasks::{Task, TaskSpec};
 
@@ -92,120 +92,21 @@ struct CheckArgs {
 #[derive(Subcommand, Clone)]
 enum TaskCmd {
     /// Path-star graphs G(d, l, N) (Bachmann & Nagarajan 2024).
-    PathStar(PathStarArgs),
+    PathStar(PathStarParams),
     /// A key shown first decides the answer after a distractor span.
-    KeyRecall(KeyRecallArgs),
+    KeyRecall(KeyRecallParams),
     /// The answer is a function of the first k tokens, after a distractor span.
-    PrefixFunction(PrefixFunctionArgs),
+    PrefixFunction(PrefixFunctionParams),
     /// A walk on a given graph that must end at the goal after exactly n steps.
-    GraphWalk(GraphWalkArgs),
+    GraphWalk(GraphWalkParams),
     /// Sibling discovery (Nagarajan et al. 2025).
-    Sibling(SiblingArgs),
+    Sibling(SiblingParams),
     /// Triangle discovery (Nagarajan et al. 2025).
-    Triangle(TriangleArgs),
+    Triangle(TriangleParams),
     /// Circle construction (Nagarajan et al. 2025).
     Circle(ConstructionArgs<9>),
     /// Line construction (Nagarajan et al. 2025).
     Line(ConstructionArgs<10>),
-}
-
-#[derive(Args, Clone)]
-struct PathStarArgs {
-    /// Degree of the source d (number of arms).
-    #[arg(long, short = 'd', default_value_t = PathStarParams::default().degree)]
-    degree: u32,
-    /// Nodes per arm l, source and goal included.
-    #[arg(long, short = 'l', default_value_t = PathStarParams::default().path_len)]
-    path_len: u32,
-    /// Node ids 0..N; needs N >= d(l-1)+1.
-    #[arg(long, short = 'N', default_value_t = PathStarParams::default().nodes)]
-    nodes: u32,
-    /// Target from goal to source (the easy direction).
-    #[arg(long)]
-    reverse: bool,
-}
-
-#[derive(Args, Clone)]
-struct KeyRecallArgs {
-    /// Symbols for keys and distractors.
-    #[arg(long, default_value_t = KeyRecallParams::default().symbols)]
-    symbols: u32,
-    /// Shortest distractor span.
-    #[arg(long, default_value_t = KeyRecallParams::default().min_gap)]
-    min_gap: u32,
-    /// Longest distractor span.
-    #[arg(long, default_value_t = KeyRecallParams::default().max_gap)]
-    max_gap: u32,
-}
-
-#[derive(Args, Clone)]
-struct PrefixFunctionArgs {
-    /// The deciding function.
-    #[arg(long, value_enum, default_value = "sum-mod")]
-    function: PrefixFn,
-    /// Alphabet size m.
-    #[arg(long, default_value_t = PrefixFunctionParams::default().modulus)]
-    modulus: u32,
-    /// Deciding tokens k.
-    #[arg(long, short = 'k', default_value_t = PrefixFunctionParams::default().k)]
-    k: u32,
-    /// Shortest distractor span.
-    #[arg(long, default_value_t = PrefixFunctionParams::default().min_gap)]
-    min_gap: u32,
-    /// Longest distractor span.
-    #[arg(long, default_value_t = PrefixFunctionParams::default().max_gap)]
-    max_gap: u32,
-}
-
-#[derive(Args, Clone)]
-struct GraphWalkArgs {
-    /// Nodes per graph.
-    #[arg(long, default_value_t = GraphWalkParams::default().nodes)]
-    nodes: u32,
-    /// Successors of every node.
-    #[arg(long, default_value_t = GraphWalkParams::default().out_degree)]
-    out_degree: u32,
-    /// Exact length of the walk in steps.
-    #[arg(long, default_value_t = GraphWalkParams::default().steps)]
-    steps: u32,
-}
-
-#[derive(Args, Clone)]
-struct SiblingArgs {
-    /// Parents.
-    #[arg(long, default_value_t = SiblingParams::default().parents)]
-    parents: u32,
-    /// Children per parent in each child set.
-    #[arg(long, default_value_t = SiblingParams::default().children)]
-    children: u32,
-    /// Hash characters per prompt (0: no hash conditioning).
-    #[arg(long, default_value_t = 10)]
-    hash_len: u32,
-}
-
-#[derive(Args, Clone)]
-struct TriangleArgs {
-    /// Nodes of the world graph.
-    #[arg(long, default_value_t = TriangleParams::default().nodes)]
-    nodes: u32,
-    /// Random neighbours per node (D).
-    #[arg(long, default_value_t = TriangleParams::default().degree)]
-    degree: u32,
-    /// Degree flexibility factor alpha.
-    #[arg(long, default_value_t = TriangleParams::default().alpha)]
-    alpha: f64,
-    /// Triangle attempts per node (T).
-    #[arg(long, default_value_t = TriangleParams::default().triangles_per_node)]
-    triangles_per_node: u32,
-    /// Share of training examples that are triangles (the rest teach edges).
-    #[arg(long, default_value_t = TriangleParams::default().triangle_fraction)]
-    triangle_fraction: f64,
-    /// Seed of the world graph.
-    #[arg(long, default_value_t = 0)]
-    world_seed: u64,
-    /// Hash characters per prompt (0: no hash conditioning).
-    #[arg(long, default_value_t = 10)]
-    hash_len: u32,
 }
 
 /// Circle and line share their flags; `NODES` is the published number of entities used.
@@ -225,37 +126,12 @@ struct ConstructionArgs<const NODES: u32> {
 impl TaskCmd {
     fn spec(&self) -> TaskSpec {
         match self.clone() {
-            TaskCmd::PathStar(a) => TaskSpec::PathStar(PathStarParams {
-                degree: a.degree,
-                path_len: a.path_len,
-                nodes: a.nodes,
-                reverse: a.reverse,
-            }),
-            TaskCmd::KeyRecall(a) => {
-                TaskSpec::KeyRecall(KeyRecallParams { symbols: a.symbols, min_gap: a.min_gap, max_gap: a.max_gap })
-            }
-            TaskCmd::PrefixFunction(a) => TaskSpec::PrefixFunction(PrefixFunctionParams {
-                function: a.function,
-                modulus: a.modulus,
-                k: a.k,
-                min_gap: a.min_gap,
-                max_gap: a.max_gap,
-            }),
-            TaskCmd::GraphWalk(a) => {
-                TaskSpec::GraphWalk(GraphWalkParams { nodes: a.nodes, out_degree: a.out_degree, steps: a.steps })
-            }
-            TaskCmd::Sibling(a) => {
-                TaskSpec::Sibling(SiblingParams { parents: a.parents, children: a.children, hash_len: a.hash_len })
-            }
-            TaskCmd::Triangle(a) => TaskSpec::Triangle(TriangleParams {
-                nodes: a.nodes,
-                degree: a.degree,
-                alpha: a.alpha,
-                triangles_per_node: a.triangles_per_node,
-                triangle_fraction: a.triangle_fraction,
-                world_seed: a.world_seed,
-                hash_len: a.hash_len,
-            }),
+            TaskCmd::PathStar(p) => TaskSpec::PathStar(p),
+            TaskCmd::KeyRecall(p) => TaskSpec::KeyRecall(p),
+            TaskCmd::PrefixFunction(p) => TaskSpec::PrefixFunction(p),
+            TaskCmd::GraphWalk(p) => TaskSpec::GraphWalk(p),
+            TaskCmd::Sibling(p) => TaskSpec::Sibling(p),
+            TaskCmd::Triangle(p) => TaskSpec::Triangle(p),
             TaskCmd::Circle(a) => {
                 TaskSpec::Circle(CreativeParams { entities: a.entities, nodes: a.nodes, hash_len: a.hash_len })
             }

@@ -34,19 +34,23 @@ use crate::spec::{SpecError, TaskSpec};
 use crate::vocab::{DUMMY, Vocab, numerals_then};
 use crate::{Example, Task, Verdict};
 
-/// Parameters of a path-star task G(d, l, N).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Parameters of a path-star task G(d, l, N) (also the flags of `tasks gen path-star`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct PathStarParams {
     /// Degree of the source, d: the number of arms (at least 1).
+    #[arg(long, short = 'd', default_value_t = PathStarParams::default().degree)]
     pub degree: u32,
     /// Nodes on each arm counting source and goal, l (at least 2); each arm has l - 1 edges.
+    #[arg(long, short = 'l', default_value_t = PathStarParams::default().path_len)]
     pub path_len: u32,
     /// Size of the node id space, N: nodes are `0..N`, and N >= d(l-1)+1 so that all nodes of
     /// a graph can be distinct.
+    #[arg(long, short = 'N', default_value_t = PathStarParams::default().nodes)]
     pub nodes: u32,
     /// Write the target from goal to source (the easy direction of the paper).
     #[serde(default)]
+    #[arg(long)]
     pub reverse: bool,
 }
 
