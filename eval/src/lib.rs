@@ -84,7 +84,6 @@ pub fn evaluate<B: Backend>(
     let batch_size = options.batch_size.max(1);
 
     let mut forced = Vec::with_capacity(n);
-    let mut free = Vec::with_capacity(n);
     let mut dollar = Vec::new();
     for chunk in examples.chunks(batch_size) {
         let refs: Vec<&Example> = chunk.iter().collect();
@@ -98,17 +97,16 @@ pub fn evaluate<B: Backend>(
     // token sits at the same position in every row.
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| examples[i].prefix_len);
-    let mut outputs = vec![Vec::new(); n];
+    let mut free = vec![Vec::new(); n];
     for group in order.chunk_by(|&a, &b| examples[a].prefix_len == examples[b].prefix_len) {
         for chunk in group.chunks(batch_size) {
             let prompts: Vec<&[u32]> = chunk.iter().map(|&i| examples[i].prefix()).collect();
             let generated = decode::greedy(model, &prompts, task.max_target_len(), task.eos(), &device);
             for (&i, out) in chunk.iter().zip(generated) {
-                outputs[i] = out;
+                free[i] = out;
             }
         }
     }
-    free.extend(outputs);
     report::score(task, examples, &forced, &free, options.teacherless.then_some(dollar.as_slice()), options.failures)
 }
 
