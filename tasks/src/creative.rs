@@ -37,7 +37,8 @@ fn default_hash_len() -> u32 {
 
 /// Parameters of sibling discovery (also the flags of `tasks gen sibling`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
+// Fields left out of a config take the default (published) values.
+#[serde(default, deny_unknown_fields)]
 pub struct SiblingParams {
     /// Number of parents `a0..`.
     #[arg(long, default_value_t = SiblingParams::default().parents)]
@@ -63,7 +64,8 @@ impl Default for SiblingParams {
 /// `alpha * degree`), then each node closes up to `triangles_per_node` triangles between pairs of
 /// its neighbours.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
+// Fields left out of a config take the default (published) values.
+#[serde(default, deny_unknown_fields)]
 pub struct TriangleParams {
     /// Nodes of the world graph `n0..`.
     #[arg(long, default_value_t = TriangleParams::default().nodes)]

@@ -42,7 +42,8 @@ fn check_gap(task: &'static str, min_gap: u32, max_gap: u32) -> Result<(), SpecE
 
 /// Parameters of [`KeyRecall`] (also the flags of `tasks gen key-recall`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
+// Fields left out of a config take the default (published) values.
+#[serde(default, deny_unknown_fields)]
 pub struct KeyRecallParams {
     /// Number of symbols `s0..`; keys and distractors are both drawn from them, so the model
     /// must find the key by its position, not by its kind.
@@ -188,7 +189,8 @@ impl PrefixFn {
 
 /// Parameters of [`PrefixFunction`] (also the flags of `tasks gen prefix-function`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
+// Fields left out of a config take the default (published) values.
+#[serde(default, deny_unknown_fields)]
 pub struct PrefixFunctionParams {
     /// The function that decides the answer.
     #[arg(long, value_enum, default_value = "sum-mod")]
@@ -322,7 +324,8 @@ impl Task for PrefixFunction {
 
 /// Parameters of [`GraphWalk`] (also the flags of `tasks gen graph-walk`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
+// Fields left out of a config take the default (published) values.
+#[serde(default, deny_unknown_fields)]
 pub struct GraphWalkParams {
     /// Nodes per graph, numbered `0..nodes`.
     #[arg(long, default_value_t = GraphWalkParams::default().nodes)]

@@ -36,7 +36,8 @@ use crate::{Example, Task, Verdict};
 
 /// Parameters of a path-star task G(d, l, N) (also the flags of `tasks gen path-star`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
+// Fields left out of a config take the default (published) values.
+#[serde(default, deny_unknown_fields)]
 pub struct PathStarParams {
     /// Degree of the source, d: the number of arms (at least 1).
     #[arg(long, short = 'd', default_value_t = PathStarParams::default().degree)]

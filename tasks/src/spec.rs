@@ -136,6 +136,17 @@ mod tests {
     }
 
     #[test]
+    fn missing_fields_take_the_published_defaults() {
+        let spec: TaskSpec = serde_json::from_str(r#"{"task":"path-star","nodes":20}"#).unwrap();
+        assert_eq!(spec, TaskSpec::PathStar(PathStarParams { nodes: 20, ..Default::default() }));
+        let spec: TaskSpec = serde_json::from_str(r#"{"task":"triangle"}"#).unwrap();
+        assert_eq!(spec, TaskSpec::default_of("triangle").unwrap());
+        // Circle and line differ in their defaults, so they name their sizes.
+        let err = serde_json::from_str::<TaskSpec>(r#"{"task":"line"}"#).unwrap_err().to_string();
+        assert!(err.contains("entities"), "{err}");
+    }
+
+    #[test]
     fn unknown_fields_and_tasks_are_errors() {
         let err =
             serde_json::from_str::<TaskSpec>(r#"{"task":"path-star","degree":2,"path_len":5,"nodes":50,"colour":1}"#)

@@ -106,3 +106,33 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_last_checkpoint() {
     let last = checkpoints.last().map(|c| c.0).unwrap_or(0);
     assert!(err.contains(&format!("(step {last})")), "{err}");
 }
+
+/// Every task family goes through the loop and the evaluator (variable-length prompts,
+/// end-of-target tokens, triangle's separate test prompts) without an error.
+#[test]
+fn every_task_family_trains_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, task) in
+        ["key-recall", "prefix-function", "graph-walk", "sibling", "triangle", "circle", "line"].iter().enumerate()
+    {
+        let mut overrides = vec![
+            format!("task={{ task = \"{task}\" }}"),
+            "data.train=200".into(),
+            "data.test=20".into(),
+            "schedule.steps=4".into(),
+            "schedule.eval_every=0".into(),
+            "eval.examples=20".into(),
+        ];
+        if matches!(*task, "circle" | "line") {
+            overrides.push("task.entities=10".into());
+            overrides.push(format!("task.nodes={}", if *task == "circle" { 9 } else { 10 }));
+        }
+        let refs: Vec<&str> = overrides.iter().map(String::as_str).collect();
+        let config = small_config(dir.path(), &refs);
+        let outcome = trainer::train::<B>(&config, &dir.path().join(format!("run{i}")), false, &FlexDevice, &quiet())
+            .unwrap_or_else(|e| panic!("{task}: {e:#}"));
+        let report = outcome.report.unwrap();
+        assert_eq!(report.examples, 20, "{task}");
+        assert!(report.path_star.is_none());
+    }
+}
