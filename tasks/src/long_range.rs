@@ -450,6 +450,9 @@ impl Task for GraphWalk {
 
     fn sample(&self, rng: &mut ChaCha8Rng) -> Example {
         let (n, deg) = (self.params.nodes, self.params.out_degree as usize);
+        // Successor lists, sorted; plain vectors rather than a petgraph map, because this runs
+        // once per example (the verifier, which runs on model outputs, uses petgraph).
+        let mut succ: Vec<Vec<u32>> = Vec::with_capacity(n as usize);
         let mut edges = Vec::with_capacity(self.edge_count());
         let mut others: Vec<u32> = Vec::with_capacity(n as usize);
         for u in 0..n {
@@ -460,12 +463,14 @@ impl Task for GraphWalk {
                 others.swap(i, j);
                 edges.push((u, others[i]));
             }
+            let mut s = others[..deg].to_vec();
+            s.sort_unstable();
+            succ.push(s);
         }
         for i in (1..edges.len()).rev() {
             let j = rng.random_range(0..=i as u32) as usize;
             edges.swap(i, j);
         }
-        let g = DiGraphMap::<u32, ()>::from_edges(edges.iter().copied());
         let steps = self.params.steps as usize;
 
         // Forward reachability from the start picks a goal that some walk reaches...
@@ -475,7 +480,7 @@ impl Task for GraphWalk {
         for _ in 0..steps {
             let mut next = vec![false; n as usize];
             for v in (0..n).filter(|&v| at[v as usize]) {
-                for w in g.neighbors(v) {
+                for &w in &succ[v as usize] {
                     next[w as usize] = true;
                 }
             }
@@ -484,12 +489,13 @@ impl Task for GraphWalk {
         let ends: Vec<u32> = (0..n).filter(|&v| at[v as usize]).collect();
         let goal = ends[rng.random_range(0..ends.len() as u32) as usize];
 
-        // ...and counts of walks to it draw the reference uniformly among all valid walks.
+        // ...and counts of walks to it (integers, exact in f64 up to 2^53) draw the reference
+        // uniformly among all valid walks.
         let mut count = vec![vec![0f64; n as usize]; steps + 1];
         count[0][goal as usize] = 1.0;
         for t in 1..=steps {
-            for v in 0..n {
-                count[t][v as usize] = g.neighbors(v).map(|w| count[t - 1][w as usize]).sum();
+            for v in 0..n as usize {
+                count[t][v] = succ[v].iter().map(|&w| count[t - 1][w as usize]).sum();
             }
         }
         let mut tokens = Vec::with_capacity(3 * edges.len() + 3 + steps + 1);
@@ -504,13 +510,12 @@ impl Task for GraphWalk {
         let mut node = start;
         tokens.push(node);
         for left in (0..steps).rev() {
-            // Successors in the sorted order petgraph keeps, weighted by walks still possible.
-            let mut succ: Vec<u32> = g.neighbors(node).collect();
-            succ.sort_unstable();
-            let total: f64 = succ.iter().map(|&w| count[left][w as usize]).sum();
+            // Successors in sorted order, weighted by the walks still possible through them.
+            let options = &succ[node as usize];
+            let total: f64 = options.iter().map(|&w| count[left][w as usize]).sum();
             let mut pick = rng.random::<f64>() * total;
             let mut chosen = None;
-            for &w in &succ {
+            for &w in options {
                 let c = count[left][w as usize];
                 if c > 0.0 {
                     chosen = Some(w);
