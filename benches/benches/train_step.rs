@@ -12,11 +12,11 @@ use burn::backend::{Autodiff, Flex};
 use burn::optim::AdamWConfig;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eval::Batch;
-use models::{Gpt, GptConfig};
+use models::GptConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tasks::Example;
-use trainer::objective::Ntp;
+use trainer::objective::{LabModel, Ntp};
 use trainer::train::train_step;
 
 type B = Autodiff<Flex>;
@@ -24,8 +24,8 @@ type B = Autodiff<Flex>;
 fn bench_config(c: &mut Criterion, name: &str, config: GptConfig, batch: usize, samples: usize) {
     let device = FlexDevice;
     let (vocab, seq) = (config.vocab_size, config.max_seq_len);
-    let mut model: Option<Gpt<B>> = Some(config.init_seeded(0, &device));
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Gpt<B>>();
+    let mut model = Some(LabModel::<B> { gpt: config.init_seeded(0, &device), heads: None });
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, LabModel<B>>();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     // prefix_len 1: every position of the sequence is a target, as in the reference script.
     let examples: Vec<Example> = (0..batch)

@@ -83,10 +83,34 @@ impl GptConfig {
     /// generator is global to the process, so two threads that seed and initialise at once
     /// (parallel tests, a pool of runs) would otherwise interleave their draws.
     pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Gpt<B> {
-        static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = SEED_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        B::seed(device, seed);
-        self.init(device)
+        seeded::<B, _>(seed, device, || self.init(device))
+    }
+
+    /// A fresh transformer block of this model's shape, as extra heads use (multi-token
+    /// prediction, future-summary heads). Its parameters are initialised lazily: call
+    /// `num_params` on the module that holds it, inside [`seeded`], to draw them reproducibly.
+    pub fn init_block<B: Backend>(&self, device: &B::Device) -> Block<B> {
+        let normal = |std: f64| Initializer::Normal { mean: 0.0, std };
+        let residual_std = self.init_std / (2.0 * self.n_layers as f64).sqrt();
+        let linear = |d_in: usize, d_out: usize, std: f64| {
+            LinearConfig::new(d_in, d_out).with_initializer(normal(std)).init(device)
+        };
+        let norm = || LayerNormConfig::new(self.d_model).with_epsilon(self.layer_norm_eps).init(device);
+        Block {
+            ln_1: norm(),
+            attn: CausalSelfAttention {
+                q: linear(self.d_model, self.d_model, self.init_std),
+                k: linear(self.d_model, self.d_model, self.init_std),
+                v: linear(self.d_model, self.d_model, self.init_std),
+                proj: linear(self.d_model, self.d_model, residual_std),
+                n_heads: self.n_heads,
+            },
+            ln_2: norm(),
+            mlp: Mlp {
+                fc: linear(self.d_model, self.d_ff, self.init_std),
+                proj: linear(self.d_ff, self.d_model, residual_std),
+            },
+        }
     }
 
     /// Builds the model with lazily initialised weights, for loading a record into: a record
@@ -96,28 +120,8 @@ impl GptConfig {
             panic!("invalid GptConfig: {e}");
         }
         let normal = |std: f64| Initializer::Normal { mean: 0.0, std };
-        let residual_std = self.init_std / (2.0 * self.n_layers as f64).sqrt();
-        let linear = |d_in: usize, d_out: usize, std: f64| {
-            LinearConfig::new(d_in, d_out).with_initializer(normal(std)).init(device)
-        };
         let norm = || LayerNormConfig::new(self.d_model).with_epsilon(self.layer_norm_eps).init(device);
-        let blocks = (0..self.n_layers)
-            .map(|_| Block {
-                ln_1: norm(),
-                attn: CausalSelfAttention {
-                    q: linear(self.d_model, self.d_model, self.init_std),
-                    k: linear(self.d_model, self.d_model, self.init_std),
-                    v: linear(self.d_model, self.d_model, self.init_std),
-                    proj: linear(self.d_model, self.d_model, residual_std),
-                    n_heads: self.n_heads,
-                },
-                ln_2: norm(),
-                mlp: Mlp {
-                    fc: linear(self.d_model, self.d_ff, self.init_std),
-                    proj: linear(self.d_ff, self.d_model, residual_std),
-                },
-            })
-            .collect();
+        let blocks = (0..self.n_layers).map(|_| self.init_block(device)).collect();
         let embedding =
             |n: usize| EmbeddingConfig::new(n, self.d_model).with_initializer(normal(self.init_std)).init(device);
         Gpt {
@@ -134,6 +138,17 @@ impl GptConfig {
             max_seq_len: self.max_seq_len,
         }
     }
+}
+
+/// Runs `f` with the backend seeded to `seed`, holding a process-wide lock: burn's generator is
+/// global to the process, so two threads that seed and initialise at once (parallel tests, a
+/// pool of runs) would otherwise interleave their draws. Everything that draws initial weights
+/// goes through here.
+pub fn seeded<B: Backend, T>(seed: u64, device: &B::Device, f: impl FnOnce() -> T) -> T {
+    static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = SEED_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    B::seed(device, seed);
+    f()
 }
 
 /// A decoder-only transformer; see the module documentation.
@@ -189,7 +204,7 @@ impl<B: Backend> Gpt<B> {
         let mut layers = Vec::with_capacity(self.blocks.len());
         let mut x = x;
         for block in &self.blocks {
-            x = block.forward(x, None);
+            x = block.forward(x);
             layers.push(x.clone());
         }
         let hidden = self.ln_f.forward(x);
@@ -211,10 +226,27 @@ impl<B: Backend> Gpt<B> {
         let [_, t_new] = tokens.dims();
         let mut x = self.embed(tokens, cache.len);
         for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(x, Some(kv));
+            x = block.forward_cached(x, Some(kv));
         }
         cache.len += t_new;
         self.unembed(self.ln_f.forward(x))
+    }
+
+    /// The shared output head: final LayerNorm and unembedding applied to a residual stream
+    /// `[b, t, d]` (the last block's, or an extra head's), giving logits `[b, t, v]`.
+    pub fn output(&self, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.unembed(self.ln_f.forward(residual))
+    }
+
+    /// The token embedding alone (no positions), `[b, t]` -> `[b, t, d]`: the shared embedding
+    /// DeepSeek-V3's sequential multi-token modules read.
+    pub fn embed_tokens(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.tok_emb.forward(tokens)
+    }
+
+    /// Width of the residual stream.
+    pub fn d_model(&self) -> usize {
+        self.ln_f.gamma.dims()[0]
     }
 
     /// The longest sequence the model accepts.
@@ -248,8 +280,10 @@ impl<B: Backend> Gpt<B> {
     }
 }
 
+/// One pre-LayerNorm transformer block (causal self-attention, then the MLP, each added to the
+/// residual stream), `[b, t, d]` -> `[b, t, d]`.
 #[derive(Module, Debug)]
-struct Block<B: Backend> {
+pub struct Block<B: Backend> {
     ln_1: LayerNorm<B>,
     attn: CausalSelfAttention<B>,
     ln_2: LayerNorm<B>,
@@ -257,7 +291,16 @@ struct Block<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
+    /// The block over a whole sequence (causal).
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_cached(x, None)
+    }
+
+    fn forward_cached(
+        &self,
+        x: Tensor<B, 3>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }

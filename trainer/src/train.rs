@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::record::Recorder;
 use burn::tensor::ElementConversion;
@@ -15,14 +16,13 @@ use burn::tensor::backend::AutodiffBackend;
 use eval::run_dir::{self, CheckpointMeta};
 use eval::{Batch, EvalReport};
 use indicatif::{ProgressBar, ProgressStyle};
-use models::Gpt;
 use models::checkpoint::{LabRecorder, load_model, save_model};
 use serde_json::{Map, Value, json};
 use tasks::Example;
 
 use crate::clip::clip_grad_norm;
 use crate::config::{ModelSection, RunConfig};
-use crate::objective::Objective;
+use crate::objective::{BuildContext, LabModel, Objective};
 use crate::sampler::BatchSampler;
 
 /// How to run, beyond the config.
@@ -63,7 +63,8 @@ pub fn train<B: AutodiffBackend>(
     }
     let needed = eval::needed_positions(task.as_ref(), &train).max(eval::needed_positions(task.as_ref(), &test));
     let model_config = config.model.resolve(task.vocab().len(), needed)?;
-    let objective = config.objective.build::<B>(task.as_ref());
+    let cx = BuildContext::<B> { task: task.as_ref(), train: &train, model: &model_config, device };
+    let objective = config.objective.build::<B>(&cx).context("building the objective")?;
     let mut eval_options = config.eval.clone();
     eval_options.teacherless |= objective.teacherless_eval();
 
@@ -84,16 +85,24 @@ pub fn train<B: AutodiffBackend>(
         .with_beta_2(opt.beta2)
         .with_epsilon(opt.eps)
         .with_weight_decay(opt.weight_decay as f32)
-        .init::<B, Gpt<B>>();
+        .init::<B, LabModel<B>>();
 
-    let (mut model, start): (Gpt<B>, u64) = if resume {
+    let (mut model, start): (LabModel<B>, u64) = if resume {
         let (step, stem) = run_dir::latest(run)?;
         let saved = run_dir::read_meta(&stem)?;
         if saved.model != model_config {
             bail!("the checkpoint's model differs from the one the run's config resolves to");
         }
-        let model = load_model::<B>(&model_config, &stem, device)
+        let gpt = load_model::<B>(&model_config, &stem, device)
             .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;
+        let heads = match objective.init_heads(device) {
+            None => None,
+            Some(h) => Some(
+                h.load_file(heads_stem(&stem), &LabRecorder::new(), device)
+                    .with_context(|| format!("loading the objective's heads beside {}", stem.display()))?,
+            ),
+        };
+        let model = LabModel { gpt, heads };
         let record = Recorder::<B>::load(&LabRecorder::new(), optim_stem(&stem), device)
             .with_context(|| format!("loading the optimizer state beside {}", stem.display()))?;
         optim = optim.load_record(record);
@@ -106,7 +115,13 @@ pub fn train<B: AutodiffBackend>(
         std::fs::create_dir_all(run.join("checkpoints")).with_context(|| format!("creating {}", run.display()))?;
         run_dir::write_atomic(&run.join("config.toml"), resolved.to_toml().as_bytes())?;
         File::create(run.join("metrics.jsonl")).context("creating metrics.jsonl")?;
-        (model_config.init_seeded::<B>(config.seeds.model, device), 0)
+        // The GPT is drawn first, so that its weights do not depend on the objective's heads.
+        let model = models::seeded::<B, _>(config.seeds.model, device, || {
+            let model = LabModel { gpt: model_config.init(device), heads: objective.init_heads(device) };
+            let _ = model.num_params(); // materialise the heads' lazy parameters inside the lock
+            model
+        });
+        (model, 0)
     };
 
     let schedule = &config.schedule;
@@ -144,8 +159,9 @@ pub fn train<B: AutodiffBackend>(
             write_metrics(&mut metrics, done, line)?;
         }
         let last = done == schedule.steps;
-        if last || (schedule.eval_every > 0 && done % schedule.eval_every == 0) {
-            let r = eval::evaluate(&model.valid(), task.as_ref(), &test, &eval_options);
+        let evaluates = objective.decodes_forward();
+        if evaluates && (last || (schedule.eval_every > 0 && done % schedule.eval_every == 0)) {
+            let r = eval::evaluate(&model.gpt.valid(), task.as_ref(), &test, &eval_options);
             write_metrics(&mut metrics, done, r.metrics().into_iter().map(|(k, v)| (k, json!(v))).collect())?;
             run_dir::write_report(run, done, &r)?;
             bar.set_message(format!("loss {value:.4} | free exact {:.3}", r.free.exact));
@@ -174,7 +190,7 @@ pub struct StepStats {
     /// The total loss of the batch.
     pub loss: f64,
     /// Its named parts.
-    pub parts: Vec<(&'static str, f64)>,
+    pub parts: Vec<(String, f64)>,
     /// The global gradient norm before clipping.
     pub grad_norm: f64,
 }
@@ -182,17 +198,17 @@ pub struct StepStats {
 /// One optimizer step: loss, backward, global-norm clipping, AdamW. A non-finite loss is
 /// returned as measured; the caller decides what to do (the model is updated all the same, so
 /// callers that stop on NaN must not save it).
-pub fn train_step<B: AutodiffBackend, O: Optimizer<Gpt<B>, B>>(
-    model: Gpt<B>,
+pub fn train_step<B: AutodiffBackend, O: Optimizer<LabModel<B>, B>>(
+    model: LabModel<B>,
     optim: &mut O,
     objective: &dyn Objective<B>,
     batch: &Batch<B>,
     lr: f64,
     grad_clip: f64,
-) -> (Gpt<B>, StepStats) {
+) -> (LabModel<B>, StepStats) {
     let loss = objective.loss(&model, batch);
     let value: f64 = loss.total.clone().into_scalar().elem();
-    let parts = loss.parts.iter().map(|(n, t)| (*n, t.clone().into_scalar().elem())).collect();
+    let parts = loss.parts.iter().map(|(n, t)| (n.clone(), t.clone().into_scalar().elem())).collect();
     let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
     let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, grad_clip);
     let model = optim.step(lr, model, grads);
@@ -206,8 +222,14 @@ fn optim_stem(stem: &Path) -> PathBuf {
 
 /// Writes weights, optimizer state, then the sidecar that marks the checkpoint complete; each
 /// file goes to a temporary name first and is renamed into place.
-fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Gpt<B>, B>>(
-    model: &Gpt<B>,
+/// The heads' record beside a checkpoint: `step_NNNNNN-heads.mpk`.
+fn heads_stem(stem: &Path) -> PathBuf {
+    let name = stem.file_name().expect("a checkpoint stem has a name").to_string_lossy();
+    stem.with_file_name(format!("{name}-heads"))
+}
+
+fn save_checkpoint<B: AutodiffBackend, O: Optimizer<LabModel<B>, B>>(
+    model: &LabModel<B>,
     optim: &O,
     run: &Path,
     meta: &CheckpointMeta,
@@ -215,8 +237,13 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<Gpt<B>, B>>(
     let stem = run_dir::checkpoint_stem(run, meta.step);
     let tmp = |s: &Path| s.with_file_name(format!("tmp-{}", s.file_name().unwrap().to_string_lossy()));
     let file = models::checkpoint::record_path;
-    save_model(model, &tmp(&stem)).context("saving the model")?;
+    save_model(&model.gpt, &tmp(&stem)).context("saving the model")?;
     std::fs::rename(file(&tmp(&stem)), file(&stem))?;
+    if let Some(heads) = &model.heads {
+        let hstem = heads_stem(&stem);
+        heads.clone().save_file(tmp(&hstem), &LabRecorder::new()).context("saving the objective's heads")?;
+        std::fs::rename(file(&tmp(&hstem)), file(&hstem))?;
+    }
     let ostem = optim_stem(&stem);
     Recorder::<B>::record(&LabRecorder::new(), optim.to_record(), tmp(&ostem)).context("saving the optimizer")?;
     std::fs::rename(file(&tmp(&ostem)), file(&ostem))?;
@@ -258,9 +285,9 @@ struct Window {
 }
 
 impl Window {
-    fn add(&mut self, loss: f64, parts: &[(&str, f64)], grad_norm: f64) {
+    fn add(&mut self, loss: f64, parts: &[(String, f64)], grad_norm: f64) {
         if self.parts.is_empty() {
-            self.parts = parts.iter().map(|(n, _)| (n.to_string(), 0.0)).collect();
+            self.parts = parts.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
         }
         for (acc, (_, v)) in self.parts.iter_mut().zip(parts) {
             acc.1 += v;

@@ -1,21 +1,38 @@
-//! Training objectives: each turns a model and a batch into a loss and its named parts.
+//! Training objectives: each turns a model (the GPT plus the heads it asked for) and a batch
+//! into a loss and its named parts.
 //!
-//! One file per objective, one arm of [`ObjectiveConfig`] each: adding an objective touches
-//! neither the model nor the data code.
+//! One file per objective, one arm of [`ObjectiveConfig`] and, where it needs extra
+//! parameters, one arm of [`Heads`] each: adding an objective touches neither the model nor the
+//! data code. Every objective keeps the GPT's own next-token head as the one that decodes, so
+//! evaluation (which loads only the GPT) compares all objectives on the same footing.
 
+mod fsp_bow;
+mod fsp_summary;
+mod heads;
+mod mtp;
+mod mtp_sequential;
 mod ntp;
+mod reverse_lm;
 mod teacherless;
 
+pub use fsp_bow::{BowConfig, FspBow, idf_weights};
+pub use fsp_summary::{FspSummary, SummaryConfig, SummaryHeads};
+pub use heads::AuxHead;
+pub use mtp::{Mtp, MtpConfig, MtpHeads};
+pub use mtp_sequential::{SequentialHeads, SequentialMtp, SequentialMtpConfig};
 pub use ntp::Ntp;
+pub use reverse_lm::{ReverseLm, reverse_rows};
 pub use teacherless::Teacherless;
 
+use anyhow::Result;
+use burn::module::Module;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use eval::Batch;
-use models::Gpt;
+use models::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
-use tasks::Task;
+use tasks::{Example, Task};
 
 /// The `[objective]` section: which objective, with its parameters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -27,6 +44,33 @@ pub enum ObjectiveConfig {
     /// NTF's teacherless objective: target inputs replaced by `$`, all target tokens
     /// predicted from the prompt in one pass.
     Teacherless,
+    /// Multi-token prediction with independent heads (Gloeckle et al. 2024).
+    Mtp(MtpConfig),
+    /// Multi-token prediction with sequential modules (DeepSeek-V3 §2.2).
+    MtpSequential(SequentialMtpConfig),
+    /// Future summary prediction with a hand-crafted summary: the bag of words of the next
+    /// tokens after the next one (Mahajan et al. 2025).
+    FspBow(BowConfig),
+    /// Future summary prediction with a learned summary: a right-to-left LM's hidden state
+    /// (Mahajan et al. 2025).
+    FspSummary(SummaryConfig),
+    /// A right-to-left language model over whole sequences: the summariser `fsp-summary` can
+    /// load frozen. Its runs are not evaluated by forward decoding.
+    ReverseLm,
+}
+
+/// What an objective may look at when it is built: the task, the training split (for
+/// statistics such as tf-idf weights), the model's shape (for its heads) and the device (to load
+/// frozen models onto).
+pub struct BuildContext<'a, B: Backend> {
+    /// The task being trained.
+    pub task: &'a dyn Task,
+    /// The training examples.
+    pub train: &'a [Example],
+    /// The GPT's resolved shape.
+    pub model: &'a GptConfig,
+    /// Where tensors live.
+    pub device: &'a B::Device,
 }
 
 impl ObjectiveConfig {
@@ -35,15 +79,25 @@ impl ObjectiveConfig {
         match self {
             ObjectiveConfig::Ntp => "ntp",
             ObjectiveConfig::Teacherless => "teacherless",
+            ObjectiveConfig::Mtp(_) => "mtp",
+            ObjectiveConfig::MtpSequential(_) => "mtp-sequential",
+            ObjectiveConfig::FspBow(_) => "fsp-bow",
+            ObjectiveConfig::FspSummary(_) => "fsp-summary",
+            ObjectiveConfig::ReverseLm => "reverse-lm",
         }
     }
 
-    /// Builds the objective for a task.
-    pub fn build<B: AutodiffBackend>(&self, task: &dyn Task) -> Box<dyn Objective<B>> {
-        match self {
+    /// Builds the objective; errors are bad parameters or a frozen model that cannot be loaded.
+    pub fn build<B: AutodiffBackend>(&self, cx: &BuildContext<'_, B>) -> Result<Box<dyn Objective<B>>> {
+        Ok(match self {
             ObjectiveConfig::Ntp => Box::new(Ntp),
-            ObjectiveConfig::Teacherless => Box::new(Teacherless { dummy: task.vocab().dummy() }),
-        }
+            ObjectiveConfig::Teacherless => Box::new(Teacherless { dummy: cx.task.vocab().dummy() }),
+            ObjectiveConfig::Mtp(c) => Box::new(Mtp::new(c, cx.model)?),
+            ObjectiveConfig::MtpSequential(c) => Box::new(SequentialMtp::new(c, cx.model)?),
+            ObjectiveConfig::FspBow(c) => Box::new(FspBow::new(c, cx)?),
+            ObjectiveConfig::FspSummary(c) => Box::new(FspSummary::new(c, cx)?),
+            ObjectiveConfig::ReverseLm => Box::new(ReverseLm { pad: cx.task.vocab().dummy() }),
+        })
     }
 }
 
@@ -52,17 +106,59 @@ pub struct LossOutput<B: Backend> {
     /// What is differentiated, a single value.
     pub total: Tensor<B, 1>,
     /// Components worth logging, e.g. `("ntp", ...)`.
-    pub parts: Vec<(&'static str, Tensor<B, 1>)>,
+    pub parts: Vec<(String, Tensor<B, 1>)>,
+}
+
+impl<B: Backend> LossOutput<B> {
+    /// A loss that is its only part.
+    pub fn single(name: &str, loss: Tensor<B, 1>) -> Self {
+        LossOutput { total: loss.clone(), parts: vec![(name.to_string(), loss)] }
+    }
+}
+
+/// The extra trainable parameters an objective adds beside the GPT. They are saved beside the
+/// GPT's weights (`step_NNNNNN-heads.mpk`); evaluation never needs them.
+#[derive(Module, Debug)]
+pub enum Heads<B: Backend> {
+    /// Independent multi-token heads.
+    Mtp(MtpHeads<B>),
+    /// DeepSeek-V3's sequential modules.
+    Sequential(SequentialHeads<B>),
+    /// The bag-of-words summary head.
+    Bow(AuxHead<B>),
+    /// The learned-summary head (and, in joint training, the reverse LM).
+    Summary(SummaryHeads<B>),
+}
+
+/// What the trainer optimises: the GPT and the heads of its objective.
+#[derive(Module, Debug)]
+pub struct LabModel<B: Backend> {
+    /// The language model that evaluation decodes with.
+    pub gpt: Gpt<B>,
+    /// The objective's extra parameters, if any.
+    pub heads: Option<Heads<B>>,
 }
 
 /// A training objective.
 pub trait Objective<B: AutodiffBackend> {
+    /// Freshly initialised heads (called inside `models::seeded`, right after the GPT is drawn,
+    /// so that the GPT's weights do not depend on the objective).
+    fn init_heads(&self, _device: &B::Device) -> Option<Heads<B>> {
+        None
+    }
+
     /// The loss of `model` on `batch`.
-    fn loss(&self, model: &Gpt<B>, batch: &Batch<B>) -> LossOutput<B>;
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>) -> LossOutput<B>;
 
     /// Whether evaluation should also decode the way this objective trains (teacherless).
     fn teacherless_eval(&self) -> bool {
         false
+    }
+
+    /// Whether the model reads left to right, so that forward decoding measures it (false for
+    /// the reverse LM, whose runs are not evaluated).
+    fn decodes_forward(&self) -> bool {
+        true
     }
 }
 
@@ -80,15 +176,111 @@ pub fn masked_cross_entropy<B: Backend>(
     (picked * mask).sum().neg() / count
 }
 
+/// Every row's whole token sequence, `[b, t + 1]`: the inputs plus the last target.
+pub fn full_tokens<B: Backend>(batch: &Batch<B>) -> Tensor<B, 2, Int> {
+    let [b, _] = batch.inputs.dims();
+    Tensor::cat(vec![batch.inputs.clone().slice([0..b, 0..1]), batch.targets.clone()], 1)
+}
+
+/// 1.0 at positions `t` that predict a target token and have at least one more target token
+/// after it (x_{t+2} exists): where a summary of the future beyond the next token is defined,
+/// `[b, t]`.
+pub fn future_mask<B: Backend>(batch: &Batch<B>) -> Tensor<B, 2> {
+    let [b, t] = batch.target_mask.dims();
+    let next = Tensor::cat(
+        vec![batch.target_mask.clone().slice([0..b, 1..t]), Tensor::zeros([b, 1], &batch.target_mask.device())],
+        1,
+    );
+    batch.target_mask.clone() * next
+}
+
+/// The heads of `model`, which the objective that built them knows the kind of.
+fn heads<B: Backend>(model: &LabModel<B>) -> &Heads<B> {
+    model.heads.as_ref().expect("the objective's heads are built with the model")
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_util {
     use burn::backend::flex::FlexDevice;
     use burn::backend::{Autodiff, Flex};
-    use burn::tensor::TensorData;
+    use burn::module::Module;
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use burn::tensor::backend::Backend;
+    use tasks::Example;
 
     use super::*;
 
-    type B = Autodiff<Flex>;
+    pub type B = Autodiff<Flex>;
+
+    /// A tiny GPT config for objective tests.
+    pub fn tiny() -> GptConfig {
+        GptConfig::tiny(12, 12).with_d_model(16).with_d_ff(32).with_init_std(0.1)
+    }
+
+    /// Three rows of different lengths over a 12-token vocabulary (pad 0).
+    pub fn batch() -> Batch<B> {
+        let a = Example::new(&[1, 2, 3], &[4, 5, 6, 7]);
+        let b = Example::new(&[1, 3], &[8, 9]);
+        let c = Example::new(&[2, 2, 2, 1], &[10, 11, 4]);
+        Batch::new(&[&a, &b, &c], 0, &FlexDevice)
+    }
+
+    /// A lab model with the objective's heads, seeded.
+    pub fn model(obj: &dyn Objective<B>, config: &GptConfig) -> LabModel<B> {
+        models::seeded::<B, _>(1, &FlexDevice, || {
+            let gpt = config.init::<B>(&FlexDevice);
+            let heads = obj.init_heads(&FlexDevice);
+            let m = LabModel { gpt, heads };
+            let _ = m.num_params();
+            m
+        })
+    }
+
+    /// Flattened values of every parameter of `m`.
+    pub fn params<M: Module<B>>(m: &M) -> Vec<Vec<f32>> {
+        struct Collect(Vec<Vec<f32>>);
+        impl burn::module::ModuleVisitor<B> for Collect {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+                self.0.push(p.val().into_data().convert::<f32>().to_vec().unwrap());
+            }
+        }
+        let mut c = Collect(Vec::new());
+        m.visit(&mut c);
+        c.0
+    }
+
+    /// One AdamW step on the objective's loss.
+    pub fn step(obj: &dyn Objective<B>, m: LabModel<B>, batch: &Batch<B>) -> LabModel<B> {
+        let loss = obj.loss(&m, batch).total;
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        AdamWConfig::new().init::<B, LabModel<B>>().step(1e-2, m, grads)
+    }
+
+    /// Cross-entropy of `logits` rows against targets, on the host in f64.
+    pub fn host_ce(logits: &[f32], v: usize, picks: &[(usize, usize)]) -> f64 {
+        let mut sum = 0.0;
+        for &(row, target) in picks {
+            let z = &logits[row * v..(row + 1) * v];
+            let max = z.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+            let lse = max + z.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            sum += lse - z[target] as f64;
+        }
+        sum / picks.len() as f64
+    }
+
+    /// Scalar of a one-element tensor.
+    pub fn scalar<BB: Backend>(t: Tensor<BB, 1>) -> f32 {
+        t.into_data().convert::<f32>().to_vec::<f32>().unwrap()[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::flex::FlexDevice;
+    use burn::tensor::TensorData;
+
+    use super::test_util::*;
+    use super::*;
 
     #[test]
     fn masked_cross_entropy_by_hand() {
@@ -102,5 +294,15 @@ mod tests {
         let loss = masked_cross_entropy(logits, targets, mask).into_scalar();
         let want = (-(0.75f32.ln()) - 0.25f32.ln()) / 2.0;
         assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+    }
+
+    #[test]
+    fn full_tokens_and_future_mask() {
+        let b = batch();
+        let ints = full_tokens(&b).into_data().convert::<i64>().to_vec::<i64>().unwrap();
+        assert_eq!(ints, vec![1, 2, 3, 4, 5, 6, 7, 1, 3, 8, 9, 0, 0, 0, 2, 2, 2, 1, 10, 11, 4]);
+        // Row a: targets 4..7 are predicted at t = 2..5; x_{t+2} is a target for t = 2, 3, 4.
+        let m = future_mask(&b).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(m, vec![0., 0., 1., 1., 1., 0., 0., 1., 0., 0., 0., 0., 0., 0., 0., 1., 1., 0.]);
     }
 }

@@ -2,17 +2,15 @@
 
 use burn::tensor::backend::AutodiffBackend;
 use eval::Batch;
-use models::Gpt;
 
-use super::{LossOutput, Objective, masked_cross_entropy};
+use super::{LabModel, LossOutput, Objective, masked_cross_entropy};
 
 /// Next-token prediction; see the module docs.
 pub struct Ntp;
 
 impl<B: AutodiffBackend> Objective<B> for Ntp {
-    fn loss(&self, model: &Gpt<B>, batch: &Batch<B>) -> LossOutput<B> {
-        let out = model.forward(batch.inputs.clone());
-        let loss = masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone());
-        LossOutput { total: loss.clone(), parts: vec![("ntp", loss)] }
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>) -> LossOutput<B> {
+        let out = model.gpt.forward(batch.inputs.clone());
+        LossOutput::single("ntp", masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone()))
     }
 }

@@ -4,9 +4,8 @@
 
 use burn::tensor::backend::AutodiffBackend;
 use eval::Batch;
-use models::Gpt;
 
-use super::{LossOutput, Objective, masked_cross_entropy};
+use super::{LabModel, LossOutput, Objective, masked_cross_entropy};
 
 /// Teacherless training; see the module docs.
 pub struct Teacherless {
@@ -15,10 +14,10 @@ pub struct Teacherless {
 }
 
 impl<B: AutodiffBackend> Objective<B> for Teacherless {
-    fn loss(&self, model: &Gpt<B>, batch: &Batch<B>) -> LossOutput<B> {
-        let out = model.forward(batch.teacherless(self.dummy));
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>) -> LossOutput<B> {
+        let out = model.gpt.forward(batch.teacherless(self.dummy));
         let loss = masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone());
-        LossOutput { total: loss.clone(), parts: vec![("teacherless", loss)] }
+        LossOutput::single("teacherless", loss)
     }
 
     fn teacherless_eval(&self) -> bool {

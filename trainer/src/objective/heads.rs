@@ -1,0 +1,34 @@
+//! A head that reads the trunk: one transformer block of the GPT's shape, a LayerNorm and a
+//! linear map to whatever the objective predicts (a bag of words, a summary vector).
+
+use burn::module::Module;
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use models::{Block, GptConfig};
+
+/// Block → LayerNorm → Linear(d, out), `[b, t, d]` → `[b, t, out]`.
+#[derive(Module, Debug)]
+pub struct AuxHead<B: Backend> {
+    block: Block<B>,
+    norm: LayerNorm<B>,
+    out: Linear<B>,
+}
+
+impl<B: Backend> AuxHead<B> {
+    /// A head for a trunk of shape `model`, predicting `out` values per position.
+    pub fn new(model: &GptConfig, out: usize, device: &B::Device) -> Self {
+        AuxHead {
+            block: model.init_block(device),
+            norm: LayerNormConfig::new(model.d_model).with_epsilon(model.layer_norm_eps).init(device),
+            out: LinearConfig::new(model.d_model, out)
+                .with_initializer(Initializer::Normal { mean: 0.0, std: model.init_std })
+                .init(device),
+        }
+    }
+
+    /// The head over the trunk's residual stream `[b, t, d]`.
+    pub fn forward(&self, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.out.forward(self.norm.forward(self.block.forward(residual)))
+    }
+}
