@@ -32,6 +32,13 @@ fn run(cli: Cli) -> Result<()> {
         None => run_dir::latest(&cli.run)?,
     };
     let meta = run_dir::read_meta(&stem)?;
+    if meta.objective == "reverse-lm" {
+        anyhow::bail!(
+            "{} trained a right-to-left LM (objective reverse-lm): it reads sequences backwards, so forward decoding \
+             does not measure it; it is a summariser for objective.kind = \"fsp-summary\"",
+            cli.run.display()
+        );
+    }
     let mut options = run_dir::eval_options(&cli.run)?;
     options.teacherless |= meta.teacherless;
     if let Some(n) = cli.examples {

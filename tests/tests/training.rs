@@ -94,6 +94,53 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     assert!(format!("{err:#}").contains("--resume"));
 }
 
+/// Objectives with heads save them beside the GPT and resume from them exactly.
+#[test]
+fn objectives_with_heads_resume_exactly() {
+    for kind in ["mtp", "mtp-sequential", "fsp-bow", "fsp-summary"] {
+        let dir = tempfile::tempdir().unwrap();
+        let set = format!("objective.kind={kind}");
+        let config = small_config(dir.path(), &[&set, "schedule.steps=20"]);
+        let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+        trainer::train::<B>(&config, &whole, false, &FlexDevice, &quiet()).unwrap();
+        assert!(whole.join("checkpoints/step_000010-heads.mpk").is_file(), "{kind}: no heads saved");
+        let stopped = TrainOptions { progress: false, stop_after: Some(15) };
+        trainer::train::<B>(&config, &split, false, &FlexDevice, &stopped).unwrap();
+        trainer::train::<B>(&config, &split, true, &FlexDevice, &quiet()).unwrap();
+        assert_eq!(metrics(&whole), metrics(&split), "{kind}");
+        assert!(metrics(&whole).contains("\"eval/free/exact\""), "{kind}: the GPT is evaluated");
+    }
+}
+
+/// A reverse-lm run trains without forward evaluation, then serves as the frozen summariser of
+/// fsp-summary by path; a run of another objective is refused as a summariser.
+#[test]
+fn a_reverse_lm_run_is_the_frozen_summariser_of_fsp_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let reverse = dir.path().join("reverse");
+    let config = small_config(dir.path(), &["objective.kind=reverse-lm", "schedule.steps=20"]);
+    let outcome = trainer::train::<B>(&config, &reverse, false, &FlexDevice, &quiet()).unwrap();
+    assert!(outcome.report.is_none());
+    let m = metrics(&reverse);
+    assert!(m.contains("train/loss.reverse_lm") && !m.contains("eval/"), "{m}");
+
+    let frozen = format!("objective.reverse_run={}", reverse.display());
+    let config = small_config(dir.path(), &["objective.kind=fsp-summary", &frozen, "schedule.steps=20"]);
+    let run = dir.path().join("summary");
+    let outcome = trainer::train::<B>(&config, &run, false, &FlexDevice, &quiet()).unwrap();
+    assert!(outcome.report.is_some());
+    let m = metrics(&run);
+    assert!(m.contains("train/loss.summary") && !m.contains("reverse_lm"), "{m}");
+
+    let ntp = dir.path().join("ntp");
+    trainer::train::<B>(&small_config(dir.path(), &["schedule.steps=10"]), &ntp, false, &FlexDevice, &quiet())
+        .unwrap();
+    let wrong = format!("objective.reverse_run={}", ntp.display());
+    let config = small_config(dir.path(), &["objective.kind=fsp-summary", &wrong]);
+    let err = trainer::train::<B>(&config, &dir.path().join("x"), false, &FlexDevice, &quiet()).unwrap_err();
+    assert!(format!("{err:#}").contains("not \"reverse-lm\""), "{err:#}");
+}
+
 #[test]
 fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
