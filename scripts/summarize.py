@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Mean ± sd over seeds of a directory of runs named <objective>-s<seed> (each with eval.json):
+free-running exact match, decision-token accuracy, Clever-Hans rate, teacher-forced accuracy
+per target position. A stopgap until `eval compare` (the sweeps issue) does this in Rust.
+
+    python3 scripts/summarize.py runs/pitfalls-baselines
+"""
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def fmt(xs):
+    if not xs:
+        return "-"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.3f} ± {sd:.3f}"
+
+
+def main(root):
+    groups = defaultdict(list)
+    for ev in sorted(Path(root).glob("*-s*/eval.json")):
+        m = re.fullmatch(r"(.+)-s(\d+)", ev.parent.name)
+        if m:
+            groups[m.group(1)].append((int(m.group(2)), json.loads(ev.read_text())))
+    if not groups:
+        sys.exit(f"no runs with eval.json under {root}")
+    print("| objective | seeds | free-running exact | decision token | Clever-Hans rate | teacher-forced per position |")
+    print("|---|---|---|---|---|---|")
+    for obj, runs in groups.items():
+        runs.sort()
+        free = [r["free"]["exact"] for _, r in runs]
+        dec = [r["path_star"]["decision"] for _, r in runs]
+        ch = [r["path_star"]["clever_hans"] for _, r in runs]
+        forced = [r["forced"]["per_position"] for _, r in runs]
+        per_pos = " / ".join(f"{statistics.mean(p):.2f}" for p in zip(*forced))
+        seeds = ",".join(str(s) for s, _ in runs)
+        print(f"| {obj} | {seeds} | {fmt(free)} | {fmt(dec)} | {fmt(ch)} | {per_pos} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/pitfalls-baselines")
