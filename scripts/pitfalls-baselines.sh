@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Trains every baseline objective on the Pitfalls graph G(2,4,10) for several seeds, the runs
-# behind LOG.md's "baselines" table, then prints the table (scripts/summarize.py).
+# Trains objectives on the Pitfalls graph G(2,4,10) for several seeds, the runs behind LOG.md's
+# comparison tables, then prints the table (scripts/summarize.py). The default list is the
+# baselines; the MI-shaped objective and its ablations:
+#   OBJECTIVES="ntp mi mi-infonce mi-token-rl mi-joint avatarl" scripts/pitfalls-baselines.sh
 #
 #   scripts/pitfalls-baselines.sh                 # seeds 0 1 2, 1,500 steps, 2 runs at a time
 #   SEEDS="0 1 2 3 4" STEPS=3000 JOBS=1 OUT=runs/pb scripts/pitfalls-baselines.sh
@@ -25,6 +27,8 @@ run() { # objective seed
     rm -rf "$dir"
     local extra=()
     if [ "$obj" = fsp-summary-frozen ]; then extra=(--set "objective.reverse_run=$OUT/reverse-lm"); fi
+    # AvataRL's critic: the NTP run of seed 0 (phase 1 trains it first).
+    if [ "$obj" = avatarl ]; then extra=(--set "objective.critic_run=$OUT/ntp-s0"); fi
     "$TRAINER" train --config "configs/path-star/$obj.toml" --out "$dir" --quiet \
         --set "schedule.steps=$STEPS" --set "seeds.model=$seed" --set "seeds.data=$seed" "${extra[@]}" \
         > "$dir.log" 2>&1 || { echo "FAILED: $dir (see $dir.log)"; return 1; }
@@ -36,13 +40,21 @@ export OUT STEPS TRAINER
 # The frozen summariser: one reverse LM (seed 0) that every frozen-summary run reads, trained
 # beside the first runs of the queue; the frozen-summary runs go last.
 reverse_done="$OUT/reverse-lm/checkpoints/step_$(printf %06d "$STEPS").json"
-queue() { for seed in $SEEDS; do for obj in $OBJECTIVES; do [ "$obj" "$1" fsp-summary-frozen ] && echo "$obj $seed"; done; done; }
+# Phase 1: objectives that read no other run; phase 2: those that do (after phase 1 and the
+# reverse LM are done).
+late() { [ "$1" = fsp-summary-frozen ] || [ "$1" = avatarl ]; }
+queue() { # phase
+    for seed in $SEEDS; do for obj in $OBJECTIVES; do
+        if late "$obj"; then phase=2; else phase=1; fi
+        if [ "$phase" = "$1" ]; then echo "$obj $seed"; fi
+    done; done
+}
 if [[ " $OBJECTIVES " == *" fsp-summary-frozen "* ]] && [ ! -f "$reverse_done" ]; then
     rm -rf "$OUT/reverse-lm"
     "$TRAINER" train --config configs/path-star/reverse-lm.toml --out "$OUT/reverse-lm" --quiet \
         --set "schedule.steps=$STEPS" > "$OUT/reverse-lm.log" 2>&1 &
 fi
-queue != | xargs -P "$JOBS" -n 2 bash -c 'run "$0" "$1"'
+queue 1 | xargs -P "$JOBS" -n 2 bash -c 'run "$0" "$1"'
 wait
-queue = | xargs -P "$JOBS" -n 2 bash -c 'run "$0" "$1"'
+queue 2 | xargs -P "$JOBS" -n 2 bash -c 'run "$0" "$1"'
 python3 scripts/summarize.py "$OUT"

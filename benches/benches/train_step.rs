@@ -41,7 +41,7 @@ fn bench_config(c: &mut Criterion, name: &str, config: GptConfig, batch: usize, 
     group.throughput(Throughput::Elements((batch * seq) as u64));
     group.bench_function(name, |b| {
         b.iter(|| {
-            let (next, stats) = train_step(model.take().unwrap(), &mut optim, &Ntp, &batch_tensors, 1e-4, 1.0);
+            let (next, stats) = train_step(model.take().unwrap(), &mut optim, &Ntp, &batch_tensors, 0, 1e-4, 1.0);
             model = Some(next);
             black_box(stats.loss)
         })

@@ -138,9 +138,9 @@ pub fn train<B: AutodiffBackend>(
         let lr = schedule.lr(opt.lr, step);
         let rows: Vec<&Example> = sampler.indices(step).into_iter().map(|i| &train[i]).collect();
         let batch = Batch::<B>::new(&rows, pad, device);
-        let (next, stats) = train_step(model, &mut optim, objective.as_ref(), &batch, lr, opt.grad_clip);
+        let (next, stats) = train_step(model, &mut optim, objective.as_ref(), &batch, step, lr, opt.grad_clip);
         model = next;
-        let StepStats { loss: value, parts, grad_norm } = stats;
+        let StepStats { loss: value, values, grad_norm } = stats;
         if !value.is_finite() {
             bar.abandon();
             bail!(
@@ -152,7 +152,7 @@ pub fn train<B: AutodiffBackend>(
         }
 
         let done = step + 1;
-        window.add(value, &parts, grad_norm);
+        window.add(value, &values, grad_norm);
         if done % schedule.log_every == 0 || done == schedule.steps {
             let mut line = window.take();
             line.insert("train/lr".into(), json!(lr));
@@ -189,8 +189,9 @@ pub fn train<B: AutodiffBackend>(
 pub struct StepStats {
     /// The total loss of the batch.
     pub loss: f64,
-    /// Its named parts.
-    pub parts: Vec<(String, f64)>,
+    /// Its named parts and the objective's other statistics, keyed as in `metrics.jsonl`
+    /// (`train/loss.<part>`, `train/<stat>`).
+    pub values: Vec<(String, f64)>,
     /// The global gradient norm before clipping.
     pub grad_norm: f64,
 }
@@ -203,16 +204,19 @@ pub fn train_step<B: AutodiffBackend, O: Optimizer<LabModel<B>, B>>(
     optim: &mut O,
     objective: &dyn Objective<B>,
     batch: &Batch<B>,
+    step: u64,
     lr: f64,
     grad_clip: f64,
 ) -> (LabModel<B>, StepStats) {
-    let loss = objective.loss(&model, batch);
+    let loss = objective.loss(&model, batch, step);
     let value: f64 = loss.total.clone().into_scalar().elem();
-    let parts = loss.parts.iter().map(|(n, t)| (n.clone(), t.clone().into_scalar().elem())).collect();
+    let scalar = |t: &burn::tensor::Tensor<B, 1>| -> f64 { t.clone().into_scalar().elem() };
+    let parts = loss.parts.iter().map(|(n, t)| (format!("train/loss.{n}"), scalar(t)));
+    let values = parts.chain(loss.stats.iter().map(|(n, t)| (format!("train/{n}"), scalar(t)))).collect();
     let mut grads = GradientsParams::from_grads(loss.total.backward(), &model);
     let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, grad_clip);
     let model = optim.step(lr, model, grads);
-    (model, StepStats { loss: value, parts, grad_norm })
+    (model, StepStats { loss: value, values, grad_norm })
 }
 
 fn optim_stem(stem: &Path) -> PathBuf {
@@ -280,16 +284,16 @@ fn write_metrics(out: &mut File, step: u64, values: Map<String, Value>) -> Resul
 struct Window {
     n: usize,
     loss: f64,
-    parts: Vec<(String, f64)>,
+    values: Vec<(String, f64)>,
     grad_norm: f64,
 }
 
 impl Window {
-    fn add(&mut self, loss: f64, parts: &[(String, f64)], grad_norm: f64) {
-        if self.parts.is_empty() {
-            self.parts = parts.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
+    fn add(&mut self, loss: f64, values: &[(String, f64)], grad_norm: f64) {
+        if self.values.is_empty() {
+            self.values = values.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
         }
-        for (acc, (_, v)) in self.parts.iter_mut().zip(parts) {
+        for (acc, (_, v)) in self.values.iter_mut().zip(values) {
             acc.1 += v;
         }
         self.n += 1;
@@ -301,8 +305,8 @@ impl Window {
         let n = self.n.max(1) as f64;
         let mut m = Map::new();
         m.insert("train/loss".into(), json!(self.loss / n));
-        for (name, v) in &self.parts {
-            m.insert(format!("train/loss.{name}"), json!(v / n));
+        for (key, v) in &self.values {
+            m.insert(key.clone(), json!(v / n));
         }
         m.insert("train/grad_norm".into(), json!(self.grad_norm / n));
         *self = Window::default();

@@ -98,7 +98,7 @@ impl<B: AutodiffBackend> Objective<B> for FspBow {
         Some(Heads::Bow(AuxHead::new(&self.model, self.weights.len(), device)))
     }
 
-    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>) -> LossOutput<B> {
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
         let Heads::Bow(head) = heads(model) else { unreachable!("fsp-bow builds a bag-of-words head") };
         let out = model.gpt.forward(batch.inputs.clone());
         let ntp = masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone());
@@ -112,7 +112,7 @@ impl<B: AutodiffBackend> Objective<B> for FspBow {
         let mask = future_mask(batch);
         let bow = (per_position * mask.clone()).sum() / mask.sum().clamp_min(1.0);
         let total = ntp.clone() + bow.clone().mul_scalar(self.weight);
-        LossOutput { total, parts: vec![("ntp".into(), ntp), ("bow".into(), bow)] }
+        LossOutput { total, parts: vec![("ntp".into(), ntp), ("bow".into(), bow)], stats: vec![] }
     }
 }
 
@@ -168,7 +168,7 @@ mod tests {
         let config = tiny();
         let m = model(&obj, &config);
         let batch = batch();
-        let out = obj.loss(&m, &batch);
+        let out = obj.loss(&m, &batch, 0);
         let bow = scalar(out.parts[1].1.clone()) as f64;
         let Some(Heads::Bow(head)) = &m.heads else { panic!() };
         let z = head

@@ -11,17 +11,17 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use eval::Batch;
-use eval::run_dir;
 use models::{Gpt, GptConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::frozen::{Serves, load_frozen};
 use super::{
     AuxHead, BuildContext, Heads, LabModel, LossOutput, Objective, future_mask, heads, masked_cross_entropy,
     reverse_rows,
@@ -76,7 +76,13 @@ impl<B: AutodiffBackend> FspSummary<B> {
         }
         let frozen = match &config.reverse_run {
             None => None,
-            Some(run) => Some(load_reverse::<B::InnerBackend>(run, cx.model, cx.device)?),
+            Some(run) => Some(load_frozen::<B::InnerBackend>(
+                run,
+                "objective.reverse_run",
+                Serves::Objective("reverse-lm"),
+                cx.model,
+                cx.device,
+            )?),
         };
         let reverse_width = frozen.as_ref().map_or(cx.model.d_model, |m| m.d_model());
         let mut rng = ChaCha8Rng::seed_from_u64(config.projection_seed);
@@ -115,32 +121,6 @@ impl<B: AutodiffBackend> FspSummary<B> {
     }
 }
 
-/// Loads the latest checkpoint of a `reverse-lm` run, checking that it fits this task.
-fn load_reverse<B: Backend>(run: &std::path::Path, forward: &GptConfig, device: &B::Device) -> Result<Gpt<B>> {
-    let (_, stem) = run_dir::latest(run)
-        .with_context(|| format!("objective.reverse_run = {}: no trained reverse LM there", run.display()))?;
-    let meta = run_dir::read_meta(&stem)?;
-    if meta.objective != "reverse-lm" {
-        bail!(
-            "objective.reverse_run = {} was trained with objective {:?}, not \"reverse-lm\"",
-            run.display(),
-            meta.objective
-        );
-    }
-    if meta.model.vocab_size != forward.vocab_size || meta.model.max_seq_len < forward.max_seq_len {
-        bail!(
-            "the reverse LM in {} has vocabulary {} and {} positions; this run needs {} and {}",
-            run.display(),
-            meta.model.vocab_size,
-            meta.model.max_seq_len,
-            forward.vocab_size,
-            forward.max_seq_len
-        );
-    }
-    models::checkpoint::load_model::<B>(&meta.model, &stem, device)
-        .with_context(|| format!("loading the reverse LM from {}", stem.display()))
-}
-
 impl<B: AutodiffBackend> Objective<B> for FspSummary<B> {
     fn init_heads(&self, device: &B::Device) -> Option<Heads<B>> {
         let head = AuxHead::new(&self.model, self.summary_dim, device);
@@ -148,7 +128,7 @@ impl<B: AutodiffBackend> Objective<B> for FspSummary<B> {
         Some(Heads::Summary(SummaryHeads { head, reverse }))
     }
 
-    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>) -> LossOutput<B> {
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
         let Heads::Summary(h) = heads(model) else { unreachable!("fsp-summary builds a summary head") };
         let out = model.gpt.forward(batch.inputs.clone());
         let ntp = masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone());
@@ -174,7 +154,7 @@ impl<B: AutodiffBackend> Objective<B> for FspSummary<B> {
         let mask = future_mask(batch);
         let summary = (sq * mask.clone()).sum() / mask.sum().clamp_min(1.0);
         parts.push(("summary".into(), summary.clone()));
-        LossOutput { total: total + summary.mul_scalar(self.weight), parts }
+        LossOutput { total: total + summary.mul_scalar(self.weight), parts, stats: vec![] }
     }
 }
 
@@ -183,6 +163,8 @@ mod tests {
     use burn::backend::flex::FlexDevice;
     use burn::module::AutodiffModule;
     use burn::optim::GradientsParams;
+
+    use eval::run_dir;
 
     use super::super::test_util::*;
     use super::*;
@@ -202,7 +184,7 @@ mod tests {
         let obj = joint(0.7);
         let m = model(&obj, &tiny());
         let batch = batch();
-        let out = obj.loss(&m, &batch);
+        let out = obj.loss(&m, &batch, 0);
         let names: Vec<&str> = out.parts.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["ntp", "reverse_lm", "summary"]);
         let got = scalar(out.parts[2].1.clone()) as f64;
@@ -245,7 +227,7 @@ mod tests {
         let grads_of_reverse = |weight: f64| {
             let obj = joint(weight);
             let m = model(&obj, &tiny());
-            let grads = GradientsParams::from_grads(obj.loss(&m, &batch()).total.backward(), &m);
+            let grads = GradientsParams::from_grads(obj.loss(&m, &batch(), 0).total.backward(), &m);
             let Some(Heads::Summary(h)) = &m.heads else { panic!() };
             struct Grads<'a>(&'a GradientsParams, Vec<Vec<f32>>);
             impl burn::module::ModuleVisitor<B> for Grads<'_> {

@@ -6,18 +6,27 @@
 //! data code. Every objective keeps the GPT's own next-token head as the one that decodes, so
 //! evaluation (which loads only the GPT) compares all objectives on the same footing.
 
+mod avatarl;
+mod frozen;
 mod fsp_bow;
 mod fsp_summary;
+pub mod future;
 mod heads;
+pub mod infonce;
+mod mi;
 mod mtp;
 mod mtp_sequential;
 mod ntp;
 mod reverse_lm;
 mod teacherless;
+pub mod token_reward;
 
+pub use avatarl::{Avatarl, AvatarlConfig, avatarl_rewards};
+pub use frozen::{Serves, load_frozen};
 pub use fsp_bow::{BowConfig, FspBow, idf_weights};
 pub use fsp_summary::{FspSummary, SummaryConfig, SummaryHeads};
 pub use heads::AuxHead;
+pub use mi::{EncoderInput, Mi, MiConfig, MiHeads, MiSchedule, Weights, future_positions};
 pub use mtp::{Mtp, MtpConfig, MtpHeads};
 pub use mtp_sequential::{SequentialHeads, SequentialMtp, SequentialMtpConfig};
 pub use ntp::Ntp;
@@ -57,6 +66,11 @@ pub enum ObjectiveConfig {
     /// A right-to-left language model over whole sequences: the summariser `fsp-summary` can
     /// load frozen. Its runs are not evaluated by forward decoding.
     ReverseLm,
+    /// The MI-shaped future-aware objective (seed §2.2-2.5): future encoder, InfoNCE,
+    /// token-level reward, on a schedule.
+    Mi(MiConfig),
+    /// The AvataRL-style reward baseline with a frozen critic.
+    Avatarl(AvatarlConfig),
 }
 
 /// What an objective may look at when it is built: the task, the training split (for
@@ -84,6 +98,8 @@ impl ObjectiveConfig {
             ObjectiveConfig::FspBow(_) => "fsp-bow",
             ObjectiveConfig::FspSummary(_) => "fsp-summary",
             ObjectiveConfig::ReverseLm => "reverse-lm",
+            ObjectiveConfig::Mi(_) => "mi",
+            ObjectiveConfig::Avatarl(_) => "avatarl",
         }
     }
 
@@ -97,6 +113,8 @@ impl ObjectiveConfig {
             ObjectiveConfig::FspBow(c) => Box::new(FspBow::new(c, cx)?),
             ObjectiveConfig::FspSummary(c) => Box::new(FspSummary::new(c, cx)?),
             ObjectiveConfig::ReverseLm => Box::new(ReverseLm { pad: cx.task.vocab().dummy() }),
+            ObjectiveConfig::Mi(c) => Box::new(Mi::new(c, cx)?),
+            ObjectiveConfig::Avatarl(c) => Box::new(Avatarl::new(c, cx)?),
         })
     }
 }
@@ -105,14 +123,17 @@ impl ObjectiveConfig {
 pub struct LossOutput<B: Backend> {
     /// What is differentiated, a single value.
     pub total: Tensor<B, 1>,
-    /// Components worth logging, e.g. `("ntp", ...)`.
+    /// Components worth logging, e.g. `("ntp", ...)`, as `train/loss.<name>`.
     pub parts: Vec<(String, Tensor<B, 1>)>,
+    /// Other statistics of the step (an MI bound, a mean reward, an entropy, a scheduled
+    /// weight), logged as `train/<name>`.
+    pub stats: Vec<(String, Tensor<B, 1>)>,
 }
 
 impl<B: Backend> LossOutput<B> {
     /// A loss that is its only part.
     pub fn single(name: &str, loss: Tensor<B, 1>) -> Self {
-        LossOutput { total: loss.clone(), parts: vec![(name.to_string(), loss)] }
+        LossOutput { total: loss.clone(), parts: vec![(name.to_string(), loss)], stats: vec![] }
     }
 }
 
@@ -128,6 +149,8 @@ pub enum Heads<B: Backend> {
     Bow(AuxHead<B>),
     /// The learned-summary head (and, in joint training, the reverse LM).
     Summary(SummaryHeads<B>),
+    /// The MI objective's future encoder, scorer and rollout head.
+    Mi(MiHeads<B>),
 }
 
 /// What the trainer optimises: the GPT and the heads of its objective.
@@ -147,8 +170,9 @@ pub trait Objective<B: AutodiffBackend> {
         None
     }
 
-    /// The loss of `model` on `batch`.
-    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>) -> LossOutput<B>;
+    /// The loss of `model` on `batch` at optimizer step `step` (0-based; objectives whose
+    /// weights follow a schedule read it).
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, step: u64) -> LossOutput<B>;
 
     /// Whether evaluation should also decode the way this objective trains (teacherless).
     fn teacherless_eval(&self) -> bool {
@@ -251,7 +275,7 @@ pub(crate) mod test_util {
 
     /// One AdamW step on the objective's loss.
     pub fn step(obj: &dyn Objective<B>, m: LabModel<B>, batch: &Batch<B>) -> LabModel<B> {
-        let loss = obj.loss(&m, batch).total;
+        let loss = obj.loss(&m, batch, 0).total;
         let grads = GradientsParams::from_grads(loss.backward(), &m);
         AdamWConfig::new().init::<B, LabModel<B>>().step(1e-2, m, grads)
     }

@@ -67,7 +67,7 @@ impl<B: AutodiffBackend> Objective<B> for Mtp {
         Some(Heads::Mtp(MtpHeads { blocks }))
     }
 
-    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>) -> LossOutput<B> {
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
         let Heads::Mtp(h) = heads(model) else { unreachable!("mtp builds mtp heads") };
         let [b, t] = batch.inputs.dims();
         let out = model.gpt.forward(batch.inputs.clone());
@@ -91,7 +91,7 @@ impl<B: AutodiffBackend> Objective<B> for Mtp {
             total = total + loss.clone().mul_scalar(self.weights[k - 1]);
             parts.push((format!("mtp{k}"), loss));
         }
-        LossOutput { total, parts }
+        LossOutput { total, parts, stats: vec![] }
     }
 }
 
@@ -107,7 +107,7 @@ mod tests {
         let obj = Mtp::new(&MtpConfig { n: 3, weights: vec![1.0, 0.5, 0.25] }, &config).unwrap();
         let m = model(&obj, &config);
         let batch = batch();
-        let out = obj.loss(&m, &batch);
+        let out = obj.loss(&m, &batch, 0);
         let got: Vec<f32> = out.parts.iter().map(|(_, t)| scalar(t.clone())).collect();
         assert_eq!(out.parts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["ntp", "mtp2", "mtp3"]);
 
@@ -151,8 +151,8 @@ mod tests {
         assert_eq!(moved, before.len(), "{moved} of {} parameter tensors changed", before.len());
         // The first part is exactly the NTP loss of the same GPT.
         let m = model(&obj, &config);
-        let ntp = scalar(Ntp.loss(&m, &batch()).total);
-        assert_eq!(scalar(obj.loss(&m, &batch()).parts[0].1.clone()), ntp);
+        let ntp = scalar(Ntp.loss(&m, &batch(), 0).total);
+        assert_eq!(scalar(obj.loss(&m, &batch(), 0).parts[0].1.clone()), ntp);
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl<B: AutodiffBackend> Objective<B> for SequentialMtp {
         Some(Heads::Sequential(SequentialHeads { modules }))
     }
 
-    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>) -> LossOutput<B> {
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
         let Heads::Sequential(h) = heads(model) else { unreachable!("mtp-sequential builds its modules") };
         let [b, t] = batch.inputs.dims();
         let out = model.gpt.forward(batch.inputs.clone());
@@ -116,7 +116,7 @@ impl<B: AutodiffBackend> Objective<B> for SequentialMtp {
         } else {
             ntp + Tensor::cat(extra, 0).sum().mul_scalar(self.lambda / self.depth as f64)
         };
-        LossOutput { total, parts }
+        LossOutput { total, parts, stats: vec![] }
     }
 }
 
@@ -131,7 +131,7 @@ mod tests {
         let obj = SequentialMtp::new(&SequentialMtpConfig { depth: 2, lambda: 0.3 }, &config).unwrap();
         let m = model(&obj, &config);
         let batch = batch();
-        let out = obj.loss(&m, &batch);
+        let out = obj.loss(&m, &batch, 0);
         let got: Vec<f64> = out.parts.iter().map(|(_, t)| scalar(t.clone()) as f64).collect();
         let rows: [(&[u32], usize); 3] =
             [(&[1, 2, 3, 4, 5, 6, 7], 3), (&[1, 3, 8, 9], 2), (&[2, 2, 2, 1, 10, 11, 4], 4)];

@@ -51,7 +51,7 @@ pub struct ReverseLm {
 }
 
 impl<B: AutodiffBackend> Objective<B> for ReverseLm {
-    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>) -> LossOutput<B> {
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
         let rev = reverse_rows(batch);
         let logits = model.gpt.forward(rev.inputs).logits;
         LossOutput::single("reverse_lm", masked_cross_entropy(logits, rev.targets, rev.mask))

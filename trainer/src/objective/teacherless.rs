@@ -14,7 +14,7 @@ pub struct Teacherless {
 }
 
 impl<B: AutodiffBackend> Objective<B> for Teacherless {
-    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>) -> LossOutput<B> {
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
         let out = model.gpt.forward(batch.teacherless(self.dummy));
         let loss = masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone());
         LossOutput::single("teacherless", loss)
