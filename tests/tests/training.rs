@@ -97,10 +97,21 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
 /// Objectives with heads save them beside the GPT and resume from them exactly.
 #[test]
 fn objectives_with_heads_resume_exactly() {
-    for kind in ["mtp", "mtp-sequential", "fsp-bow", "fsp-summary"] {
+    let cases: [(&str, &[&str]); 6] = [
+        ("mtp", &[]),
+        ("mtp-sequential", &[]),
+        ("fsp-bow", &[]),
+        ("fsp-summary", &[]),
+        // Stage 2 starts at step 12, between the checkpoint (10) and the stop (15).
+        ("mi", &["objective.stage1_steps=12"]),
+        ("mi", &["objective.schedule=joint", "objective.ramp_steps=12", "objective.pooler=attention"]),
+    ];
+    for (kind, extra) in cases {
         let dir = tempfile::tempdir().unwrap();
         let set = format!("objective.kind={kind}");
-        let config = small_config(dir.path(), &[&set, "schedule.steps=20"]);
+        let mut sets = vec![set.as_str(), "schedule.steps=20"];
+        sets.extend_from_slice(extra);
+        let config = small_config(dir.path(), &sets);
         let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
         trainer::train::<B>(&config, &whole, false, &FlexDevice, &quiet()).unwrap();
         assert!(whole.join("checkpoints/step_000010-heads.mpk").is_file(), "{kind}: no heads saved");
@@ -139,6 +150,25 @@ fn a_reverse_lm_run_is_the_frozen_summariser_of_fsp_summary() {
     let config = small_config(dir.path(), &["objective.kind=fsp-summary", &wrong]);
     let err = trainer::train::<B>(&config, &dir.path().join("x"), false, &FlexDevice, &quiet()).unwrap_err();
     assert!(format!("{err:#}").contains("not \"reverse-lm\""), "{err:#}");
+}
+
+/// AvataRL reads its critic, a finished run of another objective, by path.
+#[test]
+fn avatarl_trains_against_a_frozen_critic() {
+    let dir = tempfile::tempdir().unwrap();
+    let critic = dir.path().join("critic");
+    trainer::train::<B>(&small_config(dir.path(), &["schedule.steps=10"]), &critic, false, &FlexDevice, &quiet())
+        .unwrap();
+    let set = format!("objective.critic_run={}", critic.display());
+    let config = small_config(dir.path(), &["objective.kind=avatarl", &set, "schedule.steps=20"]);
+    let run = dir.path().join("avatarl");
+    trainer::train::<B>(&config, &run, false, &FlexDevice, &quiet()).unwrap();
+    let m = metrics(&run);
+    assert!(m.contains("train/loss.avatarl") && m.contains("train/reward_gt") && m.contains("eval/free/exact"), "{m}");
+    // Without a critic the objective says what it needs.
+    let config = small_config(dir.path(), &["objective.kind=avatarl"]);
+    let err = trainer::train::<B>(&config, &dir.path().join("x"), false, &FlexDevice, &quiet()).unwrap_err();
+    assert!(format!("{err:#}").contains("critic_run"), "{err:#}");
 }
 
 #[test]
