@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Mean ± sd over seeds of a directory of runs named <objective>-s<seed> (each with eval.json):
-free-running exact match, decision-token accuracy, Clever-Hans rate, teacher-forced accuracy
-per target position. A stopgap until `eval compare` (the sweeps issue) does this in Rust.
+"""Mean ± sd over seeds of a directory of finished runs named <objective>-s<seed> (eval.json
+of the last step): free-running exact match, decision-token accuracy, Clever-Hans rate,
+teacher-forced accuracy per target position, and teacherless decoding where the run has it.
+A stopgap until `eval compare` (the sweeps issue) does this in Rust.
 
     python3 scripts/summarize.py runs/pitfalls-baselines
 """
@@ -9,6 +10,7 @@ import json
 import re
 import statistics
 import sys
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,12 +26,16 @@ def main(root):
     groups = defaultdict(list)
     for ev in sorted(Path(root).glob("*-s*/eval.json")):
         m = re.fullmatch(r"(.+)-s(\d+)", ev.parent.name)
-        if m:
-            groups[m.group(1)].append((int(m.group(2)), json.loads(ev.read_text())))
+        if not m:
+            continue
+        report = json.loads(ev.read_text())
+        steps = tomllib.loads((ev.parent / "config.toml").read_text())["schedule"]["steps"]
+        if report["step"] == steps:  # finished: the report of the last step
+            groups[m.group(1)].append((int(m.group(2)), report))
     if not groups:
         sys.exit(f"no runs with eval.json under {root}")
-    print("| objective | seeds | free-running exact | decision token | Clever-Hans rate | teacher-forced per position |")
-    print("|---|---|---|---|---|---|")
+    print("| objective | seeds | free-running exact | decision token | Clever-Hans rate | teacher-forced per position | teacherless exact |")
+    print("|---|---|---|---|---|---|---|")
     for obj, runs in groups.items():
         runs.sort()
         free = [r["free"]["exact"] for _, r in runs]
@@ -37,8 +43,9 @@ def main(root):
         ch = [r["path_star"]["clever_hans"] for _, r in runs]
         forced = [r["forced"]["per_position"] for _, r in runs]
         per_pos = " / ".join(f"{statistics.mean(p):.2f}" for p in zip(*forced))
+        tl = [r["teacherless"]["exact"] for _, r in runs if r.get("teacherless")]
         seeds = ",".join(str(s) for s, _ in runs)
-        print(f"| {obj} | {seeds} | {fmt(free)} | {fmt(dec)} | {fmt(ch)} | {per_pos} |")
+        print(f"| {obj} | {seeds} | {fmt(free)} | {fmt(dec)} | {fmt(ch)} | {per_pos} | {fmt(tl)} |")
 
 
 if __name__ == "__main__":

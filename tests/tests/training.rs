@@ -144,12 +144,27 @@ fn a_reverse_lm_run_is_the_frozen_summariser_of_fsp_summary() {
     assert!(m.contains("train/loss.summary") && !m.contains("reverse_lm"), "{m}");
 
     let ntp = dir.path().join("ntp");
-    trainer::train::<B>(&small_config(dir.path(), &["schedule.steps=10"]), &ntp, false, &FlexDevice, &quiet())
-        .unwrap();
+    trainer::train::<B>(&small_config(dir.path(), &["schedule.steps=10"]), &ntp, false, &FlexDevice, &quiet()).unwrap();
     let wrong = format!("objective.reverse_run={}", ntp.display());
     let config = small_config(dir.path(), &["objective.kind=fsp-summary", &wrong]);
     let err = trainer::train::<B>(&config, &dir.path().join("x"), false, &FlexDevice, &quiet()).unwrap_err();
     assert!(format!("{err:#}").contains("not \"reverse-lm\""), "{err:#}");
+}
+
+/// The bag-of-words probe reads an fsp-bow run's head and refuses other runs.
+#[test]
+fn the_bag_probe_reads_a_bow_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let bow = dir.path().join("bow");
+    let config = small_config(dir.path(), &["objective.kind=fsp-bow", "schedule.steps=10"]);
+    trainer::train::<B>(&config, &bow, false, &FlexDevice, &quiet()).unwrap();
+    let p = trainer::probe::probe_bow::<B>(&bow, 50, &FlexDevice).unwrap();
+    // G(2,3,8): targets of 3 nodes, so positions 1 and 2 have a token after the next one.
+    assert_eq!(p.counts, [50, 50]);
+    assert!(p.exact.iter().all(|r| (0.0..=1.0).contains(r)));
+    let ntp = dir.path().join("ntp");
+    trainer::train::<B>(&small_config(dir.path(), &["schedule.steps=5"]), &ntp, false, &FlexDevice, &quiet()).unwrap();
+    assert!(trainer::probe::probe_bow::<B>(&ntp, 50, &FlexDevice).is_err());
 }
 
 /// AvataRL reads its critic, a finished run of another objective, by path.

@@ -9,6 +9,7 @@
 pub mod clip;
 pub mod config;
 pub mod objective;
+pub mod probe;
 pub mod sampler;
 pub mod train;
 

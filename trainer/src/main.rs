@@ -41,6 +41,14 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Probe what a finished run's heads know (fsp-bow: exact bag recovery per position).
+    Probe {
+        /// The run directory.
+        run: PathBuf,
+        /// Test examples to probe.
+        #[arg(long, default_value_t = 1000)]
+        examples: usize,
+    },
 }
 
 /// Today's date (UTC) as yyyy-mm-dd, from the system clock.
@@ -83,7 +91,10 @@ fn command_line() -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let Cmd::Train { config, overrides, out, resume, quiet } = cli.cmd;
+    let (config, overrides, out, resume, quiet) = match cli.cmd {
+        Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
+        Cmd::Probe { run, examples } => return probe(&run, examples),
+    };
     let (config, run, resuming) = match resume {
         Some(run) => {
             let path = run.join("config.toml");
@@ -122,6 +133,18 @@ fn run(cli: Cli) -> Result<()> {
         print!("{}", report.table());
     }
     println!("metrics: {}", run.join("metrics.jsonl").display());
+    Ok(())
+}
+
+fn probe(run: &std::path::Path, examples: usize) -> Result<()> {
+    let p = trainer::probe::probe_bow::<Backend>(run, examples, &FlexDevice)?;
+    println!(
+        "{}: bag-of-words head, exact recovery of the bag of x_(t+2..) per predicted target position",
+        run.display()
+    );
+    for (i, (rate, n)) in p.exact.iter().zip(&p.counts).enumerate() {
+        println!("  position {}: {rate:.3} ({n} examples)", i + 1);
+    }
     Ok(())
 }
 

@@ -227,7 +227,7 @@ fn optim_stem(stem: &Path) -> PathBuf {
 /// Writes weights, optimizer state, then the sidecar that marks the checkpoint complete; each
 /// file goes to a temporary name first and is renamed into place.
 /// The heads' record beside a checkpoint: `step_NNNNNN-heads.mpk`.
-fn heads_stem(stem: &Path) -> PathBuf {
+pub fn heads_stem(stem: &Path) -> PathBuf {
     let name = stem.file_name().expect("a checkpoint stem has a name").to_string_lossy();
     stem.with_file_name(format!("{name}-heads"))
 }

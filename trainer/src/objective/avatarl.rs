@@ -83,7 +83,8 @@ impl<B: AutodiffBackend> Avatarl<B> {
         if 2 * config.top_k + 1 > cx.task.vocab().len() || config.top_k == 0 {
             bail!("objective.top_k must be between 1 and (vocabulary - 1) / 2");
         }
-        let critic = load_frozen::<B::InnerBackend>(run, "objective.critic_run", Serves::ForwardLm, cx.model, cx.device)?;
+        let critic =
+            load_frozen::<B::InnerBackend>(run, "objective.critic_run", Serves::ForwardLm, cx.model, cx.device)?;
         Ok(Avatarl { config: config.clone(), critic })
     }
 }
@@ -117,7 +118,10 @@ pub fn avatarl_rewards<B: AutodiffBackend>(
     let gt = gt.reshape([m, 1]);
     let actions = Tensor::cat(vec![s_top, c_top, gt.clone()], 1); // [m, w]
     // A column repeats an earlier one if it equals any column to its left.
-    let same = actions.clone().unsqueeze_dim::<3>(2).expand([m, width, width])
+    let same = actions
+        .clone()
+        .unsqueeze_dim::<3>(2)
+        .expand([m, width, width])
         .equal(actions.clone().unsqueeze_dim::<3>(1).expand([m, width, width]))
         .float(); // [m, w, w]
     let left: Vec<f32> = (0..width * width).map(|i| ((i % width) < (i / width)) as u8 as f32).collect();
@@ -145,7 +149,8 @@ impl<B: AutodiffBackend> Objective<B> for Avatarl<B> {
         let [b, t, v] = out.logits.dims();
         let m = b * t;
         let student = out.logits.clone().reshape([m, v]);
-        let critic = Tensor::<B, 2>::from_inner(self.critic.forward(batch.inputs.clone().inner()).logits.reshape([m, v]));
+        let critic =
+            Tensor::<B, 2>::from_inner(self.critic.forward(batch.inputs.clone().inner()).logits.reshape([m, v]));
         let gt = batch.targets.clone().reshape([m]);
         let r = avatarl_rewards(c, student.clone().detach(), critic, gt);
         let logp = log_softmax(student, 1);

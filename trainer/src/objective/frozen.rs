@@ -36,7 +36,10 @@ pub fn load_frozen<B: Backend>(
             bail!("{key} = {} was trained with objective {:?}, not {want:?}", run.display(), meta.objective)
         }
         Serves::ForwardLm if meta.objective == "reverse-lm" => {
-            bail!("{key} = {} is a right-to-left LM (objective reverse-lm); a left-to-right one is needed", run.display())
+            bail!(
+                "{key} = {} is a right-to-left LM (objective reverse-lm); a left-to-right one is needed",
+                run.display()
+            )
         }
         _ => {}
     }

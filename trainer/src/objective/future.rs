@@ -122,7 +122,8 @@ mod tests {
         let w = future_window(&[7], 6, 2);
         let a = enc.forward(h.clone(), h.clone(), &w).slice([0..1, 0..3, 0..3]);
         // Changing hidden state 5 (outside the windows of positions 0..=2) changes nothing there.
-        let other = Tensor::cat(vec![h.clone().slice([0..1, 0..5, 0..4]), h.clone().slice([0..1, 0..1, 0..4]) * 7.0], 1);
+        let other =
+            Tensor::cat(vec![h.clone().slice([0..1, 0..5, 0..4]), h.clone().slice([0..1, 0..1, 0..4]) * 7.0], 1);
         let b = enc.forward(other.clone(), other, &w).slice([0..1, 0..3, 0..3]);
         a.into_data().assert_approx_eq::<f32>(&b.into_data(), burn::tensor::Tolerance::default());
     }

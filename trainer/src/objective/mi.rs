@@ -335,7 +335,8 @@ mod tests {
 
     #[test]
     fn schedules() {
-        let base = MiConfig { lambda_infonce: 0.4, lambda_rl: 2.0, stage1_steps: 10, ramp_steps: 10, ..Default::default() };
+        let base =
+            MiConfig { lambda_infonce: 0.4, lambda_rl: 2.0, stage1_steps: 10, ramp_steps: 10, ..Default::default() };
         let two = mi(base.clone());
         assert_eq!(two.weights(9), Weights { infonce: 0.4, rl: 0.0, encoder_frozen: false });
         assert_eq!(two.weights(10), Weights { infonce: 0.0, rl: 2.0, encoder_frozen: true });
@@ -351,7 +352,13 @@ mod tests {
 
     #[test]
     fn the_total_is_the_weighted_sum_of_its_parts_and_the_bound_is_log_k_minus_the_loss() {
-        let obj = mi(MiConfig { schedule: MiSchedule::Constant, lambda_infonce: 0.3, lambda_rl: 0.7, lambda_rollout: 0.2, ..Default::default() });
+        let obj = mi(MiConfig {
+            schedule: MiSchedule::Constant,
+            lambda_infonce: 0.3,
+            lambda_rl: 0.7,
+            lambda_rollout: 0.2,
+            ..Default::default()
+        });
         let m = model(&obj, &tiny());
         let out = obj.loss(&m, &batch(), 0);
         let p: Vec<f64> = out.parts.iter().map(|(_, x)| scalar(x.clone()) as f64).collect();
@@ -369,7 +376,12 @@ mod tests {
     fn rewards_carry_no_gradient() {
         // The token-RL gradient on the logits is exactly that of −Σ r log π with r held fixed:
         // compare against the same loss with the rewards entered as data.
-        let obj = mi(MiConfig { schedule: MiSchedule::Constant, lambda_infonce: 0.0, lambda_rollout: 0.0, ..Default::default() });
+        let obj = mi(MiConfig {
+            schedule: MiSchedule::Constant,
+            lambda_infonce: 0.0,
+            lambda_rollout: 0.0,
+            ..Default::default()
+        });
         let m = model(&obj, &tiny());
         let out = obj.loss(&m, &batch(), 0);
         let rl = out.parts.iter().find(|(n, _)| n == "token_rl").unwrap().1.clone();
@@ -404,12 +416,8 @@ mod tests {
         // Step 1 is in stage 2.
         let loss = obj.loss(&m, &batch(), 1).total;
         let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &m);
-        let m = burn::optim::Optimizer::step(
-            &mut burn::optim::AdamWConfig::new().init::<B, LabModel<B>>(),
-            1e-2,
-            m,
-            grads,
-        );
+        let m =
+            burn::optim::Optimizer::step(&mut burn::optim::AdamWConfig::new().init::<B, LabModel<B>>(), 1e-2, m, grads);
         let Some(Heads::Mi(h)) = &m.heads else { panic!() };
         assert_eq!(params(&h.encoder), enc);
         assert_eq!(params(&h.scorer), scorer);

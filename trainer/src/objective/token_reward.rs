@@ -131,7 +131,8 @@ mod tests {
         let f = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1., 0.], [1, 2]), &d);
         let valid = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1., 1., 0.], [1, 3]), &d);
         let is_gt = Tensor::<Flex, 2>::from_data(TensorData::new(vec![0., 1., 0.], [1, 3]), &d);
-        let r = |lambda: f64, tau: f64| floats(rewards(pred.clone(), f.clone(), valid.clone(), is_gt.clone(), lambda, tau));
+        let r =
+            |lambda: f64, tau: f64| floats(rewards(pred.clone(), f.clone(), valid.clone(), is_gt.clone(), lambda, tau));
         // Scores: cos = (1, 0) + λ_gt (0, 0.5) = (1, 0.5); τ = 1: softmax.
         let got = r(0.5, 1.0);
         let e = (0.5f64).exp();
