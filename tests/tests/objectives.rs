@@ -62,3 +62,124 @@ fn check(
 fn mi_schedule() -> Vec<String> {
     vec!["objective.stage1_steps=300".into(), "objective.ramp_steps=300".into()]
 }
+
+#[test]
+fn mtp_independent_heads_learn_their_offsets_and_still_cheat() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), "mtp.toml", &[]);
+    // Head 2 predicts the token after next: from the decision position that is two unknown
+    // steps ahead, so its loss stays above head 4's (the goal, named in the prompt).
+    check("mtp", &r, 0.42..0.62, 0.42..0.62, 0.95..1.01, &[("loss.mtp2", 0.45..0.70), ("loss.mtp4", 0.15..0.30)]);
+}
+
+#[test]
+fn mtp_sequential_modules_learn_and_still_cheat() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), "mtp-sequential.toml", &[]);
+    check(
+        "mtp-sequential",
+        &r,
+        0.42..0.62,
+        0.42..0.62,
+        0.95..1.01,
+        &[("loss.mtp2", 0.17..0.30), ("loss.mtp3", 0.15..0.28)],
+    );
+}
+
+#[test]
+fn fsp_bag_of_words_slows_the_cheat() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), "fsp-bow.toml", &[]);
+    // At 600 steps the cheat has not fully formed (NTP's Clever-Hans rate is 1.0 by then).
+    check("fsp-bow", &r, 0.20..0.37, 0.35..0.53, 0.75..0.93, &[("loss.bow", 0.60..0.90)]);
+}
+
+#[test]
+fn fsp_learned_summary_regresses_the_reverse_lm_and_still_cheats() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), "fsp-summary.toml", &[]);
+    check(
+        "fsp-summary",
+        &r,
+        0.42..0.62,
+        0.42..0.62,
+        0.95..1.01,
+        &[("loss.summary", 0.15..0.27), ("loss.reverse_lm", 0.70..0.95)],
+    );
+}
+
+#[test]
+fn mi_two_stage_raises_the_bound_then_trains_on_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), "mi.toml", &mi_schedule());
+    check(
+        "mi",
+        &r,
+        0.42..0.62,
+        0.42..0.62,
+        0.95..1.01,
+        &[("mi_bound", 3.8..4.7), ("reward_gt", 0.97..1.0), ("lambda_rl", 0.999..1.001), ("lambda_infonce", 0.0..1e-9)],
+    );
+}
+
+#[test]
+fn mi_infonce_only_approaches_the_log_k_ceiling_and_still_cheats() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), "mi-infonce.toml", &mi_schedule());
+    // K = 192 positions with a future per batch of 64: log K = 5.258, the bound's ceiling.
+    check(
+        "mi-infonce",
+        &r,
+        0.42..0.62,
+        0.42..0.62,
+        0.95..1.01,
+        &[("mi_bound", 4.5..5.26), ("mi_log_k", 5.25..5.26), ("loss.infonce", 0.2..0.6)],
+    );
+}
+
+#[test]
+fn mi_token_rl_only_leaves_the_bound_at_chance_and_still_cheats() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), "mi-token-rl.toml", &mi_schedule());
+    // The scorer is never trained without InfoNCE: its bound stays below zero.
+    check(
+        "mi-token-rl",
+        &r,
+        0.42..0.62,
+        0.42..0.62,
+        0.95..1.01,
+        &[("mi_bound", -3.0..0.0), ("loss.rollout", 0.35..0.65), ("reward_gt", 0.97..1.0)],
+    );
+}
+
+#[test]
+fn mi_joint_moves_its_weights_and_still_cheats() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), "mi-joint.toml", &mi_schedule());
+    check(
+        "mi-joint",
+        &r,
+        0.42..0.62,
+        0.42..0.62,
+        0.95..1.01,
+        &[("mi_bound", 3.7..4.6), ("lambda_infonce", 0.0099..0.0101), ("lambda_rl", 0.999..1.001)],
+    );
+}
+
+#[test]
+fn avatarl_with_an_ntp_critic_still_cheats() {
+    let dir = tempfile::tempdir().unwrap();
+    // The critic: the NTP run of the Pitfalls band test, trained here.
+    run(dir.path(), "ntp.toml", &[]);
+    let critic = format!("objective.critic_run={}", dir.path().join("ntp").display());
+    let r = run(dir.path(), "avatarl.toml", &[critic]);
+    // The ground truth always carries the capped reward (1.5); the action set has 4-5 tokens.
+    check(
+        "avatarl",
+        &r,
+        0.42..0.62,
+        0.42..0.62,
+        0.95..1.01,
+        &[("reward_gt", 1.49..1.51), ("action_set", 4.0..5.0), ("loss.avatarl", 0.03..0.12)],
+    );
+}
