@@ -54,7 +54,7 @@ if [[ " $OBJECTIVES " == *" fsp-summary-frozen "* ]] && [ ! -f "$reverse_done" ]
     "$TRAINER" train --config configs/path-star/reverse-lm.toml --out "$OUT/reverse-lm" --quiet \
         --set "schedule.steps=$STEPS" > "$OUT/reverse-lm.log" 2>&1 &
 fi
-queue 1 | xargs -P "$JOBS" -n 2 bash -c 'run "$0" "$1"'
+queue 1 | xargs -r -P "$JOBS" -n 2 bash -c 'run "$0" "$1"'
 wait
-queue 2 | xargs -P "$JOBS" -n 2 bash -c 'run "$0" "$1"'
+queue 2 | xargs -r -P "$JOBS" -n 2 bash -c 'run "$0" "$1"'
 python3 scripts/summarize.py "$OUT"
