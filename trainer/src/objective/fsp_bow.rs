@@ -176,8 +176,7 @@ mod tests {
             .into_data()
             .to_vec::<f32>()
             .unwrap();
-        let rows: [(&[u32], usize); 3] =
-            [(&[1, 2, 3, 4, 5, 6, 7], 3), (&[1, 3, 8, 9], 2), (&[2, 2, 2, 1, 10, 11, 4], 4)];
+        let rows = ROWS;
         let (mut sum, mut n) = (0.0f64, 0);
         for (r, (tokens, prefix)) in rows.iter().enumerate() {
             for t in 0..6 {

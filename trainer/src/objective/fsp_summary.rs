@@ -193,8 +193,7 @@ mod tests {
         let q = h.reverse.as_ref().unwrap();
         let pred = h.head.forward(m.gpt.forward(batch.inputs.clone()).layers.last().unwrap().clone());
         let pred = pred.into_data().to_vec::<f32>().unwrap();
-        let rows: [(&[u32], usize); 3] =
-            [(&[1, 2, 3, 4, 5, 6, 7], 3), (&[1, 3, 8, 9], 2), (&[2, 2, 2, 1, 10, 11, 4], 4)];
+        let rows = ROWS;
         let (d, s) = (16, 5);
         let (mut sum, mut n) = (0.0f64, 0);
         for (r, (tokens, prefix)) in rows.iter().enumerate() {

@@ -241,12 +241,14 @@ pub(crate) mod test_util {
         GptConfig::tiny(12, 12).with_d_model(16).with_d_ff(32).with_init_std(0.1)
     }
 
+    /// The rows of [`batch`] as (tokens, prompt length), for independent recomputations.
+    pub const ROWS: [(&[u32], usize); 3] =
+        [(&[1, 2, 3, 4, 5, 6, 7], 3), (&[1, 3, 8, 9], 2), (&[2, 2, 2, 1, 10, 11, 4], 4)];
+
     /// Three rows of different lengths over a 12-token vocabulary (pad 0).
     pub fn batch() -> Batch<B> {
-        let a = Example::new(&[1, 2, 3], &[4, 5, 6, 7]);
-        let b = Example::new(&[1, 3], &[8, 9]);
-        let c = Example::new(&[2, 2, 2, 1], &[10, 11, 4]);
-        Batch::new(&[&a, &b, &c], 0, &FlexDevice)
+        let rows: Vec<Example> = ROWS.iter().map(|(t, p)| Example::new(&t[..*p], &t[*p..])).collect();
+        Batch::new(&rows.iter().collect::<Vec<_>>(), 0, &FlexDevice)
     }
 
     /// A lab model with the objective's heads, seeded.

@@ -113,8 +113,7 @@ mod tests {
 
         // Rows as token lists (see test_util::batch); position j of head k predicts tokens[j + k]
         // when that token is a target token.
-        let rows: [(&[u32], usize); 3] =
-            [(&[1, 2, 3, 4, 5, 6, 7], 3), (&[1, 3, 8, 9], 2), (&[2, 2, 2, 1, 10, 11, 4], 4)];
+        let rows = ROWS;
         let (b, t, v) = (3, 6, 12);
         let o = m.gpt.forward(batch.inputs.clone());
         let Some(Heads::Mtp(h)) = &m.heads else { panic!() };

@@ -133,8 +133,7 @@ mod tests {
         let batch = batch();
         let out = obj.loss(&m, &batch, 0);
         let got: Vec<f64> = out.parts.iter().map(|(_, t)| scalar(t.clone()) as f64).collect();
-        let rows: [(&[u32], usize); 3] =
-            [(&[1, 2, 3, 4, 5, 6, 7], 3), (&[1, 3, 8, 9], 2), (&[2, 2, 2, 1, 10, 11, 4], 4)];
+        let rows = ROWS;
         let (t, v) = (6usize, 12usize);
         let Some(Heads::Sequential(h)) = &m.heads else { panic!() };
         // Recompute the chain one row at a time (no batching, no slicing of a batched tensor):
