@@ -89,6 +89,22 @@ mod tests {
 
     use super::*;
 
+    /// An encoder drawn under the process-wide seed lock: burn's generator is global, and a
+    /// draw outside the lock would interleave with other tests' seeded draws.
+    fn encoder(kind: PoolerKind, d: usize, s: usize, std: f64) -> FutureEncoder<Flex> {
+        models::seeded::<Flex, _>(7, &FlexDevice, || {
+            let e = FutureEncoder::new(kind, d, s, std, &FlexDevice);
+            let _ = e.num_params();
+            e
+        })
+    }
+
+    /// Deterministic stand-in hidden states, `[1, t, d]`.
+    fn states(t: usize, d: usize) -> Tensor<Flex, 3> {
+        let v: Vec<f32> = (0..t * d).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
+        Tensor::from_data(TensorData::new(v, [1, t, d]), &FlexDevice)
+    }
+
     #[test]
     fn windows_are_clipped_at_each_rows_end() {
         // Two rows of lengths 6 and 4 (inputs 0..=4 and 0..=2), t = 5, horizon 2.
@@ -104,7 +120,7 @@ mod tests {
     #[test]
     fn the_mean_pooler_averages_the_window() {
         let d = FlexDevice;
-        let enc = FutureEncoder::<Flex>::new(PoolerKind::Mean, 2, 2, 0.1, &d);
+        let enc = encoder(PoolerKind::Mean, 2, 2, 0.1);
         // Hidden state j = (j, 10 j); position 0 with horizon 2 averages j = 1, 2: (1.5, 15).
         let h: Vec<f32> = (0..4).flat_map(|j| [j as f32, 10.0 * j as f32]).collect();
         let h = Tensor::<Flex, 3>::from_data(TensorData::new(h, [1, 4, 2]), &d);
@@ -117,8 +133,8 @@ mod tests {
     #[test]
     fn the_attention_pooler_reads_only_its_window() {
         let d = FlexDevice;
-        let enc = FutureEncoder::<Flex>::new(PoolerKind::Attention, 4, 3, 0.5, &d);
-        let h = Tensor::<Flex, 3>::random([1, 6, 4], burn::tensor::Distribution::Normal(0.0, 1.0), &d);
+        let enc = encoder(PoolerKind::Attention, 4, 3, 0.5);
+        let h = states(6, 4);
         let w = future_window(&[7], 6, 2);
         let a = enc.forward(h.clone(), h.clone(), &w).slice([0..1, 0..3, 0..3]);
         // Changing hidden state 5 (outside the windows of positions 0..=2) changes nothing there.

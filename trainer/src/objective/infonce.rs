@@ -157,13 +157,24 @@ mod tests {
     #[test]
     fn scorers_have_the_right_shape_and_dot_is_a_cosine() {
         let d = FlexDevice;
-        let h = Tensor::<Flex, 2>::random([5, 6], burn::tensor::Distribution::Normal(0.0, 1.0), &d);
-        let f = Tensor::<Flex, 2>::random([5, 3], burn::tensor::Distribution::Normal(0.0, 1.0), &d);
+        // Deterministic inputs, and scorers drawn under the seed lock (burn's generator is
+        // global: an unlocked draw would interleave with other tests' seeded draws).
+        let data = |n: usize, k: usize| -> Tensor<Flex, 2> {
+            let v: Vec<f32> = (0..n * k).map(|i| ((i * 29 % 13) as f32 - 6.0) / 4.0).collect();
+            Tensor::from_data(TensorData::new(v, [n, k]), &d)
+        };
+        let (h, f) = (data(5, 6), data(5, 3));
+        let scorer = |kind| {
+            models::seeded::<Flex, _>(3, &d, || {
+                let s = Scorer::<Flex>::new(kind, 6, 3, 0.3, &d);
+                let _ = burn::module::Module::num_params(&s);
+                s
+            })
+        };
         for kind in [ScorerKind::Dot, ScorerKind::Bilinear, ScorerKind::Mlp] {
-            let s = Scorer::<Flex>::new(kind, 6, 3, 0.3, &d).scores(h.clone(), f.clone());
-            assert_eq!(s.dims(), [5, 5]);
+            assert_eq!(scorer(kind).scores(h.clone(), f.clone()).dims(), [5, 5]);
         }
-        let dot = Scorer::<Flex>::new(ScorerKind::Dot, 6, 3, 0.3, &d).scores(h, f);
+        let dot = scorer(ScorerKind::Dot).scores(h, f);
         let max = dot.abs().max().into_scalar();
         assert!(max <= 1.0 + 1e-5, "a cosine is at most 1, got {max}");
     }
