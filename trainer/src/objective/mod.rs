@@ -112,7 +112,7 @@ impl ObjectiveConfig {
             ObjectiveConfig::MtpSequential(c) => Box::new(SequentialMtp::new(c, cx.model)?),
             ObjectiveConfig::FspBow(c) => Box::new(FspBow::new(c, cx)?),
             ObjectiveConfig::FspSummary(c) => Box::new(FspSummary::new(c, cx)?),
-            ObjectiveConfig::ReverseLm => Box::new(ReverseLm { pad: cx.task.vocab().dummy() }),
+            ObjectiveConfig::ReverseLm => Box::new(ReverseLm),
             ObjectiveConfig::Mi(c) => Box::new(Mi::new(c, cx)?),
             ObjectiveConfig::Avatarl(c) => Box::new(Avatarl::new(c, cx)?),
         })

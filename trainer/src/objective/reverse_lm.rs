@@ -45,10 +45,7 @@ pub fn reverse_rows<B: Backend>(batch: &Batch<B>) -> Reversed<B> {
 }
 
 /// The right-to-left LM objective; see the module docs.
-pub struct ReverseLm {
-    /// The task's padding token (unused by the loss; kept for symmetry with decoding).
-    pub pad: u32,
-}
+pub struct ReverseLm;
 
 impl<B: AutodiffBackend> Objective<B> for ReverseLm {
     fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
