@@ -132,7 +132,6 @@ mod tests {
 
     #[test]
     fn the_attention_pooler_reads_only_its_window() {
-        let d = FlexDevice;
         let enc = encoder(PoolerKind::Attention, 4, 3, 0.5);
         let h = states(6, 4);
         let w = future_window(&[7], 6, 2);
