@@ -51,6 +51,12 @@ impl<B: Backend> Batch<B> {
         }
     }
 
+    /// Each row's whole length, prompt plus target (its tokens are `inputs[..len - 1]` plus the
+    /// last target).
+    pub fn lens(&self) -> Vec<usize> {
+        self.prefix_lens.iter().zip(&self.target_lens).map(|(p, q)| p + q).collect()
+    }
+
     /// The same batch with every input at a target position replaced by `dummy`, as
     /// teacherless training and decoding do (NTF's `$`): the model must produce all target
     /// tokens from the prompt alone.

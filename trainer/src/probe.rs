@@ -10,11 +10,10 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use eval::Batch;
 use eval::run_dir;
-use models::checkpoint::{LabRecorder, load_model};
+use models::checkpoint::load_model;
 use tasks::Example;
 
 use crate::RunConfig;
@@ -44,11 +43,9 @@ pub fn probe_bow<B: AutodiffBackend>(run: &Path, examples: usize, device: &B::De
     let cx = BuildContext::<B> { task: task.as_ref(), train: &[], model: &meta.model, device };
     let objective = config.objective.build::<B>(&cx)?;
     let gpt = load_model::<B>(&meta.model, &stem, device)?;
-    let heads = objective.init_heads(device).expect("fsp-bow has a head");
-    let heads = heads
-        .load_file(crate::train::heads_stem(&stem), &LabRecorder::new(), device)
-        .with_context(|| format!("loading the heads beside {}", stem.display()))?;
-    let Heads::Bow(head) = heads else { unreachable!("fsp-bow builds a bag-of-words head") };
+    let Some(Heads::Bow(head)) = crate::train::load_heads(objective.as_ref(), &stem, device)? else {
+        unreachable!("fsp-bow builds a bag-of-words head")
+    };
 
     let mut hits = Vec::<usize>::new();
     let mut counts = Vec::<usize>::new();

@@ -22,7 +22,7 @@ use tasks::Example;
 
 use crate::clip::clip_grad_norm;
 use crate::config::{ModelSection, RunConfig};
-use crate::objective::{BuildContext, LabModel, Objective};
+use crate::objective::{BuildContext, Heads, LabModel, Objective};
 use crate::sampler::BatchSampler;
 
 /// How to run, beyond the config.
@@ -95,14 +95,7 @@ pub fn train<B: AutodiffBackend>(
         }
         let gpt = load_model::<B>(&model_config, &stem, device)
             .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;
-        let heads = match objective.init_heads(device) {
-            None => None,
-            Some(h) => Some(
-                h.load_file(heads_stem(&stem), &LabRecorder::new(), device)
-                    .with_context(|| format!("loading the objective's heads beside {}", stem.display()))?,
-            ),
-        };
-        let model = LabModel { gpt, heads };
+        let model = LabModel { gpt, heads: load_heads(objective.as_ref(), &stem, device)? };
         let record = Recorder::<B>::load(&LabRecorder::new(), optim_stem(&stem), device)
             .with_context(|| format!("loading the optimizer state beside {}", stem.display()))?;
         optim = optim.load_record(record);
@@ -226,8 +219,22 @@ fn optim_stem(stem: &Path) -> PathBuf {
 
 /// Writes weights, optimizer state, then the sidecar that marks the checkpoint complete; each
 /// file goes to a temporary name first and is renamed into place.
+/// The objective's heads saved beside the checkpoint `stem` (`None` for objectives without
+/// heads). Built lazily, so the record replaces their initialisers before any draw.
+pub fn load_heads<B: AutodiffBackend>(
+    objective: &dyn Objective<B>,
+    stem: &Path,
+    device: &B::Device,
+) -> Result<Option<Heads<B>>> {
+    let Some(heads) = objective.init_heads(device) else { return Ok(None) };
+    let heads = heads
+        .load_file(heads_stem(stem), &LabRecorder::new(), device)
+        .with_context(|| format!("loading the objective's heads beside {}", stem.display()))?;
+    Ok(Some(heads))
+}
+
 /// The heads' record beside a checkpoint: `step_NNNNNN-heads.mpk`.
-pub fn heads_stem(stem: &Path) -> PathBuf {
+fn heads_stem(stem: &Path) -> PathBuf {
     let name = stem.file_name().expect("a checkpoint stem has a name").to_string_lossy();
     stem.with_file_name(format!("{name}-heads"))
 }

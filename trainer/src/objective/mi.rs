@@ -257,7 +257,7 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             (EncoderInput::FrozenCopy, Some(lm)) => Tensor::from_inner(lm.forward(batch.inputs.clone().inner()).hidden),
             (EncoderInput::FrozenCopy, None) => unreachable!("checked when built"),
         };
-        let lens: Vec<usize> = batch.prefix_lens.iter().zip(&batch.target_lens).map(|(p, q)| p + q).collect();
+        let lens = batch.lens();
         let window = future_window(&lens, t, c.horizon);
         let mut summaries = h.encoder.forward(states.clone(), states, &window); // [b, t, s]
         if w.encoder_frozen {

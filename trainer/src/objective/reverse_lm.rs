@@ -26,7 +26,7 @@ pub fn reverse_rows<B: Backend>(batch: &Batch<B>) -> Reversed<B> {
     let full = full_tokens(batch); // [b, t + 1]
     let [b, n] = full.dims();
     let t = n - 1;
-    let lens: Vec<usize> = batch.prefix_lens.iter().zip(&batch.target_lens).map(|(p, q)| p + q).collect();
+    let lens = batch.lens();
     let device = full.device();
     let mut index = Vec::with_capacity(b * n);
     let mut mask = Vec::with_capacity(b * t);
