@@ -1,11 +1,13 @@
 //! Decoding: teacher-forced (one pass over the true sequence), teacherless (one pass over the
-//! prompt and `$` inputs), and greedy free-running with the KV cache.
+//! prompt and `$` inputs), and free-running with the KV cache, greedy or sampled.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use models::Gpt;
+use rand_chacha::ChaCha8Rng;
 
 use crate::batch::Batch;
+use crate::sample::Sampling;
 
 fn argmax_rows<B: Backend>(logits: Tensor<B, 3>) -> (Vec<i64>, usize) {
     let [_, t, _] = logits.dims();
@@ -60,6 +62,50 @@ pub fn greedy<B: Backend>(
             break;
         }
         logits = model.forward_cached(next, &mut cache);
+    }
+    outputs
+}
+
+/// Free-running decoding of up to `max_len` tokens after prompts of equal length, with the KV
+/// cache, each row drawing its tokens from `sampling` with its own generator (`rngs[r]` for row
+/// `r`, one draw per generated token). Greedy sampling takes the argmax on the device and draws
+/// nothing. A row stops at `eos` (kept in its output).
+pub fn generate<B: Backend>(
+    model: &Gpt<B>,
+    prompts: &[&[u32]],
+    max_len: usize,
+    eos: Option<u32>,
+    sampling: &Sampling,
+    rngs: &mut [ChaCha8Rng],
+    device: &B::Device,
+) -> Vec<Vec<u32>> {
+    if sampling.is_greedy() {
+        return greedy(model, prompts, max_len, eos, device);
+    }
+    let (b, p) = (prompts.len(), prompts[0].len());
+    assert_eq!(rngs.len(), b, "one generator per row");
+    debug_assert!(prompts.iter().all(|x| x.len() == p));
+    let flat: Vec<i32> = prompts.iter().flat_map(|x| x.iter().map(|&t| t as i32)).collect();
+    let mut cache = model.new_cache();
+    let mut logits =
+        model.forward_cached(Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, p]), device), &mut cache);
+    let mut outputs = vec![Vec::with_capacity(max_len); b];
+    let mut done = vec![false; b];
+    for step in 0..max_len {
+        let [_, t, v] = logits.dims();
+        // The last position's logits come to the host: sampling there keeps every row's draws
+        // independent of the backend and of the batch the row shares.
+        let last = logits.slice([0..b, t - 1..t]).reshape([b, v]);
+        let host = last.into_data().convert::<f32>().to_vec::<f32>().expect("logits are floats");
+        let ids: Vec<i64> =
+            host.chunks(v).zip(rngs.iter_mut()).map(|(row, rng)| sampling.choose(row, rng) as i64).collect();
+        record(&ids, &mut outputs, &mut done, eos);
+        if step + 1 == max_len || done.iter().all(|&d| d) {
+            break;
+        }
+        let next: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
+        logits =
+            model.forward_cached(Tensor::<B, 2, Int>::from_data(TensorData::new(next, [b, 1]), device), &mut cache);
     }
     outputs
 }

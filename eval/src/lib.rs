@@ -1,23 +1,34 @@
 //! Evaluation of lab models: teacher-forced versus free-running accuracy per target position,
-//! the task verifier's verdict on free-running outputs, and the Pitfalls diagnostics for
-//! path-star (decision-token accuracy, Clever-Hans rate).
+//! the task verifier's verdict on free-running outputs, the Pitfalls diagnostics for path-star
+//! (decision-token accuracy, Clever-Hans rate), accuracy against distance for the long-range
+//! tasks, diversity and creativity for the creative tasks, and pass@k from sampled generations
+//! for every task.
 //!
 //! The crate never links the trainer: it reads a run directory through the types of `tasks`
 //! (task and data specs) and `models` (model config, checkpoints). The trainer calls
 //! [`evaluate`] at its eval steps; `cargo run -p eval -- RUN_DIR` does the same afterwards.
 
 pub mod batch;
+pub mod creativity;
 pub mod decode;
+pub mod pass_at_k;
 pub mod report;
 pub mod run_dir;
+pub mod sample;
 
 pub use batch::Batch;
-pub use report::{EvalReport, Failure, PathStarDiagnostics, Scores};
+pub use creativity::{Diversity, TrainingTargets};
+pub use pass_at_k::PassAtK;
+pub use report::{DistancePoint, EvalReport, Failure, PathStarDiagnostics, Scores};
+pub use sample::Sampling;
 
 use burn::tensor::backend::Backend;
 use models::Gpt;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tasks::{Example, Task};
+
+use crate::sample::Purpose;
 
 /// What to evaluate and how.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +47,76 @@ pub struct EvalOptions {
     /// forward pass (how NTF evaluates teacherless models).
     #[serde(default)]
     pub teacherless: bool,
+    /// Generations for diversity and creativity (creative tasks only).
+    #[serde(default)]
+    pub diversity: DiversityOptions,
+    /// Sampled generations for pass@k (every task).
+    #[serde(default)]
+    pub pass_at_k: PassAtKOptions,
+    /// Seed of every sampled generation: the same seed reproduces every sample.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// `[eval.diversity]`: how the creative tasks' generations are drawn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiversityOptions {
+    /// Generations per test prompt (M).
+    #[serde(default = "one")]
+    pub samples: usize,
+    /// How tokens are drawn. The published protocol is greedy: with hash conditioning the
+    /// diversity comes from the hash, not from sampling.
+    #[serde(default)]
+    pub sampling: Sampling,
+}
+
+impl Default for DiversityOptions {
+    fn default() -> Self {
+        DiversityOptions { samples: 1, sampling: Sampling::greedy() }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `[eval.pass_at_k]`: sampled generations per prompt for pass@k.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassAtKOptions {
+    /// Test prompts to sample from, from the start of the test split (0: no pass@k).
+    #[serde(default = "PassAtKOptions::default_prompts")]
+    pub prompts: usize,
+    /// Generations per prompt (n); pass@k is reported for k = 1 … min(n, 64).
+    #[serde(default = "PassAtKOptions::default_samples")]
+    pub samples: usize,
+    /// How tokens are drawn (plain sampling at temperature 1 by default: the model's own
+    /// distribution).
+    #[serde(default = "PassAtKOptions::default_sampling")]
+    pub sampling: Sampling,
+}
+
+impl Default for PassAtKOptions {
+    fn default() -> Self {
+        PassAtKOptions {
+            prompts: Self::default_prompts(),
+            samples: Self::default_samples(),
+            sampling: Self::default_sampling(),
+        }
+    }
+}
+
+impl PassAtKOptions {
+    fn default_prompts() -> usize {
+        100
+    }
+    fn default_samples() -> usize {
+        pass_at_k::MAX_K
+    }
+    fn default_sampling() -> Sampling {
+        Sampling::with_temperature(1.0)
+    }
 }
 
 impl Default for EvalOptions {
@@ -45,6 +126,9 @@ impl Default for EvalOptions {
             batch_size: Self::default_batch_size(),
             failures: Self::default_failures(),
             teacherless: false,
+            diversity: DiversityOptions::default(),
+            pass_at_k: PassAtKOptions::default(),
+            seed: 0,
         }
     }
 }
@@ -59,6 +143,28 @@ impl EvalOptions {
     fn default_failures() -> usize {
         20
     }
+
+    /// Checks the sampling options; the error names the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        self.diversity.sampling.validate().map_err(|e| format!("eval.diversity.sampling: {e}"))?;
+        self.pass_at_k.sampling.validate().map_err(|e| format!("eval.pass_at_k.sampling: {e}"))?;
+        if self.diversity.samples == 0 {
+            return Err("eval.diversity.samples must be at least 1".into());
+        }
+        if self.pass_at_k.prompts > 0 && self.pass_at_k.samples == 0 {
+            return Err("eval.pass_at_k.samples must be at least 1".into());
+        }
+        if self.pass_at_k.samples > 1 << 20 || self.diversity.samples > 1 << 20 {
+            return Err("at most 2^20 samples per prompt".into());
+        }
+        Ok(())
+    }
+
+    /// The same options without pass@k: what periodic evaluations during training run, since
+    /// sampling n generations per prompt costs n times a greedy evaluation.
+    pub fn without_pass_at_k(&self) -> EvalOptions {
+        EvalOptions { pass_at_k: PassAtKOptions { prompts: 0, ..self.pass_at_k.clone() }, ..self.clone() }
+    }
 }
 
 /// Positions a model needs to evaluate `examples`: the longest teacher-forced input and the
@@ -67,11 +173,13 @@ pub fn needed_positions(task: &dyn Task, examples: &[Example]) -> usize {
     examples.iter().map(|e| (e.tokens.len() - 1).max(e.prefix_len + task.max_target_len() - 1)).max().unwrap_or(1)
 }
 
-/// Evaluates `model` on (the first `options.examples` of) `examples`.
+/// Evaluates `model` on (the first `options.examples` of) `examples`; `train` tells memorized
+/// outputs of the creative tasks from novel ones.
 pub fn evaluate<B: Backend>(
     model: &Gpt<B>,
     task: &dyn Task,
     examples: &[Example],
+    train: &TrainingTargets,
     options: &EvalOptions,
 ) -> EvalReport {
     let n = if options.examples == 0 { examples.len() } else { options.examples.min(examples.len()) };
@@ -93,21 +201,85 @@ pub fn evaluate<B: Backend>(
             dollar.extend(decode::teacherless(model, &batch, task.vocab().dummy()));
         }
     }
-    // Free-running decoding batches prompts of equal length, so that a row's first generated
-    // token sits at the same position in every row.
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| examples[i].prefix_len);
-    let mut free = vec![Vec::new(); n];
-    for group in order.chunk_by(|&a, &b| examples[a].prefix_len == examples[b].prefix_len) {
+    let prompts: Vec<&[u32]> = examples.iter().map(|e| e.prefix()).collect();
+    let free = generate_all(model, task, &prompts, 1, &Sampling::greedy(), |_, _| None, batch_size, &device)
+        .into_iter()
+        .map(|mut g| g.pop().expect("one generation per prompt"))
+        .collect::<Vec<_>>();
+    let mut report = report::score(
+        task,
+        examples,
+        &forced,
+        &free,
+        options.teacherless.then_some(dollar.as_slice()),
+        options.failures,
+    );
+
+    if task.is_creative() {
+        let d = &options.diversity;
+        // The greedy free-running outputs are the published protocol's generations; decode
+        // again only when asked for samples.
+        let generations = if d.samples == 1 && d.sampling.is_greedy() {
+            free.iter().map(|g| vec![g.clone()]).collect()
+        } else {
+            let seed = options.seed;
+            let rng = |p, s| Some(sample::stream(seed, Purpose::Diversity, p, s));
+            generate_all(model, task, &prompts, d.samples, &d.sampling, rng, batch_size, &device)
+        };
+        report.diversity = Some(creativity::diversity(task, &prompts, &generations, train, d.sampling.to_string()));
+    }
+
+    let p = &options.pass_at_k;
+    if p.prompts > 0 && p.samples > 0 {
+        let prompts = &prompts[..p.prompts.min(prompts.len())];
+        let seed = options.seed;
+        let rng = |i, s| Some(sample::stream(seed, Purpose::PassAtK, i, s));
+        let generations = generate_all(model, task, prompts, p.samples, &p.sampling, rng, batch_size, &device);
+        let right: Vec<usize> = prompts
+            .iter()
+            .zip(&generations)
+            .map(|(prompt, samples)| samples.iter().filter(|g| task.verify(prompt, g).is_valid()).count())
+            .collect();
+        report.pass_at_k = Some(PassAtK::new(&right, p.samples, p.sampling.to_string()));
+    }
+    report
+}
+
+/// Free-running generations, `samples` per prompt (`result[i][s]`), drawn with `sampling`;
+/// `rng(i, s)` gives the generator of prompt `i`'s sample `s` (unused when greedy).
+///
+/// Rows are batched by prompt length, so that a row's first generated token sits at the same
+/// position in every row of its batch.
+#[allow(clippy::too_many_arguments)]
+fn generate_all<B: Backend>(
+    model: &Gpt<B>,
+    task: &dyn Task,
+    prompts: &[&[u32]],
+    samples: usize,
+    sampling: &Sampling,
+    rng: impl Fn(usize, usize) -> Option<ChaCha8Rng>,
+    batch_size: usize,
+    device: &B::Device,
+) -> Vec<Vec<Vec<u32>>> {
+    let mut rows: Vec<(usize, usize)> = (0..prompts.len()).flat_map(|i| (0..samples).map(move |s| (i, s))).collect();
+    rows.sort_by_key(|&(i, _)| prompts[i].len());
+    let mut out = vec![vec![Vec::new(); samples]; prompts.len()];
+    for group in rows.chunk_by(|a, b| prompts[a.0].len() == prompts[b.0].len()) {
         for chunk in group.chunks(batch_size) {
-            let prompts: Vec<&[u32]> = chunk.iter().map(|&i| examples[i].prefix()).collect();
-            let generated = decode::greedy(model, &prompts, task.max_target_len(), task.eos(), &device);
-            for (&i, out) in chunk.iter().zip(generated) {
-                free[i] = out;
+            let batch: Vec<&[u32]> = chunk.iter().map(|&(i, _)| prompts[i]).collect();
+            let generated = if sampling.is_greedy() {
+                decode::greedy(model, &batch, task.max_target_len(), task.eos(), device)
+            } else {
+                let mut rngs: Vec<ChaCha8Rng> =
+                    chunk.iter().map(|&(i, s)| rng(i, s).expect("sampling needs a generator")).collect();
+                decode::generate(model, &batch, task.max_target_len(), task.eos(), sampling, &mut rngs, device)
+            };
+            for (&(i, s), g) in chunk.iter().zip(generated) {
+                out[i][s] = g;
             }
         }
     }
-    report::score(task, examples, &forced, &free, options.teacherless.then_some(dollar.as_slice()), options.failures)
+    out
 }
 
 fn model_device<B: Backend>(model: &Gpt<B>) -> B::Device {

@@ -1,5 +1,8 @@
 //! `eval RUN_DIR`: evaluates a run's latest checkpoint (or `--step N`) on its test split,
 //! writes `eval.json` and `failures.txt` into the run directory and prints the table.
+//!
+//! `--set key=value` changes the run's `[eval]` options for this evaluation, e.g.
+//! `--set pass_at_k.sampling.temperature=0.7 --set diversity.samples=8`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +27,10 @@ struct Cli {
     /// Replace the run's test split by this file (e.g. NTF's own test set).
     #[arg(long)]
     test_file: Option<PathBuf>,
+    /// Override an `[eval]` option (repeatable): `pass_at_k.samples=128`,
+    /// `diversity.sampling.temperature=1.0`, `seed=3`, ...
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -39,7 +46,7 @@ fn run(cli: Cli) -> Result<()> {
             cli.run.display()
         );
     }
-    let mut options = run_dir::eval_options(&cli.run)?;
+    let mut options = run_dir::eval_options(&cli.run, &cli.set)?;
     options.teacherless |= meta.teacherless;
     if let Some(n) = cli.examples {
         options.examples = n;
@@ -48,7 +55,11 @@ fn run(cli: Cli) -> Result<()> {
     if cli.test_file.is_some() {
         data.test_file = cli.test_file.clone();
     }
-    let loaded = data.load(&meta.task, false)?;
+    // The training split is read only where it is needed: to tell memorized outputs of the
+    // creative tasks from novel ones.
+    let creative = meta.task.build()?.is_creative();
+    let loaded = data.load(&meta.task, creative)?;
+    let train = eval::TrainingTargets::new(loaded.task.as_ref(), &loaded.train);
     let needed = eval::needed_positions(loaded.task.as_ref(), &loaded.test);
     if needed > meta.model.max_seq_len {
         anyhow::bail!(
@@ -59,7 +70,7 @@ fn run(cli: Cli) -> Result<()> {
     let device = FlexDevice;
     let model = models::checkpoint::load_model::<Flex>(&meta.model, &stem, &device)
         .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;
-    let report = eval::evaluate(&model, loaded.task.as_ref(), &loaded.test, &options);
+    let report = eval::evaluate(&model, loaded.task.as_ref(), &loaded.test, &train, &options);
     run_dir::write_report(&cli.run, step, &report)?;
     println!("{} at step {step}, {}", cli.run.display(), meta.objective);
     print!("{}", report.table());

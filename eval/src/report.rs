@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use tasks::path_star::PathStar;
 use tasks::{Example, Task, TaskSpec};
 
+use crate::creativity::Diversity;
+use crate::pass_at_k::PassAtK;
+
 /// Exact match and accuracy per target position for one decoding mode.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
@@ -29,6 +32,22 @@ pub struct PathStarDiagnostics {
     /// Share of free-running predictions at positions >= 3 that follow an edge from the
     /// previous *generated* node: whether the model walks the graph once it has chosen an arm.
     pub free_follows_edge: f64,
+}
+
+/// Accuracy of the examples whose deciding token sits `distance` tokens before the answer (the
+/// long-range tasks' curve).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistancePoint {
+    /// Tokens between the last deciding token and the answer.
+    pub distance: usize,
+    /// Test examples at this distance.
+    pub examples: usize,
+    /// Teacher-forced exact match.
+    pub forced_exact: f64,
+    /// Free-running exact match.
+    pub free_exact: f64,
+    /// Free-running outputs the verifier accepts.
+    pub free_valid: f64,
 }
 
 /// One mistake, for `failures.txt`.
@@ -64,6 +83,16 @@ pub struct EvalReport {
     pub teacherless: Option<Scores>,
     /// Path-star diagnostics, for path-star tasks.
     pub path_star: Option<PathStarDiagnostics>,
+    /// Accuracy against the distance from the deciding token to the answer, one point per
+    /// distance present (long-range tasks; null for the others).
+    #[serde(default)]
+    pub distance: Option<Vec<DistancePoint>>,
+    /// Diversity and creativity (creative tasks; null for the others).
+    #[serde(default)]
+    pub diversity: Option<Diversity>,
+    /// pass@k from sampled generations (null when not asked for).
+    #[serde(default)]
+    pub pass_at_k: Option<PassAtK>,
     /// The first mistakes of free-running decoding.
     pub failures: Vec<Failure>,
 }
@@ -123,7 +152,36 @@ fn path_star_diagnostics(
     }
 }
 
-/// Scores decoded outputs against the examples.
+fn distance_curve(
+    task: &dyn Task,
+    examples: &[Example],
+    forced: &[Vec<u32>],
+    free: &[Vec<u32>],
+) -> Option<Vec<DistancePoint>> {
+    let distances: Vec<usize> = examples.iter().map(|e| task.distance(e)).collect::<Option<_>>()?;
+    let mut points: std::collections::BTreeMap<usize, [usize; 4]> = Default::default();
+    for (((ex, f), g), d) in examples.iter().zip(forced).zip(free).zip(distances) {
+        let p = points.entry(d).or_default();
+        p[0] += 1;
+        p[1] += (f.as_slice() == ex.target()) as usize;
+        p[2] += (g.as_slice() == ex.target()) as usize;
+        p[3] += task.verify(ex.prefix(), g).is_valid() as usize;
+    }
+    let points = points
+        .into_iter()
+        .map(|(distance, [n, f, g, v])| DistancePoint {
+            distance,
+            examples: n,
+            forced_exact: ratio(f, n),
+            free_exact: ratio(g, n),
+            free_valid: ratio(v, n),
+        })
+        .collect();
+    Some(points)
+}
+
+/// Scores decoded outputs against the examples (the sampled parts, diversity and pass@k, are
+/// filled in by [`crate::evaluate`]).
 pub fn score(
     task: &dyn Task,
     examples: &[Example],
@@ -162,6 +220,9 @@ pub fn score(
         free_valid: ratio(valid, examples.len()),
         teacherless: teacherless.map(|t| scores(examples, t)),
         path_star,
+        distance: if examples.is_empty() { None } else { distance_curve(task, examples, forced, free) },
+        diversity: None,
+        pass_at_k: None,
         failures,
     }
 }
@@ -186,6 +247,19 @@ impl EvalReport {
             m.push(("eval/path_star/decision".into(), d.decision));
             m.push(("eval/path_star/clever_hans".into(), d.clever_hans));
             m.push(("eval/path_star/free_follows_edge".into(), d.free_follows_edge));
+        }
+        if let Some(d) = &self.diversity {
+            m.push(("eval/diversity/coherent".into(), d.coherent));
+            m.push(("eval/diversity/memorized".into(), d.memorized));
+            m.push(("eval/diversity/creativity".into(), d.creativity));
+            m.push(("eval/diversity/diversity".into(), d.diversity));
+        }
+        if let Some(p) = &self.pass_at_k {
+            for k in REPORTED_K {
+                if let Some(v) = p.at(k) {
+                    m.push((format!("eval/pass_at_k/{k}"), v));
+                }
+            }
         }
         m
     }
@@ -219,6 +293,33 @@ impl EvalReport {
                 d.decision, d.clever_hans, d.free_follows_edge
             );
         }
+        if let Some(points) = &self.distance {
+            out.push_str(&distance_table(points));
+        }
+        if let Some(d) = &self.diversity {
+            let _ = writeln!(
+                out,
+                "\ncreative ({} prompts x {} generations, {}): coherent {:.3}, memorized {:.3} ({:.3} of coherent), \
+                 creativity {:.3}, diversity {:.3}",
+                d.prompts,
+                d.samples_per_prompt,
+                d.sampling,
+                d.coherent,
+                d.memorized,
+                d.memorized_of_coherent,
+                d.creativity,
+                d.diversity
+            );
+        }
+        if let Some(p) = &self.pass_at_k {
+            let _ = write!(out, "\npass@k ({} prompts x {} samples, {}):", p.prompts, p.samples, p.sampling);
+            for k in REPORTED_K {
+                if let Some(v) = p.at(k) {
+                    let _ = write!(out, "  @{k} {v:.3}");
+                }
+            }
+            out.push('\n');
+        }
         out
     }
 
@@ -237,6 +338,32 @@ impl EvalReport {
         }
         out
     }
+}
+
+/// The k shown in tables and logged to `metrics.jsonl` (`eval.json` keeps every k).
+const REPORTED_K: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// The distance curve in at most 8 bins of equal width, for the table (`eval.json` keeps every
+/// distance).
+fn distance_table(points: &[DistancePoint]) -> String {
+    let (Some(lo), Some(hi)) = (points.first().map(|p| p.distance), points.last().map(|p| p.distance)) else {
+        return String::new();
+    };
+    let width = (hi - lo) / 8 + 1;
+    let mut out = format!("\n{:<14}{:>10}{:>10}{:>10}{:>10}\n", "distance", "examples", "forced", "free", "valid");
+    for bin in points.chunk_by(|a, b| (a.distance - lo) / width == (b.distance - lo) / width) {
+        let n: usize = bin.iter().map(|p| p.examples).sum();
+        let mean = |f: fn(&DistancePoint) -> f64| bin.iter().map(|p| f(p) * p.examples as f64).sum::<f64>() / n as f64;
+        let range = format!("{}-{}", bin[0].distance, bin[bin.len() - 1].distance);
+        let _ = writeln!(
+            out,
+            "{range:<14}{n:>10}{:>10.3}{:>10.3}{:>10.3}",
+            mean(|p| p.forced_exact),
+            mean(|p| p.free_exact),
+            mean(|p| p.free_valid)
+        );
+    }
+    out
 }
 
 #[cfg(test)]

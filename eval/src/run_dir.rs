@@ -63,15 +63,48 @@ pub fn read_meta(stem: &Path) -> Result<CheckpointMeta> {
     serde_json::from_str(&text).with_context(|| format!("{} is not a lab checkpoint sidecar", path.display()))
 }
 
-/// The `[eval]` options of a run's `config.toml` (defaults when the table is absent).
-pub fn eval_options(run: &Path) -> Result<EvalOptions> {
+/// The `[eval]` options of a run's `config.toml` (defaults when the table is absent), with
+/// `--set key=value` overrides applied (keys relative to `[eval]`, e.g. `pass_at_k.samples=128`).
+pub fn eval_options(run: &Path, overrides: &[String]) -> Result<EvalOptions> {
     let path = run.join("config.toml");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    match table.get("eval") {
-        Some(v) => v.clone().try_into().with_context(|| format!("the [eval] table of {}", path.display())),
-        None => Ok(EvalOptions::default()),
+    let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut eval = match table.remove("eval") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => bail!("[eval] of {} is not a table", path.display()),
+        None => toml::Table::new(),
+    };
+    for o in overrides {
+        apply_override(&mut eval, o)?;
     }
+    let options: EvalOptions =
+        toml::Value::Table(eval).try_into().with_context(|| format!("the [eval] options of {}", path.display()))?;
+    options.validate().map_err(anyhow::Error::msg)?;
+    Ok(options)
+}
+
+/// Applies one `--set key=value` to a TOML table: dotted keys reach into sections (created when
+/// absent), and the value is read as TOML (a bare word that is not TOML is taken as a string).
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .with_context(|| format!("--set {assignment:?}: expected key=value, e.g. optimizer.lr=3e-4"))?;
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, path) = parts.split_last().expect("split gives at least one part");
+    let mut node = table;
+    for p in path {
+        node = node
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("--set {key}: {p} is not a section"))?;
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
 }
 
 /// The latest complete checkpoint of a run, or an error that says why there is none.

@@ -471,6 +471,10 @@ impl Task for Creative {
         Some(self.m.end)
     }
 
+    fn is_creative(&self) -> bool {
+        true
+    }
+
     fn max_target_len(&self) -> usize {
         match self.kind {
             CreativeKind::Sibling => 4,

@@ -106,6 +106,18 @@ pub trait Task: Send + Sync {
         None
     }
 
+    /// For long-range tasks: how many tokens separate the last token that decides the answer from
+    /// the answer, for accuracy-versus-distance curves. `None` for tasks without such a notion.
+    fn distance(&self, _example: &Example) -> Option<usize> {
+        None
+    }
+
+    /// Whether the task is one of the creative tasks, whose outputs are scored for diversity and
+    /// creativity (novel, coherent outputs) rather than for reproducing a reference.
+    fn is_creative(&self) -> bool {
+        false
+    }
+
     /// Checks a whole example: its prompt, then its target with the verifier.
     fn check(&self, example: &Example) -> Result<(), String> {
         self.check_prompt(example.prefix()).map_err(|e| format!("prompt: {e}"))?;

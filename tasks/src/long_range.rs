@@ -142,6 +142,10 @@ impl Task for KeyRecall {
         example.prefix().to_vec()
     }
 
+    fn distance(&self, example: &Example) -> Option<usize> {
+        Some(Self::distance(example))
+    }
+
     fn describe(&self, example: &Example) -> String {
         let t = example.text(&self.vocab);
         format!(
@@ -301,6 +305,10 @@ impl Task for PrefixFunction {
 
     fn instance_key(&self, example: &Example) -> Vec<u32> {
         example.prefix().to_vec()
+    }
+
+    fn distance(&self, example: &Example) -> Option<usize> {
+        Some(PrefixFunction::distance(self, example))
     }
 
     fn describe(&self, example: &Example) -> String {

@@ -288,7 +288,7 @@ impl RunConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         for o in overrides {
-            apply_override(&mut table, o)?;
+            eval::run_dir::apply_override(&mut table, o)?;
         }
         let config: RunConfig =
             toml::Value::Table(table).try_into().with_context(|| format!("invalid config {}", path.display()))?;
@@ -308,6 +308,7 @@ impl RunConfig {
         if !(0.0..=1.0).contains(&s.min_lr_ratio) {
             bail!("schedule.min_lr_ratio must be in [0, 1]");
         }
+        self.eval.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
@@ -315,28 +316,6 @@ impl RunConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("configs serialise to TOML")
     }
-}
-
-fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
-    let (key, raw) = assignment
-        .split_once('=')
-        .with_context(|| format!("--set {assignment:?}: expected key=value, e.g. optimizer.lr=3e-4"))?;
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let parts: Vec<&str> = key.trim().split('.').collect();
-    let (last, path) = parts.split_last().expect("split gives at least one part");
-    let mut node = table;
-    for p in path {
-        node = node
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .with_context(|| format!("--set {key}: {p} is not a section"))?;
-    }
-    node.insert(last.to_string(), value);
-    Ok(())
 }
 
 #[cfg(test)]

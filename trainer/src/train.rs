@@ -67,6 +67,9 @@ pub fn train<B: AutodiffBackend>(
     let objective = config.objective.build::<B>(&cx).context("building the objective")?;
     let mut eval_options = config.eval.clone();
     eval_options.teacherless |= objective.teacherless_eval();
+    // Periodic evaluations skip pass@k (n generations per prompt); the last one runs it.
+    let periodic_options = eval_options.without_pass_at_k();
+    let memory = eval::TrainingTargets::new(task.as_ref(), &train);
 
     let mut resolved = config.clone();
     resolved.model = ModelSection::from_resolved(config.model.preset, &model_config);
@@ -154,7 +157,8 @@ pub fn train<B: AutodiffBackend>(
         let last = done == schedule.steps;
         let evaluates = objective.decodes_forward();
         if evaluates && (last || (schedule.eval_every > 0 && done % schedule.eval_every == 0)) {
-            let r = eval::evaluate(&model.gpt.valid(), task.as_ref(), &test, &eval_options);
+            let options = if last { &eval_options } else { &periodic_options };
+            let r = eval::evaluate(&model.gpt.valid(), task.as_ref(), &test, &memory, options);
             write_metrics(&mut metrics, done, r.metrics().into_iter().map(|(k, v)| (k, json!(v))).collect())?;
             run_dir::write_report(run, done, &r)?;
             bar.set_message(format!("loss {value:.4} | free exact {:.3}", r.free.exact));
