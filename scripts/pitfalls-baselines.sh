@@ -21,8 +21,12 @@ JOBS=${JOBS:-2}
 TASK=${TASK:-path-star}
 OUT=${OUT:-runs/pitfalls-baselines}
 OBJECTIVES=${OBJECTIVES:-"ntp teacherless mtp mtp-sequential fsp-bow fsp-summary fsp-summary-frozen"}
-cargo build --release -p trainer
-TRAINER=${TRAINER:-${CARGO_TARGET_DIR:-target}/release/trainer}
+# TRAINER=path runs a binary built beforehand (e.g. a copy, so that rebuilding during a long
+# sweep cannot change the runs still queued).
+if [ -z "${TRAINER:-}" ]; then
+    cargo build --release -p trainer
+    TRAINER=${CARGO_TARGET_DIR:-target}/release/trainer
+fi
 mkdir -p "$OUT"
 
 run() { # objective seed

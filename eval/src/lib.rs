@@ -67,7 +67,7 @@ pub struct DiversityOptions {
     pub samples: usize,
     /// How tokens are drawn. The published protocol is greedy: with hash conditioning the
     /// diversity comes from the hash, not from sampling.
-    #[serde(default)]
+    #[serde(default = "Sampling::greedy")]
     pub sampling: Sampling,
 }
 

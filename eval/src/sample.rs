@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sampling {
-    /// Softmax temperature. 0 decodes greedily (argmax) and ignores `top_k` and `top_p`.
-    #[serde(default)]
+    /// Softmax temperature (1 when left out: a table that sets only `top_k` or `top_p` samples
+    /// rather than silently decoding greedily). 0 decodes greedily (argmax) and ignores `top_k`
+    /// and `top_p`.
+    #[serde(default = "Sampling::one")]
     pub temperature: f64,
     /// Keep only the `top_k` most likely tokens before sampling (0: keep all).
     #[serde(default)]
@@ -24,12 +26,6 @@ pub struct Sampling {
     /// (nucleus sampling; 1: keep all).
     #[serde(default = "Sampling::one")]
     pub top_p: f64,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling::greedy()
-    }
 }
 
 impl std::fmt::Display for Sampling {

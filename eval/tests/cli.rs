@@ -74,3 +74,49 @@ fn a_test_file_too_long_for_the_model_is_an_error() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("needs 17 positions but the model has 10"), "{err}");
 }
+
+#[test]
+fn set_overrides_the_runs_eval_options_and_bad_ones_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    std::fs::write(run.join("config.toml"), "[eval]\nexamples = 20\n").unwrap();
+    let model = GptConfig::tiny(12, 17).with_d_model(32).with_d_ff(64);
+    let stem = checkpoint_stem(&run, 3);
+    models::checkpoint::save_model(&model.init_seeded::<Flex>(1, &FlexDevice), &stem).unwrap();
+    let meta = CheckpointMeta {
+        step: 3,
+        model,
+        task: TaskSpec::PathStar(PathStarParams { degree: 2, path_len: 3, nodes: 8, reverse: false }),
+        data: DataSpec { train: 0, test: 20, ..Default::default() },
+        objective: "ntp".into(),
+        teacherless: false,
+    };
+    std::fs::write(stem.with_extension("json"), serde_json::to_string(&meta).unwrap()).unwrap();
+
+    let eval = |sets: &[&str]| {
+        let mut cmd = Command::cargo_bin("eval").unwrap();
+        cmd.arg(&run);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        cmd.assert()
+    };
+    let out = eval(&["pass_at_k.prompts=5", "pass_at_k.samples=4", "pass_at_k.sampling.top_k=3"]).success();
+    let out = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(out.contains("pass@k (5 prompts x 4 samples, temperature 1, top-k 3)"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(json["pass_at_k"]["pass_at"].as_array().unwrap().len(), 4);
+    assert!(json["diversity"].is_null() && json["distance"].is_null());
+
+    for (set, says) in [
+        ("pass_at_k.sampling.top_p=0", "top_p must be in (0, 1]"),
+        ("pass_at_k.sampling.temperature=-1", "temperature must be"),
+        ("pass_at_k.smaples=3", "smaples"),
+    ] {
+        let out = eval(&[set]).failure();
+        let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+        assert!(err.starts_with("error: ") && err.contains(says), "{set}: {err}");
+    }
+}
