@@ -227,6 +227,13 @@ pub fn evaluate<B: Backend>(
             generate_all(model, task, &prompts, d.samples, &d.sampling, rng, batch_size, &device)
         };
         report.diversity = Some(creativity::diversity(task, &prompts, &generations, train, d.sampling.to_string()));
+        // A teacherless model is meant to be decoded in one pass over `$` inputs; its outputs
+        // there are scored too, so that it is judged on the decoding it was trained for.
+        if options.teacherless {
+            let one_pass: Vec<Vec<Vec<u32>>> = dollar.iter().map(|g| vec![g.clone()]).collect();
+            report.teacherless_diversity =
+                Some(creativity::diversity(task, &prompts, &one_pass, train, "teacherless (one pass)".into()));
+        }
     }
 
     let p = &options.pass_at_k;

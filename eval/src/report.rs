@@ -87,9 +87,13 @@ pub struct EvalReport {
     /// distance present (long-range tasks; null for the others).
     #[serde(default)]
     pub distance: Option<Vec<DistancePoint>>,
-    /// Diversity and creativity (creative tasks; null for the others).
+    /// Diversity and creativity of free-running generations (creative tasks; null for the
+    /// others).
     #[serde(default)]
     pub diversity: Option<Diversity>,
+    /// The same for the teacherless (one-pass) outputs, when teacherless decoding is evaluated.
+    #[serde(default)]
+    pub teacherless_diversity: Option<Diversity>,
     /// pass@k from sampled generations (null when not asked for).
     #[serde(default)]
     pub pass_at_k: Option<PassAtK>,
@@ -222,6 +226,7 @@ pub fn score(
         path_star,
         distance: if examples.is_empty() { None } else { distance_curve(task, examples, forced, free) },
         diversity: None,
+        teacherless_diversity: None,
         pass_at_k: None,
         failures,
     }
@@ -248,11 +253,13 @@ impl EvalReport {
             m.push(("eval/path_star/clever_hans".into(), d.clever_hans));
             m.push(("eval/path_star/free_follows_edge".into(), d.free_follows_edge));
         }
-        if let Some(d) = &self.diversity {
-            m.push(("eval/diversity/coherent".into(), d.coherent));
-            m.push(("eval/diversity/memorized".into(), d.memorized));
-            m.push(("eval/diversity/creativity".into(), d.creativity));
-            m.push(("eval/diversity/diversity".into(), d.diversity));
+        for (name, d) in [("diversity", &self.diversity), ("teacherless_diversity", &self.teacherless_diversity)] {
+            if let Some(d) = d {
+                m.push((format!("eval/{name}/coherent"), d.coherent));
+                m.push((format!("eval/{name}/memorized"), d.memorized));
+                m.push((format!("eval/{name}/creativity"), d.creativity));
+                m.push((format!("eval/{name}/diversity"), d.diversity));
+            }
         }
         if let Some(p) = &self.pass_at_k {
             for k in REPORTED_K {
@@ -296,7 +303,7 @@ impl EvalReport {
         if let Some(points) = &self.distance {
             out.push_str(&distance_table(points));
         }
-        if let Some(d) = &self.diversity {
+        for d in self.diversity.iter().chain(&self.teacherless_diversity) {
             let _ = writeln!(
                 out,
                 "\ncreative ({} prompts x {} generations, {}): coherent {:.3}, memorized {:.3} ({:.3} of coherent), \

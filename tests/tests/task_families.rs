@@ -92,6 +92,8 @@ fn a_creative_task_trains_and_reports_diversity_and_creativity() {
         // With greedy decoding the generations are the free-running outputs.
         assert_eq!(coherent, eval["free_valid"].as_f64().unwrap());
         assert!(eval["distance"].is_null() && eval["path_star"].is_null());
+        // A teacherless model is also scored on its one-pass outputs.
+        assert_eq!(eval["teacherless_diversity"].is_null(), objective != "teacherless", "{objective}");
         check_pass_at_k(&eval);
     }
 }
