@@ -15,6 +15,7 @@ pub mod pass_at_k;
 pub mod report;
 pub mod run_dir;
 pub mod sample;
+pub mod sweep;
 
 pub use batch::Batch;
 pub use creativity::{Diversity, TrainingTargets};

@@ -305,6 +305,14 @@ impl RunConfig {
         if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
             bail!("optimizer.lr must be a positive number");
         }
+        if s.checkpoint_every % s.log_every != 0 {
+            bail!(
+                "schedule.checkpoint_every ({}) must be a multiple of schedule.log_every ({}), so that a run resumed \
+                 from a checkpoint logs the same averages as an uninterrupted one",
+                s.checkpoint_every,
+                s.log_every
+            );
+        }
         if !(0.0..=1.0).contains(&s.min_lr_ratio) {
             bail!("schedule.min_lr_ratio must be in [0, 1]");
         }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod objective;
 pub mod probe;
 pub mod sampler;
+pub mod sweep;
 pub mod train;
 
 pub use config::RunConfig;

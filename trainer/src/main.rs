@@ -1,5 +1,6 @@
 //! `trainer train --config FILE [--set key=value]... [--out DIR]` starts a run;
-//! `trainer train --resume RUN_DIR` continues one from its latest checkpoint.
+//! `trainer train --resume RUN_DIR` continues one from its latest checkpoint;
+//! `trainer sweep FILE [--jobs N] [--slurm]` runs (or exports) a grid of runs.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +41,25 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Run a sweep: a grid of runs expanded from a sweep file (see configs/sweeps/), executed
+    /// by a local pool of trainer processes; finished runs are skipped and interrupted ones
+    /// resumed, so a sweep can be re-run after an interruption.
+    Sweep {
+        /// The sweep file (TOML), e.g. configs/sweeps/pitfalls.toml.
+        file: PathBuf,
+        /// Runs at a time (each trainer process uses one core on the CPU backend).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Sweep directory [default: runs/sweeps/<name>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write a Slurm job-array export into <sweep dir>/slurm/ instead of running.
+        #[arg(long)]
+        slurm: bool,
+        /// Print the runs and their status, and write the manifest, without running anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Probe what a finished run's heads know (fsp-bow: exact bag recovery per position).
     Probe {
@@ -94,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
     let (config, overrides, out, resume, quiet) = match cli.cmd {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
         Cmd::Probe { run, examples } => return probe(&run, examples),
+        Cmd::Sweep { file, jobs, out, slurm, dry_run } => return sweep(&file, jobs, out.as_deref(), slurm, dry_run),
     };
     let (config, run, resuming) = match resume {
         Some(run) => {
@@ -133,6 +154,54 @@ fn run(cli: Cli) -> Result<()> {
         print!("{}", report.table());
     }
     println!("metrics: {}", run.join("metrics.jsonl").display());
+    Ok(())
+}
+
+fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: bool) -> Result<()> {
+    use eval::sweep::RunStatus;
+
+    let plan = trainer::sweep::Plan::load(file, out)?;
+    let trainer = std::env::current_exe().context("locating the trainer binary")?;
+    if slurm {
+        let root = std::env::current_dir().context("reading the working directory")?;
+        let dir = plan.write_slurm(&trainer, &root)?;
+        println!(
+            "{} runs in {} phase(s); submit with {}/submit.sh (each phase is an array job)",
+            plan.runs.len(),
+            plan.phases()?.len(),
+            dir.display()
+        );
+        return Ok(());
+    }
+    if dry_run {
+        let manifest = plan.manifest(&Default::default());
+        manifest.write(&plan.dir)?;
+        for r in &manifest.runs {
+            let after = if r.after.is_empty() { String::new() } else { format!(" (after {})", r.after.join(", ")) };
+            println!(
+                "{:<8} {}{after}: {} --set {}",
+                format!("{:?}", r.status).to_lowercase(),
+                r.name,
+                r.config,
+                r.overrides.join(" --set ")
+            );
+        }
+        return Ok(());
+    }
+    let manifest = plan.execute(&trainer, jobs, |line| println!("{line}"))?;
+    let count = |s: RunStatus| manifest.runs.iter().filter(|r| r.status == s).count();
+    println!(
+        "{}: {} done, {} failed, {} skipped; manifest {}; compare with `cargo run --release -p eval -- compare {}`",
+        plan.name,
+        count(RunStatus::Done),
+        count(RunStatus::Failed),
+        count(RunStatus::Skipped),
+        plan.dir.join("manifest.json").display(),
+        plan.dir.display()
+    );
+    if count(RunStatus::Failed) + count(RunStatus::Skipped) > 0 {
+        bail!("some runs did not finish; their logs are beside their directories");
+    }
     Ok(())
 }
 
