@@ -9,6 +9,7 @@
 //! [`evaluate`] at its eval steps; `cargo run -p eval -- RUN_DIR` does the same afterwards.
 
 pub mod batch;
+pub mod compare;
 pub mod creativity;
 pub mod decode;
 pub mod pass_at_k;

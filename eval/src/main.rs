@@ -3,6 +3,9 @@
 //!
 //! `--set key=value` changes the run's `[eval]` options for this evaluation, e.g.
 //! `--set pass_at_k.sampling.temperature=0.7 --set diversity.samples=8`.
+//!
+//! `eval compare DIR` aggregates a sweep directory (or any directory of runs) into a table of
+//! mean ± sd over seeds, written as `compare.md` and `compare.csv`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,14 +13,24 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use burn::backend::Flex;
 use burn::backend::flex::FlexDevice;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use eval::run_dir;
 
 #[derive(Parser)]
-#[command(name = "eval", version, about = "Evaluate a lab run: teacher-forced vs free-running accuracy per position.")]
+#[command(
+    name = "eval",
+    version,
+    about = "Evaluate a lab run (teacher-forced vs free-running accuracy per position, diversity, pass@k), \
+             or compare the runs of a sweep.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// The run directory.
-    run: PathBuf,
+    #[arg(required = true)]
+    run: Option<PathBuf>,
     /// Evaluate this checkpoint instead of the latest.
     #[arg(long)]
     step: Option<u64>,
@@ -33,20 +46,45 @@ struct Cli {
     set: Vec<String>,
 }
 
+#[derive(Subcommand)]
+enum Cmd {
+    /// Aggregate the runs of a sweep directory (or any directory of runs) into mean ± sd over
+    /// seeds; writes compare.md and compare.csv into it.
+    Compare {
+        /// The sweep directory.
+        dir: PathBuf,
+        /// Group by these config keys (comma-separated, e.g. objective.kind,task.nodes)
+        /// [default: the sweep's groups, i.e. run names without the seed].
+        #[arg(long, value_delimiter = ',')]
+        by: Vec<String>,
+        /// Metrics to show (comma-separated; `eval/` may be left out, e.g. free/exact,pass_at_k/64)
+        /// [default: exact match, validity, the Pitfalls diagnostics, creativity and pass@k where present].
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
+    },
+}
+
 fn run(cli: Cli) -> Result<()> {
+    if let Some(Cmd::Compare { dir, by, metrics }) = &cli.cmd {
+        let (table, md, csv) = eval::compare::compare(dir, by, metrics)?;
+        print!("{}", table.markdown());
+        println!("wrote {} and {}", md.display(), csv.display());
+        return Ok(());
+    }
+    let run = cli.run.clone().expect("clap requires a run directory without a subcommand");
     let (step, stem) = match cli.step {
-        Some(step) => (step, run_dir::checkpoint_stem(&cli.run, step)),
-        None => run_dir::latest(&cli.run)?,
+        Some(step) => (step, run_dir::checkpoint_stem(&run, step)),
+        None => run_dir::latest(&run)?,
     };
     let meta = run_dir::read_meta(&stem)?;
     if meta.objective == "reverse-lm" {
         anyhow::bail!(
             "{} trained a right-to-left LM (objective reverse-lm): it reads sequences backwards, so forward decoding \
              does not measure it; it is a summariser for objective.kind = \"fsp-summary\"",
-            cli.run.display()
+            run.display()
         );
     }
-    let mut options = run_dir::eval_options(&cli.run, &cli.set)?;
+    let mut options = run_dir::eval_options(&run, &cli.set)?;
     options.teacherless |= meta.teacherless;
     if let Some(n) = cli.examples {
         options.examples = n;
@@ -71,10 +109,10 @@ fn run(cli: Cli) -> Result<()> {
     let model = models::checkpoint::load_model::<Flex>(&meta.model, &stem, &device)
         .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;
     let report = eval::evaluate(&model, loaded.task.as_ref(), &loaded.test, &train, &options);
-    run_dir::write_report(&cli.run, step, &report)?;
-    println!("{} at step {step}, {}", cli.run.display(), meta.objective);
+    run_dir::write_report(&run, step, &report)?;
+    println!("{} at step {step}, {}", run.display(), meta.objective);
     print!("{}", report.table());
-    println!("wrote {} and {}", cli.run.join("eval.json").display(), cli.run.join("failures.txt").display());
+    println!("wrote {} and {}", run.join("eval.json").display(), run.join("failures.txt").display());
     Ok(())
 }
 

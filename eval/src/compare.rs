@@ -1,0 +1,368 @@
+//! `eval compare DIR`: runs aggregated into a table of mean ± sd over seeds, grouped as asked,
+//! in Markdown (for people and LOG.md) and CSV (for plotting elsewhere).
+//!
+//! DIR is a sweep directory (its `manifest.json` names the runs and their groups) or any
+//! directory of run directories (a run `<group>-s<seed>` belongs to `<group>`). Only finished
+//! runs count: those whose `eval.json` holds the evaluation of their last step.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::run_dir::EvalFile;
+use crate::sweep::{Manifest, finished};
+
+/// The metrics shown when none are asked for (those that no run has are left out).
+pub const DEFAULT_METRICS: [&str; 10] = [
+    "eval/free/exact",
+    "eval/free/valid",
+    "eval/path_star/decision",
+    "eval/path_star/clever_hans",
+    "eval/diversity/creativity",
+    "eval/diversity/diversity",
+    "eval/diversity/memorized",
+    "eval/pass_at_k/1",
+    "eval/pass_at_k/8",
+    "eval/pass_at_k/64",
+];
+
+/// One finished run.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// Its directory name.
+    pub name: String,
+    /// Its group from the manifest or its name.
+    pub group: String,
+    /// Its seed, when known.
+    pub seed: Option<u64>,
+    /// Its resolved config (`config.toml`).
+    pub config: toml::Table,
+    /// Its final evaluation's metrics.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The runs of a directory: `(finished, unfinished names)`.
+pub fn collect(dir: &Path) -> Result<(Vec<RunResult>, Vec<String>)> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let listed: Vec<(String, String, Option<u64>)> = if dir.join("manifest.json").is_file() {
+        Manifest::read(dir)?.runs.into_iter().map(|r| (r.name, r.group, Some(r.seed))).collect()
+    } else {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .with_context(|| format!("listing {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("config.toml").is_file())
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let (group, seed) = split_seed(&n);
+                (n.clone(), group, seed)
+            })
+            .collect()
+    };
+    if listed.is_empty() {
+        bail!("{} holds no runs (no manifest.json, no run directories with a config.toml)", dir.display());
+    }
+    let mut done = Vec::new();
+    let mut unfinished = Vec::new();
+    for (name, group, seed) in listed {
+        let run = dir.join(&name);
+        match read_run(&run)? {
+            Some((config, metrics)) => done.push(RunResult { name, group, seed, config, metrics }),
+            None => unfinished.push(name),
+        }
+    }
+    Ok((done, unfinished))
+}
+
+/// `name-s3` → (`name`, 3).
+fn split_seed(name: &str) -> (String, Option<u64>) {
+    match name.rsplit_once("-s") {
+        Some((group, seed)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => {
+            (group.to_string(), seed.parse().ok())
+        }
+        _ => (name.to_string(), None),
+    }
+}
+
+/// A finished run's resolved config and final metrics; `None` while it is unfinished.
+fn read_run(run: &Path) -> Result<Option<(toml::Table, BTreeMap<String, f64>)>> {
+    let path = run.join("config.toml");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let config: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let steps = config.get("schedule").and_then(|s| s.get("steps")).and_then(|s| s.as_integer()).unwrap_or(0) as u64;
+    if !finished(run, steps) {
+        return Ok(None);
+    }
+    let path = run.join("eval.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let file: EvalFile =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a lab eval.json", path.display()))?;
+    if file.step != steps {
+        return Ok(None);
+    }
+    Ok(Some((config, file.report.metrics().into_iter().collect())))
+}
+
+/// A dotted key's value in a config, as text (`objective.kind` → `mi`).
+fn lookup(config: &toml::Table, key: &str) -> Option<String> {
+    let mut node = config.get(key.split('.').next()?)?;
+    for part in key.split('.').skip(1) {
+        node = node.get(part)?;
+    }
+    Some(match node {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// Mean and sample standard deviation (`None` for one value).
+pub fn mean_sd(xs: &[f64]) -> (f64, Option<f64>) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let sd = (xs.len() > 1).then(|| (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
+    (mean, sd)
+}
+
+/// The aggregated table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Table {
+    /// Grouping columns (`group`, or the config keys asked for).
+    pub by: Vec<String>,
+    /// Metric columns.
+    pub metrics: Vec<String>,
+    /// One row per group, in order of first appearance.
+    pub rows: Vec<Row>,
+    /// Runs not finished (left out).
+    pub unfinished: Vec<String>,
+}
+
+/// One group's row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// The group's values of the grouping columns.
+    pub key: Vec<String>,
+    /// Runs in the group.
+    pub runs: usize,
+    /// Their seeds.
+    pub seeds: Vec<u64>,
+    /// Per metric: mean and sd over the runs that have it, and how many do.
+    pub values: Vec<Option<(f64, Option<f64>, usize)>>,
+}
+
+/// Aggregates `runs` grouped by `by` (config keys; empty: the run's group) over `metrics`
+/// (empty: [`DEFAULT_METRICS`] present in some run). Metric names may leave out `eval/`.
+pub fn aggregate(runs: &[RunResult], by: &[String], metrics: &[String], unfinished: Vec<String>) -> Result<Table> {
+    let metrics: Vec<String> = if metrics.is_empty() {
+        DEFAULT_METRICS
+            .iter()
+            .filter(|m| runs.iter().any(|r| r.metrics.contains_key(**m)))
+            .map(|m| m.to_string())
+            .collect()
+    } else {
+        let mut out = Vec::new();
+        for m in metrics {
+            let full = if m.starts_with("eval/") || m.starts_with("train/") { m.clone() } else { format!("eval/{m}") };
+            if !runs.iter().any(|r| r.metrics.contains_key(&full)) {
+                let known: std::collections::BTreeSet<&String> = runs.iter().flat_map(|r| r.metrics.keys()).collect();
+                let known: Vec<&str> = known.into_iter().map(|s| s.as_str()).collect();
+                bail!("no run has the metric {full}; known metrics: {}", known.join(", "));
+            }
+            out.push(full);
+        }
+        out
+    };
+    for key in by {
+        if !runs.iter().any(|r| lookup(&r.config, key).is_some()) {
+            bail!("no run's config has the key {key} (group by keys of config.toml, e.g. objective.kind)");
+        }
+    }
+    let by_cols: Vec<String> = if by.is_empty() { vec!["group".into()] } else { by.to_vec() };
+    let mut order: Vec<Vec<String>> = Vec::new();
+    let mut groups: BTreeMap<Vec<String>, Vec<&RunResult>> = BTreeMap::new();
+    for r in runs {
+        let key = if by.is_empty() {
+            vec![r.group.clone()]
+        } else {
+            by.iter().map(|k| lookup(&r.config, k).unwrap_or_else(|| "-".into())).collect()
+        };
+        if !groups.contains_key(&key) {
+            order.push(key.clone());
+        }
+        groups.entry(key).or_default().push(r);
+    }
+    let rows = order
+        .into_iter()
+        .map(|key| {
+            let members = &groups[&key];
+            let mut seeds: Vec<u64> = members.iter().filter_map(|r| r.seed).collect();
+            seeds.sort_unstable();
+            let values = metrics
+                .iter()
+                .map(|m| {
+                    let xs: Vec<f64> = members.iter().filter_map(|r| r.metrics.get(m).copied()).collect();
+                    (!xs.is_empty()).then(|| {
+                        let (mean, sd) = mean_sd(&xs);
+                        (mean, sd, xs.len())
+                    })
+                })
+                .collect();
+            Row { key, runs: members.len(), seeds, values }
+        })
+        .collect();
+    Ok(Table { by: by_cols, metrics, rows, unfinished })
+}
+
+impl Table {
+    /// Markdown: `mean ± sd` per cell (`mean` alone for a single run, `-` where no run has it).
+    pub fn markdown(&self) -> String {
+        let short = |m: &str| m.strip_prefix("eval/").unwrap_or(m).to_string();
+        let mut out = String::new();
+        let head: Vec<String> = self
+            .by
+            .iter()
+            .cloned()
+            .chain(["runs".into(), "seeds".into()])
+            .chain(self.metrics.iter().map(|m| short(m)))
+            .collect();
+        let _ = writeln!(out, "| {} |", head.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+        for r in &self.rows {
+            let seeds = r.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            let cells: Vec<String> = r
+                .key
+                .iter()
+                .cloned()
+                .chain([r.runs.to_string(), if seeds.is_empty() { "-".into() } else { seeds }])
+                .chain(r.values.iter().map(|v| match v {
+                    None => "-".into(),
+                    Some((mean, None, _)) => format!("{mean:.3}"),
+                    Some((mean, Some(sd), _)) => format!("{mean:.3} ± {sd:.3}"),
+                }))
+                .collect();
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        }
+        if !self.unfinished.is_empty() {
+            let _ =
+                writeln!(out, "\n{} unfinished run(s) left out: {}", self.unfinished.len(), self.unfinished.join(", "));
+        }
+        out
+    }
+
+    /// CSV: one row per group; `<metric>_mean`, `<metric>_sd` and `<metric>_n` per metric.
+    pub fn csv(&self) -> String {
+        let quote = |s: &str| {
+            if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+        };
+        let mut out = String::new();
+        let mut head: Vec<String> = self.by.iter().map(|b| quote(b)).collect();
+        head.extend(["runs".into(), "seeds".into()]);
+        for m in &self.metrics {
+            head.extend([format!("{m}_mean"), format!("{m}_sd"), format!("{m}_n")]);
+        }
+        let _ = writeln!(out, "{}", head.join(","));
+        for r in &self.rows {
+            let mut cells: Vec<String> = r.key.iter().map(|k| quote(k)).collect();
+            cells.push(r.runs.to_string());
+            cells.push(r.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(" "));
+            for v in &r.values {
+                match v {
+                    None => cells.extend(["".into(), "".into(), "0".into()]),
+                    Some((mean, sd, n)) => {
+                        cells.extend([mean.to_string(), sd.map_or(String::new(), |s| s.to_string()), n.to_string()])
+                    }
+                }
+            }
+            let _ = writeln!(out, "{}", cells.join(","));
+        }
+        out
+    }
+}
+
+/// Aggregates DIR and writes `compare.md` and `compare.csv` into it; returns the table.
+pub fn compare(dir: &Path, by: &[String], metrics: &[String]) -> Result<(Table, PathBuf, PathBuf)> {
+    let (runs, unfinished) = collect(dir)?;
+    if runs.is_empty() {
+        bail!("{} has no finished run yet ({} unfinished)", dir.display(), unfinished.len());
+    }
+    let table = aggregate(&runs, by, metrics, unfinished)?;
+    let (md, csv) = (dir.join("compare.md"), dir.join("compare.csv"));
+    crate::run_dir::write_atomic(&md, table.markdown().as_bytes())?;
+    crate::run_dir::write_atomic(&csv, table.csv().as_bytes())?;
+    Ok((table, md, csv))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, kind: &str, nodes: i64, metrics: &[(&str, f64)]) -> RunResult {
+        let (group, seed) = split_seed(name);
+        let config: toml::Table =
+            toml::from_str(&format!("[objective]\nkind = \"{kind}\"\n[task]\nnodes = {nodes}\n")).unwrap();
+        RunResult {
+            name: name.into(),
+            group,
+            seed,
+            config,
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn means_and_standard_deviations_by_hand() {
+        let runs = vec![
+            run("ntp-s0", "ntp", 10, &[("eval/free/exact", 0.5), ("eval/pass_at_k/1", 0.25)]),
+            run("ntp-s1", "ntp", 10, &[("eval/free/exact", 0.7), ("eval/pass_at_k/1", 0.25)]),
+            run("ntp-s2", "ntp", 20, &[("eval/free/exact", 0.9)]),
+            run("mi-s0", "mi", 10, &[("eval/free/exact", 0.2)]),
+        ];
+        let t = aggregate(&runs, &[], &[], vec!["mi-s1".into()]).unwrap();
+        assert_eq!(t.metrics, ["eval/free/exact", "eval/pass_at_k/1"]);
+        assert_eq!(t.rows.len(), 2);
+        let ntp = &t.rows[0];
+        assert_eq!((ntp.key.clone(), ntp.runs, ntp.seeds.clone()), (vec!["ntp".to_string()], 3, vec![0, 1, 2]));
+        // Mean 0.7; sample sd sqrt(((-0.2)² + 0² + 0.2²) / 2) = 0.2.
+        let (mean, sd, n) = ntp.values[0].unwrap();
+        assert!((mean - 0.7).abs() < 1e-12 && (sd.unwrap() - 0.2).abs() < 1e-12 && n == 3);
+        // Two of three runs have pass@1: mean 0.25, sd 0.
+        assert_eq!(ntp.values[1], Some((0.25, Some(0.0), 2)));
+        // One run: no sd; a metric no run of the group has: empty.
+        assert_eq!(t.rows[1].values, vec![Some((0.2, None, 1)), None]);
+        let md = t.markdown();
+        assert!(md.contains("| group | runs | seeds | free/exact | pass_at_k/1 |"), "{md}");
+        assert!(md.contains("| ntp | 3 | 0,1,2 | 0.700 ± 0.200 | 0.250 ± 0.000 |"), "{md}");
+        assert!(md.contains("| mi | 1 | 0 | 0.200 | - |") && md.contains("left out: mi-s1"), "{md}");
+        let csv = t.csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "group,runs,seeds,eval/free/exact_mean,eval/free/exact_sd,eval/free/exact_n,eval/pass_at_k/1_mean,eval/pass_at_k/1_sd,eval/pass_at_k/1_n"
+        );
+        assert!(lines[2].starts_with("mi,1,0,0.2,,1,,,0"), "{}", lines[2]);
+
+        // Grouped by config keys instead.
+        let t =
+            aggregate(&runs, &["objective.kind".into(), "task.nodes".into()], &["free/exact".into()], vec![]).unwrap();
+        let keys: Vec<Vec<String>> = t.rows.iter().map(|r| r.key.clone()).collect();
+        assert_eq!(keys, [vec!["ntp", "10"], vec!["ntp", "20"], vec!["mi", "10"]]);
+        assert_eq!(t.rows[0].values[0].unwrap().0, 0.6);
+    }
+
+    #[test]
+    fn unknown_keys_and_metrics_are_clear_errors() {
+        let runs = vec![run("ntp-s0", "ntp", 10, &[("eval/free/exact", 0.5)])];
+        let e = aggregate(&runs, &["objective.kindd".into()], &[], vec![]).unwrap_err().to_string();
+        assert!(e.contains("objective.kindd"), "{e}");
+        let e = aggregate(&runs, &[], &["free/exactt".into()], vec![]).unwrap_err().to_string();
+        assert!(e.contains("eval/free/exactt") && e.contains("known metrics: eval/free/exact"), "{e}");
+        assert_eq!(split_seed("a-b-s12"), ("a-b".into(), Some(12)));
+        assert_eq!(split_seed("reverse-lm"), ("reverse-lm".into(), None));
+    }
+}
