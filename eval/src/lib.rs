@@ -13,6 +13,7 @@ pub mod compare;
 pub mod creativity;
 pub mod decode;
 pub mod pass_at_k;
+pub mod plot;
 pub mod report;
 pub mod run_dir;
 pub mod sample;

@@ -5,7 +5,8 @@
 //! `--set pass_at_k.sampling.temperature=0.7 --set diversity.samples=8`.
 //!
 //! `eval compare DIR` aggregates a sweep directory (or any directory of runs) into a table of
-//! mean ± sd over seeds, written as `compare.md` and `compare.csv`.
+//! mean ± sd over seeds, written as `compare.md` and `compare.csv`; `eval plot DIR` draws its
+//! figures into `DIR/plots/`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,13 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         metrics: Vec<String>,
     },
+    /// Draw the standard figures (training loss, accuracy per position teacher-forced vs
+    /// free-running, pass@k, creativity, MI bound) of a run or sweep directory into DIR/plots/,
+    /// as PNG and SVG.
+    Plot {
+        /// The run or sweep directory.
+        dir: PathBuf,
+    },
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -69,6 +77,12 @@ fn run(cli: Cli) -> Result<()> {
         let (table, md, csv) = eval::compare::compare(dir, by, metrics)?;
         print!("{}", table.markdown());
         println!("wrote {} and {}", md.display(), csv.display());
+        return Ok(());
+    }
+    if let Some(Cmd::Plot { dir }) = &cli.cmd {
+        for file in eval::plot::plot(dir)? {
+            println!("wrote {}", file.display());
+        }
         return Ok(());
     }
     let run = cli.run.clone().expect("clap requires a run directory without a subcommand");
