@@ -228,3 +228,31 @@ fn every_task_family_trains_and_evaluates() {
         assert!(report.path_star.is_none());
     }
 }
+
+/// The MI analysis of a finished run: one bound per target position with a future, never above
+/// log K, the critic learning something, the same numbers on a second pass.
+#[test]
+fn mi_analysis_reports_a_bound_per_position() {
+    use trainer::mi_analysis::{MiAnalysisOptions, analyse};
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    trainer::train::<B>(&small_config(dir.path(), &[]), &run, false, &FlexDevice, &quiet()).unwrap();
+    let options =
+        MiAnalysisOptions { k: 8, horizon: 2, summary_dim: 16, steps: 60, examples: 40, ..Default::default() };
+    let a = analyse::<B>(&run, &options, &FlexDevice).unwrap();
+    // G(2,3,8): 3 target tokens; the states predicting tokens 1 and 2 have a future.
+    let positions: Vec<usize> = a.per_position.iter().map(|p| p.position).collect();
+    assert_eq!(positions, [1, 2]);
+    assert_eq!((a.k, a.step), (8, 30));
+    assert!((a.log_k - 8f64.ln()).abs() < 1e-9);
+    assert!(a.per_position.iter().all(|p| p.rows == 40 && p.bound <= a.log_k + 1e-9), "{a:?}");
+    // A 30-step model's states say little about their future (whether the critic can find
+    // information where there is some is a unit test of trainer::mi_analysis).
+    assert!(a.critic_final_loss <= a.log_k + 1e-3, "{a:?}");
+    let peaks: usize = a.peak_tokens.iter().map(|t| t.peaks).sum();
+    assert!(peaks <= 40 && !a.peak_tokens.is_empty());
+    assert_eq!(a, analyse::<B>(&run, &options, &FlexDevice).unwrap());
+    let bad = MiAnalysisOptions { k: 1, ..options };
+    assert!(analyse::<B>(&run, &bad, &FlexDevice).unwrap_err().to_string().contains("k >= 2"));
+}

@@ -8,6 +8,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod mi_analysis;
 pub mod objective;
 pub mod probe;
 pub mod sampler;

@@ -61,6 +61,28 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// MI analysis (seed §3.6): per target position, the InfoNCE bound on I(h_t; F_t) of the
+    /// run's frozen states (a fresh critic trained on its training split), and the tokens that
+    /// carry its peaks; writes mi_analysis.json into the run directory.
+    Mi {
+        /// The run directory.
+        run: PathBuf,
+        /// K: rows per batch, the candidates per query (log K is the bound's ceiling).
+        #[arg(long, default_value_t = 64)]
+        k: usize,
+        /// L: F_t pools h_(t+1..t+L).
+        #[arg(long, default_value_t = 4)]
+        horizon: usize,
+        /// Critic training steps.
+        #[arg(long, default_value_t = 300)]
+        steps: usize,
+        /// Test rows measured.
+        #[arg(long, default_value_t = 1024)]
+        examples: usize,
+        /// Seed of the critic.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Probe what a finished run's heads know (fsp-bow: exact bag recovery per position).
     Probe {
         /// The run directory.
@@ -114,6 +136,11 @@ fn run(cli: Cli) -> Result<()> {
     let (config, overrides, out, resume, quiet) = match cli.cmd {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
         Cmd::Probe { run, examples } => return probe(&run, examples),
+        Cmd::Mi { run, k, horizon, steps, examples, seed } => {
+            let options =
+                trainer::mi_analysis::MiAnalysisOptions { k, horizon, steps, examples, seed, ..Default::default() };
+            return mi(&run, &options);
+        }
         Cmd::Sweep { file, jobs, out, slurm, dry_run } => return sweep(&file, jobs, out.as_deref(), slurm, dry_run),
     };
     let (config, run, resuming) = match resume {
@@ -202,6 +229,16 @@ fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: boo
     if count(RunStatus::Failed) + count(RunStatus::Skipped) > 0 {
         bail!("some runs did not finish; their logs are beside their directories");
     }
+    Ok(())
+}
+
+fn mi(run: &Path, options: &trainer::mi_analysis::MiAnalysisOptions) -> Result<()> {
+    let analysis = trainer::mi_analysis::analyse::<Backend>(run, options, &FlexDevice)?;
+    println!("{} at step {}", run.display(), analysis.step);
+    print!("{}", analysis.table());
+    let path = run.join("mi_analysis.json");
+    eval::run_dir::write_atomic(&path, (serde_json::to_string_pretty(&analysis)? + "\n").as_bytes())?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 

@@ -1,0 +1,376 @@
+//! MI analysis of a trained run (seed §3.6): per target position, how much information the
+//! state h_t carries about the summary of its future, F_t = mean(h_{t+1..t+L}), estimated with
+//! the InfoNCE lower bound I(h_t; F_t) >= log K − L_InfoNCE, and which tokens carry its peaks.
+//!
+//! The run's GPT is frozen. A fresh critic (the future encoder's mean pooler and projection, and
+//! a bilinear score) is trained on the run's *training* split with in-batch negatives at the
+//! same target position (K rows per batch), then the bound is measured on the test split. The
+//! same protocol for every run, whatever its objective, so an NTP run and an MI-shaped run are
+//! compared on equal terms (the MI run's own critic is not used). The bound can never exceed
+//! log K; the pointwise value log K + log softmax(score)[positive] says, for one row and one
+//! position, how sharply h_t picks out its own future among K.
+//!
+//! What the bound measures depends on the negatives: in-batch summaries of other sequences
+//! differ in their prefix as well as in their future, so a state that only identifies its
+//! prefix already scores high. LOG.md discusses what this does to the reading.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use eval::Batch;
+use eval::run_dir;
+use models::checkpoint::load_model;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tasks::Example;
+
+use crate::RunConfig;
+use crate::objective::future::{FutureEncoder, PoolerKind, future_window};
+use crate::objective::infonce::{Negatives, Scorer, ScorerKind, info_nce};
+
+/// How the critic is trained and the bound measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MiAnalysisOptions {
+    /// Rows per batch: K, the number of candidates per query (1 positive, K − 1 negatives).
+    pub k: usize,
+    /// L: the summary pools h_{t+1..t+L}.
+    pub horizon: usize,
+    /// Width of the critic's summary and query projections.
+    pub summary_dim: usize,
+    /// Critic training steps on the training split.
+    pub steps: usize,
+    /// The critic's AdamW learning rate.
+    pub lr: f64,
+    /// Test rows measured (whole batches of K; the remainder is left out).
+    pub examples: usize,
+    /// Seed of the critic's initialisation and of its batches.
+    pub seed: u64,
+}
+
+impl Default for MiAnalysisOptions {
+    fn default() -> Self {
+        MiAnalysisOptions { k: 64, horizon: 4, summary_dim: 64, steps: 300, lr: 1e-3, examples: 1024, seed: 0 }
+    }
+}
+
+/// The bound at one target position.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PositionBound {
+    /// Target position whose token h_t predicts (1 = the first target token).
+    pub position: usize,
+    /// log K − L_InfoNCE on the test rows, nats.
+    pub bound: f64,
+    /// Test rows measured.
+    pub rows: usize,
+}
+
+/// A token's share of the peaks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenPeak {
+    /// The token h_t sits on (the input at position t).
+    pub token: String,
+    /// Test rows whose highest pointwise bound falls on this token.
+    pub peaks: usize,
+    /// Its mean pointwise bound over every (row, position) where it is the input.
+    pub mean_pointwise: f64,
+    /// How many (row, position) pairs that mean is over.
+    pub occurrences: usize,
+}
+
+/// `mi_analysis.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MiAnalysis {
+    /// The checkpoint analysed.
+    pub step: u64,
+    /// Candidates per query.
+    pub k: usize,
+    /// log K, the ceiling of the bound.
+    pub log_k: f64,
+    /// The options used.
+    pub options: MiAnalysisOptions,
+    /// The critic's training loss over its last 20 steps (to judge whether it converged).
+    pub critic_final_loss: f64,
+    /// The bound per target position (positions with a future of at least one token).
+    pub per_position: Vec<PositionBound>,
+    /// Tokens ordered by how many rows peak on them (at most 10).
+    pub peak_tokens: Vec<TokenPeak>,
+}
+
+#[derive(Module, Debug)]
+struct Critic<B: burn::tensor::backend::Backend> {
+    encoder: FutureEncoder<B>,
+    scorer: Scorer<B>,
+}
+
+/// Per target position: the InfoNCE loss, log K, and each row's pointwise bound, for one batch
+/// of frozen hidden states `[b, t, d]`.
+#[allow(clippy::type_complexity)]
+fn batch_terms<B: burn::tensor::backend::Backend>(
+    critic: &Critic<B>,
+    hidden: Tensor<B, 3>,
+    prefix_lens: &[usize],
+    lens: &[usize],
+    horizon: usize,
+) -> Vec<(usize, Tensor<B, 1>, f64, Vec<(usize, Tensor<B, 1>)>)> {
+    let [b, t, d] = hidden.dims();
+    let device = hidden.device();
+    let window = future_window(lens, t, horizon);
+    let summaries = critic.encoder.forward(hidden.clone(), hidden.clone(), &window); // [b, t, s]
+    let s = summaries.dims()[2];
+    let (flat_h, flat_f) = (hidden.reshape([b * t, d]), summaries.reshape([b * t, s]));
+    let longest = prefix_lens.iter().zip(lens).map(|(p, l)| l - p).max().unwrap_or(0);
+    let mut out = Vec::new();
+    for pos in 1..=longest {
+        // Rows where h_t (the input t = p + pos − 2 predicting target token pos) has a future:
+        // t + 1 <= len − 2, the last input.
+        let rows: Vec<usize> = (0..b).filter(|&r| prefix_lens[r] + pos + 1 <= lens[r]).collect();
+        if rows.len() < 2 {
+            continue;
+        }
+        let index: Vec<i32> = rows.iter().map(|&r| (r * t + prefix_lens[r] + pos - 2) as i32).collect();
+        let n = index.len();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
+        let h = flat_h.clone().select(0, index.clone());
+        let f = flat_f.clone().select(0, index);
+        let scores = critic.scorer.scores(h, f);
+        let seq: Vec<usize> = (0..n).collect();
+        let (loss, log_k) = info_nce(scores.clone(), 1.0, Negatives::Batch, &seq);
+        let diag = log_softmax(scores, 1);
+        let pointwise: Vec<(usize, Tensor<B, 1>)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| (r, diag.clone().slice([i..i + 1, i..i + 1]).reshape([1]) + (n as f64).ln()))
+            .collect();
+        out.push((pos, loss, log_k, pointwise));
+    }
+    out
+}
+
+/// Analyses the latest checkpoint of `run`.
+pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, device: &B::Device) -> Result<MiAnalysis> {
+    if options.k < 2 || options.horizon == 0 || options.steps == 0 {
+        bail!("the MI analysis needs k >= 2, horizon >= 1 and steps >= 1");
+    }
+    let config = RunConfig::load(&run.join("config.toml"), &[])
+        .with_context(|| format!("{} is not a run directory", run.display()))?;
+    let (step, stem) = run_dir::latest(run)?;
+    let meta = run_dir::read_meta(&stem)?;
+    if meta.objective == "reverse-lm" {
+        bail!("{} is a right-to-left LM: its states summarise the past, not the future", run.display());
+    }
+    let loaded = config.data.load(&config.task, true)?;
+    let task = loaded.task;
+    let pad = task.vocab().dummy();
+    let gpt = load_model::<B>(&meta.model, &stem, device)?.valid();
+    let d = meta.model.d_model;
+
+    // The bilinear score is a product of three maps; at GPT-2's 0.02 its gradients start
+    // vanishingly small, so the critic is drawn at the 1/sqrt(fan-in) scale.
+    let std = (1.0 / d as f64).sqrt();
+    let critic: Critic<B> = models::seeded::<B, _>(options.seed, device, || {
+        let c = Critic {
+            encoder: FutureEncoder::new(PoolerKind::Mean, d, options.summary_dim, std, device),
+            scorer: Scorer::new(ScorerKind::Bilinear, d, options.summary_dim, std, device),
+        };
+        let _ = c.num_params();
+        c
+    });
+    let mut optim = AdamWConfig::new().init::<B, Critic<B>>();
+    let mut critic = critic;
+    let frozen = |rows: &[&Example]| {
+        let batch = Batch::<B::InnerBackend>::new(rows, pad, device);
+        let hidden = gpt.forward(batch.inputs.clone()).hidden;
+        (Tensor::<B, 3>::from_inner(hidden), batch.prefix_lens.clone(), batch.lens())
+    };
+
+    // Training: batches of K training rows, drawn without replacement per epoch.
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let mut order: Vec<usize> = (0..loaded.train.len()).collect();
+    let mut cursor = order.len();
+    let mut recent = Vec::new();
+    for _ in 0..options.steps {
+        if cursor + options.k > order.len() {
+            order.shuffle(&mut rng);
+            cursor = 0;
+        }
+        let rows: Vec<&Example> =
+            order[cursor..cursor + options.k.min(order.len())].iter().map(|&i| &loaded.train[i]).collect();
+        cursor += options.k;
+        let (hidden, prefix_lens, lens) = frozen(&rows);
+        let terms = batch_terms(&critic, hidden, &prefix_lens, &lens, options.horizon);
+        if terms.is_empty() {
+            bail!("no target position of this task has a future to summarise");
+        }
+        let count = terms.len() as f64;
+        let loss = terms.into_iter().map(|(_, l, _, _)| l).reduce(|a, b| a + b).expect("non-empty") / count;
+        recent.push(loss.clone().into_scalar().elem::<f64>());
+        let grads = GradientsParams::from_grads(loss.backward(), &critic);
+        critic = optim.step(options.lr, critic, grads);
+    }
+    let tail = &recent[recent.len().saturating_sub(20)..];
+    let critic_final_loss = tail.iter().sum::<f64>() / tail.len() as f64;
+
+    // Measurement on whole batches of K test rows.
+    let critic = critic.valid();
+    let n = (options.examples.min(loaded.test.len()) / options.k) * options.k;
+    if n == 0 {
+        bail!("the test split has fewer than K = {} rows", options.k);
+    }
+    let mut per_pos: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
+    let mut log_ks = Vec::new();
+    let mut best: Vec<Option<(f64, u32)>> = vec![None; n];
+    let mut by_token: BTreeMap<u32, (f64, usize)> = BTreeMap::new();
+    for (c, chunk) in loaded.test[..n].chunks(options.k).enumerate() {
+        let rows: Vec<&Example> = chunk.iter().collect();
+        let batch = Batch::<B::InnerBackend>::new(&rows, pad, device);
+        let hidden = gpt.forward(batch.inputs.clone()).hidden;
+        for (pos, loss, log_k, pointwise) in
+            batch_terms(&critic, hidden, &batch.prefix_lens, &batch.lens(), options.horizon)
+        {
+            let loss: f64 = loss.into_scalar().elem();
+            let e = per_pos.entry(pos).or_insert((0.0, 0));
+            e.0 += (log_k - loss) * pointwise.len() as f64;
+            e.1 += pointwise.len();
+            log_ks.push(log_k);
+            for (r, value) in pointwise {
+                let value: f64 = value.into_scalar().elem();
+                let ex = chunk[r].clone();
+                let token = ex.tokens[ex.prefix_len + pos - 2];
+                let t = by_token.entry(token).or_insert((0.0, 0));
+                t.0 += value;
+                t.1 += 1;
+                let slot = &mut best[c * options.k + r];
+                if slot.is_none_or(|(v, _)| value > v) {
+                    *slot = Some((value, token));
+                }
+            }
+        }
+    }
+    let mut peaks: BTreeMap<u32, usize> = BTreeMap::new();
+    for (_, token) in best.into_iter().flatten() {
+        *peaks.entry(token).or_default() += 1;
+    }
+    let vocab = task.vocab();
+    let mut peak_tokens: Vec<TokenPeak> = peaks
+        .into_iter()
+        .map(|(token, count)| {
+            let (sum, occ) = by_token[&token];
+            TokenPeak {
+                token: vocab.decode(&[token]),
+                peaks: count,
+                mean_pointwise: sum / occ as f64,
+                occurrences: occ,
+            }
+        })
+        .collect();
+    peak_tokens.sort_by(|a, b| b.peaks.cmp(&a.peaks).then(a.token.cmp(&b.token)));
+    peak_tokens.truncate(10);
+    Ok(MiAnalysis {
+        step,
+        k: options.k,
+        log_k: log_ks.iter().sum::<f64>() / log_ks.len().max(1) as f64,
+        options: options.clone(),
+        critic_final_loss,
+        per_position: per_pos
+            .into_iter()
+            .map(|(position, (sum, rows))| PositionBound { position, bound: sum / rows as f64, rows })
+            .collect(),
+        peak_tokens,
+    })
+}
+
+impl MiAnalysis {
+    /// A table for people.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = format!(
+            "InfoNCE bound on I(h_t; F_t), F_t = mean(h_(t+1..t+{})), K = {} (log K = {:.3} nats), critic trained {} steps \
+             (final loss {:.3})\n\n{:<18}{:>10}{:>8}\n",
+            self.options.horizon,
+            self.k,
+            self.log_k,
+            self.options.steps,
+            self.critic_final_loss,
+            "target position",
+            "bound",
+            "rows"
+        );
+        for p in &self.per_position {
+            let _ = writeln!(out, "{:<18}{:>10.3}{:>8}", p.position, p.bound, p.rows);
+        }
+        let _ = writeln!(out, "\n{:<12}{:>8}{:>16}{:>13}", "peak token", "peaks", "mean pointwise", "occurrences");
+        for t in &self.peak_tokens {
+            let _ = writeln!(out, "{:<12}{:>8}{:>16.3}{:>13}", t.token, t.peaks, t.mean_pointwise, t.occurrences);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::flex::FlexDevice;
+    use burn::backend::{Autodiff, Flex};
+
+    use super::*;
+
+    type B = Autodiff<Flex>;
+
+    /// States where each row's future is its present: every position of row r holds the same
+    /// vector v_r, so F_t = h_t and the critic can learn to match them; the bound must rise
+    /// well above where a random critic starts, towards log K.
+    #[test]
+    fn the_critic_finds_information_where_there_is_some() {
+        let (k, t, d) = (16usize, 6usize, 8usize);
+        let device = FlexDevice;
+        let critic: Critic<B> = models::seeded::<B, _>(3, &device, || {
+            let std = (1.0 / d as f64).sqrt();
+            let c = Critic {
+                encoder: FutureEncoder::new(PoolerKind::Mean, d, 8, std, &device),
+                scorer: Scorer::new(ScorerKind::Bilinear, d, 8, std, &device),
+            };
+            let _ = c.num_params();
+            c
+        });
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let draw = |rng: &mut ChaCha8Rng| -> Vec<f32> {
+            use rand::Rng;
+            (0..k * d).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+        };
+        let states = |v: &[f32]| -> Tensor<B, 3> {
+            let x: Vec<f32> = (0..k).flat_map(|r| (0..t).flat_map(move |_| v[r * d..(r + 1) * d].to_vec())).collect();
+            Tensor::from_data(TensorData::new(x, [k, t, d]), &device)
+        };
+        // Prompts of 2 tokens and rows of 7: target positions 1..=5, positions 1..=4 have a future.
+        let (prefix, lens) = (vec![2; k], vec![7; k]);
+        let bound = |critic: &Critic<B>, v: &[f32]| -> f64 {
+            let terms = batch_terms(critic, states(v), &prefix, &lens, 2);
+            assert_eq!(terms.len(), 4);
+            terms.iter().map(|(_, l, log_k, _)| log_k - l.clone().into_scalar().elem::<f64>()).sum::<f64>() / 4.0
+        };
+        let test = draw(&mut rng);
+        let before = bound(&critic, &test);
+        let mut optim = AdamWConfig::new().init::<B, Critic<B>>();
+        let mut critic = critic;
+        for _ in 0..150 {
+            let v = draw(&mut rng);
+            let terms = batch_terms(&critic, states(&v), &prefix, &lens, 2);
+            let loss = terms.into_iter().map(|(_, l, _, _)| l).reduce(|a, b| a + b).unwrap() / 4.0;
+            let grads = GradientsParams::from_grads(loss.backward(), &critic);
+            critic = optim.step(3e-3, critic, grads);
+        }
+        let after = bound(&critic, &test);
+        let log_k = (k as f64).ln();
+        assert!(
+            before < 0.2 * log_k && after > 0.7 * log_k && after <= log_k,
+            "bound {before} -> {after} (log K {log_k})"
+        );
+    }
+}
