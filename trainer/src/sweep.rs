@@ -353,8 +353,8 @@ impl Plan {
         args
     }
 
-    /// Writes the sweep directory's manifest and a copy of the sweep file.
-    fn prepare(&self, failed: &BTreeMap<String, RunStatus>) -> Result<()> {
+    /// Creates the sweep directory and writes its manifest and a copy of the sweep file.
+    pub fn prepare(&self, failed: &BTreeMap<String, RunStatus>) -> Result<()> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         std::fs::copy(&self.file, self.dir.join("sweep.toml"))
             .with_context(|| format!("copying {} into {}", self.file.display(), self.dir.display()))?;

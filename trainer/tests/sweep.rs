@@ -172,6 +172,21 @@ set = { "eval.examples" = 10 }
             .clone();
         String::from_utf8(out).unwrap()
     };
+    // A dry run lists the runs and writes the manifest, and trains nothing.
+    let dry = Command::cargo_bin("trainer")
+        .unwrap()
+        .current_dir(ws.path())
+        .args(["sweep", file.to_str().unwrap(), "--dry-run", "--out", out.to_str().unwrap()])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let dry = String::from_utf8(dry).unwrap();
+    assert_eq!(dry.lines().filter(|l| l.starts_with("pending ")).count(), 3, "{dry}");
+    assert!(Manifest::read(&out).unwrap().runs.iter().all(|r| r.status == RunStatus::Pending));
+    assert!(!out.join("ntp-s0").exists());
+
     let first = sweep();
     assert!(first.contains("3 runs, 0 already done, 3 to run"), "{first}");
     let manifest = Manifest::read(&out).unwrap();
