@@ -5,7 +5,9 @@
 //!   (dashed) — the Pitfalls picture;
 //! - `pass_at_k`: pass@k against k (log scale);
 //! - `creativity`: creativity, diversity and memorization per group (creative tasks);
-//! - `mi_bound`: the InfoNCE bound on I(h_t; F_t) over training (MI-shaped objectives).
+//! - `mi_bound`: the InfoNCE bound on I(h_t; F_t) over training (MI-shaped objectives);
+//! - `mi_positions`: the bound per target position from `trainer mi` (`mi_analysis.json`), for
+//!   the runs that have one.
 //!
 //! A figure whose data no run has is not drawn. Text is drawn with DejaVu Sans Mono, embedded
 //! (`eval/assets`, Bitstream Vera licence), so no system font library is needed.
@@ -407,6 +409,43 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
             }),
         ));
     }
+    let mut mi = Vec::new();
+    let mut log_k = None;
+    for (i, g) in order.iter().enumerate() {
+        let mut sums: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
+        for r in &groups[g] {
+            let Ok(text) = std::fs::read_to_string(root.join(&r.name).join("mi_analysis.json")) else { continue };
+            let v: serde_json::Value = serde_json::from_str(&text).context("reading mi_analysis.json")?;
+            log_k = v["log_k"].as_f64().or(log_k);
+            for p in v["per_position"].as_array().into_iter().flatten() {
+                if let (Some(pos), Some(b)) = (p["position"].as_u64(), p["bound"].as_f64()) {
+                    let e = sums.entry(pos).or_default();
+                    e.0 += b;
+                    e.1 += 1;
+                }
+            }
+        }
+        let points: Vec<(f64, f64)> = sums.into_iter().map(|(p, (s, n))| (p as f64, s / n as f64)).collect();
+        if !points.is_empty() {
+            mi.push(Series { label: label(g), points, dashed: false, color: i });
+        }
+    }
+    if !mi.is_empty() {
+        let top = log_k.unwrap_or(1.0);
+        let ticks = mi.iter().map(|s| s.points.len()).max().unwrap_or(1);
+        figs.push((
+            "mi_positions".into(),
+            Figure::Lines(LineChart {
+                title: format!("InfoNCE bound on I(h_t; F_t) per target position (log K = {top:.2})"),
+                x_label: "target position".into(),
+                y_label: "bound (nats)".into(),
+                series: mi,
+                log2_x: false,
+                y_range: Some((0.0, top * 1.02)),
+                x_ticks: ticks,
+            }),
+        ));
+    }
     Ok(figs)
 }
 
@@ -464,10 +503,14 @@ mod tests {
         fake_run(dir.path(), "ntp-s0", [2.0, 1.0], 0.5);
         fake_run(dir.path(), "ntp-s1", [2.2, 1.2], 0.7);
         fake_run(dir.path(), "mi-s0", [3.0, 1.5], 0.9);
+        let analysis = r#"{"log_k": 2.0, "per_position": [{"position": 1, "bound": 1.5}, {"position": 2, "bound": 0.5}]}"#;
+        std::fs::write(dir.path().join("mi-s0/mi_analysis.json"), analysis).unwrap();
         let figs = figures(dir.path()).unwrap();
         let names: Vec<&str> = figs.iter().map(|(n, _)| n.as_str()).collect();
         // No creativity figure: no run has diversity metrics.
-        assert_eq!(names, ["loss", "positions", "pass_at_k", "mi_bound"]);
+        assert_eq!(names, ["loss", "positions", "pass_at_k", "mi_bound", "mi_positions"]);
+        let Figure::Lines(mi) = &figs[4].1 else { panic!("mi_positions is a line chart") };
+        assert_eq!((mi.series.len(), mi.series[0].points.clone()), (1, vec![(1.0, 1.5), (2.0, 0.5)]));
         let Figure::Lines(loss) = &figs[0].1 else { panic!("loss is a line chart") };
         // Groups in directory order (mi, ntp); a group's curve is the mean over its seeds.
         assert_eq!((loss.series[0].label.as_str(), loss.series[1].label.as_str()), ("mi", "ntp (2 seeds)"));
@@ -480,7 +523,7 @@ mod tests {
         assert!((ntp_free[1] - 0.6).abs() < 1e-12, "{ntp_free:?}");
 
         let files = plot(dir.path()).unwrap();
-        assert_eq!(files.len(), 8);
+        assert_eq!(files.len(), 10);
         for f in &files {
             let bytes = std::fs::read(f).unwrap();
             assert!(bytes.len() > 1000, "{} is nearly empty", f.display());

@@ -73,12 +73,16 @@ enum Cmd {
         /// L: F_t pools h_(t+1..t+L).
         #[arg(long, default_value_t = 4)]
         horizon: usize,
-        /// Critic training steps.
-        #[arg(long, default_value_t = 300)]
+        /// Critic training steps (the bound is a lower bound: a critic trained longer can only
+        /// find more; check that it has levelled off).
+        #[arg(long, default_value_t = 1000)]
         steps: usize,
         /// Test rows measured.
         #[arg(long, default_value_t = 1024)]
         examples: usize,
+        /// The critic's AdamW learning rate.
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f64,
         /// Seed of the critic.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -136,9 +140,9 @@ fn run(cli: Cli) -> Result<()> {
     let (config, overrides, out, resume, quiet) = match cli.cmd {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
         Cmd::Probe { run, examples } => return probe(&run, examples),
-        Cmd::Mi { run, k, horizon, steps, examples, seed } => {
+        Cmd::Mi { run, k, horizon, steps, examples, lr, seed } => {
             let options =
-                trainer::mi_analysis::MiAnalysisOptions { k, horizon, steps, examples, seed, ..Default::default() };
+                trainer::mi_analysis::MiAnalysisOptions { k, horizon, steps, examples, lr, seed, ..Default::default() };
             return mi(&run, &options);
         }
         Cmd::Sweep { file, jobs, out, slurm, dry_run } => return sweep(&file, jobs, out.as_deref(), slurm, dry_run),

@@ -57,7 +57,7 @@ pub struct MiAnalysisOptions {
 
 impl Default for MiAnalysisOptions {
     fn default() -> Self {
-        MiAnalysisOptions { k: 64, horizon: 4, summary_dim: 64, steps: 300, lr: 1e-3, examples: 1024, seed: 0 }
+        MiAnalysisOptions { k: 64, horizon: 4, summary_dim: 64, steps: 1000, lr: 3e-3, examples: 1024, seed: 0 }
     }
 }
 
