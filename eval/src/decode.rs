@@ -45,31 +45,13 @@ pub fn greedy<B: Backend>(
     eos: Option<u32>,
     device: &B::Device,
 ) -> Vec<Vec<u32>> {
-    let (b, p) = (prompts.len(), prompts[0].len());
-    debug_assert!(prompts.iter().all(|x| x.len() == p));
-    let flat: Vec<i32> = prompts.iter().flat_map(|x| x.iter().map(|&t| t as i32)).collect();
-    let mut cache = model.new_cache();
-    let mut logits =
-        model.forward_cached(Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, p]), device), &mut cache);
-    let mut outputs = vec![Vec::with_capacity(max_len); b];
-    let mut done = vec![false; b];
-    for step in 0..max_len {
-        let [_, t, _] = logits.dims();
-        let next = logits.slice([0..b, t - 1..t]).argmax(2).reshape([b, 1]); // [b, 1]
-        let ids = next.clone().into_data().convert::<i64>().to_vec::<i64>().expect("argmax gives ints");
-        record(&ids, &mut outputs, &mut done, eos);
-        if step + 1 == max_len || done.iter().all(|&d| d) {
-            break;
-        }
-        logits = model.forward_cached(next, &mut cache);
-    }
-    outputs
+    generate(model, prompts, max_len, eos, &Sampling::greedy(), &mut [], device)
 }
 
 /// Free-running decoding of up to `max_len` tokens after prompts of equal length, with the KV
 /// cache, each row drawing its tokens from `sampling` with its own generator (`rngs[r]` for row
-/// `r`, one draw per generated token). Greedy sampling takes the argmax on the device and draws
-/// nothing. A row stops at `eos` (kept in its output).
+/// `r`, one draw per generated token). Greedy sampling takes the argmax on the device and needs
+/// no generators. A row stops at `eos` (kept in its output).
 pub fn generate<B: Backend>(
     model: &Gpt<B>,
     prompts: &[&[u32]],
@@ -79,11 +61,8 @@ pub fn generate<B: Backend>(
     rngs: &mut [ChaCha8Rng],
     device: &B::Device,
 ) -> Vec<Vec<u32>> {
-    if sampling.is_greedy() {
-        return greedy(model, prompts, max_len, eos, device);
-    }
     let (b, p) = (prompts.len(), prompts[0].len());
-    assert_eq!(rngs.len(), b, "one generator per row");
+    assert!(sampling.is_greedy() || rngs.len() == b, "one generator per row");
     debug_assert!(prompts.iter().all(|x| x.len() == p));
     let flat: Vec<i32> = prompts.iter().flat_map(|x| x.iter().map(|&t| t as i32)).collect();
     let mut cache = model.new_cache();
@@ -93,12 +72,15 @@ pub fn generate<B: Backend>(
     let mut done = vec![false; b];
     for step in 0..max_len {
         let [_, t, v] = logits.dims();
-        // The last position's logits come to the host: sampling there keeps every row's draws
-        // independent of the backend and of the batch the row shares.
         let last = logits.slice([0..b, t - 1..t]).reshape([b, v]);
-        let host = last.into_data().convert::<f32>().to_vec::<f32>().expect("logits are floats");
-        let ids: Vec<i64> =
-            host.chunks(v).zip(rngs.iter_mut()).map(|(row, rng)| sampling.choose(row, rng) as i64).collect();
+        let ids: Vec<i64> = if sampling.is_greedy() {
+            last.argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("argmax gives ints")
+        } else {
+            // Sampling happens on the host: a row's draws then depend neither on the backend
+            // nor on the batch the row shares.
+            let host = last.into_data().convert::<f32>().to_vec::<f32>().expect("logits are floats");
+            host.chunks(v).zip(rngs.iter_mut()).map(|(row, rng)| sampling.choose(row, rng) as i64).collect()
+        };
         record(&ids, &mut outputs, &mut done, eos);
         if step + 1 == max_len || done.iter().all(|&d| d) {
             break;

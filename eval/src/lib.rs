@@ -277,13 +277,13 @@ fn generate_all<B: Backend>(
     for group in rows.chunk_by(|a, b| prompts[a.0].len() == prompts[b.0].len()) {
         for chunk in group.chunks(batch_size) {
             let batch: Vec<&[u32]> = chunk.iter().map(|&(i, _)| prompts[i]).collect();
-            let generated = if sampling.is_greedy() {
-                decode::greedy(model, &batch, task.max_target_len(), task.eos(), device)
+            let mut rngs: Vec<ChaCha8Rng> = if sampling.is_greedy() {
+                Vec::new()
             } else {
-                let mut rngs: Vec<ChaCha8Rng> =
-                    chunk.iter().map(|&(i, s)| rng(i, s).expect("sampling needs a generator")).collect();
-                decode::generate(model, &batch, task.max_target_len(), task.eos(), sampling, &mut rngs, device)
+                chunk.iter().map(|&(i, s)| rng(i, s).expect("sampling needs a generator")).collect()
             };
+            let generated =
+                decode::generate(model, &batch, task.max_target_len(), task.eos(), sampling, &mut rngs, device);
             for (&(i, s), g) in chunk.iter().zip(generated) {
                 out[i][s] = g;
             }

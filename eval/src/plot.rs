@@ -503,7 +503,8 @@ mod tests {
         fake_run(dir.path(), "ntp-s0", [2.0, 1.0], 0.5);
         fake_run(dir.path(), "ntp-s1", [2.2, 1.2], 0.7);
         fake_run(dir.path(), "mi-s0", [3.0, 1.5], 0.9);
-        let analysis = r#"{"log_k": 2.0, "per_position": [{"position": 1, "bound": 1.5}, {"position": 2, "bound": 0.5}]}"#;
+        let analysis =
+            r#"{"log_k": 2.0, "per_position": [{"position": 1, "bound": 1.5}, {"position": 2, "bound": 0.5}]}"#;
         std::fs::write(dir.path().join("mi-s0/mi_analysis.json"), analysis).unwrap();
         let figs = figures(dir.path()).unwrap();
         let names: Vec<&str> = figs.iter().map(|(n, _)| n.as_str()).collect();

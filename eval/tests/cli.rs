@@ -10,26 +10,32 @@ use tasks::TaskSpec;
 use tasks::dataset::DataSpec;
 use tasks::path_star::PathStarParams;
 
-#[test]
-fn evaluates_the_latest_checkpoint_of_a_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
+/// A run directory written by hand: `config.toml`, and a checkpoint at `step` of a small random
+/// model (`max_seq_len` positions) with its sidecar, for G(2,3,8) with `test` test examples.
+fn write_run(dir: &std::path::Path, config: &str, max_seq_len: usize, step: u64, test: u64) -> std::path::PathBuf {
+    let run = dir.join("run");
     std::fs::create_dir_all(run.join("checkpoints")).unwrap();
-    std::fs::write(run.join("config.toml"), "[eval]\nexamples = 30\nteacherless = true\n").unwrap();
-    let task = TaskSpec::PathStar(PathStarParams { degree: 2, path_len: 3, nodes: 8, reverse: false });
-    // 15 prompt tokens and 3 target tokens: 17 inputs at most.
-    let model = GptConfig::tiny(12, 17).with_d_model(32).with_d_ff(64);
-    let stem = checkpoint_stem(&run, 7);
-    models::checkpoint::save_model(&model.init_seeded::<Flex>(0, &FlexDevice), &stem).unwrap();
+    std::fs::write(run.join("config.toml"), config).unwrap();
+    let model = GptConfig::tiny(12, max_seq_len).with_d_model(32).with_d_ff(64);
+    let stem = checkpoint_stem(&run, step);
+    models::checkpoint::save_model(&model.init_seeded::<Flex>(step, &FlexDevice), &stem).unwrap();
     let meta = CheckpointMeta {
-        step: 7,
+        step,
         model,
-        task,
-        data: DataSpec { train: 0, test: 40, ..Default::default() },
+        task: TaskSpec::PathStar(PathStarParams { degree: 2, path_len: 3, nodes: 8, reverse: false }),
+        data: DataSpec { train: 0, test, ..Default::default() },
         objective: "ntp".into(),
         teacherless: false,
     };
     std::fs::write(stem.with_extension("json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    run
+}
+
+#[test]
+fn evaluates_the_latest_checkpoint_of_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // 15 prompt tokens and 3 target tokens: 17 inputs at most.
+    let run = write_run(dir.path(), "[eval]\nexamples = 30\nteacherless = true\n", 17, 7, 40);
 
     let out = Command::cargo_bin("eval").unwrap().arg(&run).assert().success().get_output().stdout.clone();
     let out = String::from_utf8(out).unwrap();
@@ -55,21 +61,7 @@ fn refuses_what_is_not_a_run() {
 #[test]
 fn a_test_file_too_long_for_the_model_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
-    std::fs::write(run.join("config.toml"), "").unwrap();
-    let model = GptConfig::tiny(12, 10).with_d_model(32).with_d_ff(64);
-    let stem = checkpoint_stem(&run, 1);
-    models::checkpoint::save_model(&model.init_seeded::<Flex>(0, &FlexDevice), &stem).unwrap();
-    let meta = CheckpointMeta {
-        step: 1,
-        model,
-        task: TaskSpec::PathStar(PathStarParams { degree: 2, path_len: 3, nodes: 8, reverse: false }),
-        data: DataSpec { train: 0, test: 5, ..Default::default() },
-        objective: "ntp".into(),
-        teacherless: false,
-    };
-    std::fs::write(stem.with_extension("json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    let run = write_run(dir.path(), "", 10, 1, 5);
     let out = Command::cargo_bin("eval").unwrap().arg(&run).assert().failure().get_output().clone();
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("needs 17 positions but the model has 10"), "{err}");
@@ -78,21 +70,7 @@ fn a_test_file_too_long_for_the_model_is_an_error() {
 #[test]
 fn set_overrides_the_runs_eval_options_and_bad_ones_are_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
-    std::fs::write(run.join("config.toml"), "[eval]\nexamples = 20\n").unwrap();
-    let model = GptConfig::tiny(12, 17).with_d_model(32).with_d_ff(64);
-    let stem = checkpoint_stem(&run, 3);
-    models::checkpoint::save_model(&model.init_seeded::<Flex>(1, &FlexDevice), &stem).unwrap();
-    let meta = CheckpointMeta {
-        step: 3,
-        model,
-        task: TaskSpec::PathStar(PathStarParams { degree: 2, path_len: 3, nodes: 8, reverse: false }),
-        data: DataSpec { train: 0, test: 20, ..Default::default() },
-        objective: "ntp".into(),
-        teacherless: false,
-    };
-    std::fs::write(stem.with_extension("json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    let run = write_run(dir.path(), "[eval]\nexamples = 20\n", 17, 3, 20);
 
     let eval = |sets: &[&str]| {
         let mut cmd = Command::cargo_bin("eval").unwrap();
