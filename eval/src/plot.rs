@@ -64,6 +64,8 @@ pub struct LineChart {
     pub y_range: Option<(f64, f64)>,
     /// How many x ticks to aim for (integer axes: one per value).
     pub x_ticks: usize,
+    /// Legend in the upper right corner (for falling curves) instead of the lower right.
+    pub legend_top: bool,
 }
 
 /// A grouped bar chart: per group, one bar per measure.
@@ -155,7 +157,7 @@ fn draw_lines<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &LineChart) 
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::LowerRight)
+        .position(if c.legend_top { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight })
         .draw()?;
     root.present()
 }
@@ -323,6 +325,7 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
                 log2_x: false,
                 y_range: None,
                 x_ticks: 10,
+                legend_top: true,
             }),
         ));
     }
@@ -351,6 +354,7 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
                 log2_x: false,
                 y_range: Some((0.0, 1.02)),
                 x_ticks: positions_len,
+                legend_top: false,
             }),
         ));
     }
@@ -375,6 +379,7 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
                 log2_x: true,
                 y_range: Some((0.0, 1.02)),
                 x_ticks: 7,
+                legend_top: false,
             }),
         ));
     }
@@ -406,6 +411,7 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
                 log2_x: false,
                 y_range: None,
                 x_ticks: 10,
+                legend_top: false,
             }),
         ));
     }
@@ -443,6 +449,7 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
                 log2_x: false,
                 y_range: Some((0.0, top * 1.02)),
                 x_ticks: ticks,
+                legend_top: false,
             }),
         ));
     }
