@@ -272,21 +272,22 @@ fn mean_of(runs: &[&RunResult], key: &str) -> Option<f64> {
 /// runs), grouped as `eval compare` groups them.
 pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
     // A single run directory is plotted as a one-run sweep of its parent.
+    let dir = dir.canonicalize().with_context(|| format!("{} is not a directory", dir.display()))?;
     let (root, runs) = if dir.join("config.toml").is_file() {
-        let parent = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let parent = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
         let name = dir.file_name().and_then(|n| n.to_str()).context("a run directory has a name")?.to_string();
-        let (runs, _) = collect(&parent).or_else(|_| Ok::<_, anyhow::Error>((vec![], vec![])))?;
-        let runs: Vec<RunResult> = runs.into_iter().filter(|r| r.name == name).collect();
+        let (done, _) = collect(&parent)?;
+        let runs: Vec<RunResult> = done.into_iter().filter(|r| r.name == name).collect();
         if runs.is_empty() {
             bail!("{} has not finished (no eval.json of its last step)", dir.display());
         }
         (parent, runs)
     } else {
-        let (runs, _) = collect(dir)?;
+        let (runs, _) = collect(&dir)?;
         if runs.is_empty() {
             bail!("{} has no finished run yet", dir.display());
         }
-        (dir.to_path_buf(), runs)
+        (dir.clone(), runs)
     };
     let mut order: Vec<String> = Vec::new();
     let mut groups: BTreeMap<String, Vec<&RunResult>> = BTreeMap::new();
@@ -422,7 +423,10 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
         for r in &groups[g] {
             let Ok(text) = std::fs::read_to_string(root.join(&r.name).join("mi_analysis.json")) else { continue };
             let v: serde_json::Value = serde_json::from_str(&text).context("reading mi_analysis.json")?;
-            log_k = v["log_k"].as_f64().or(log_k);
+            log_k = match (log_k, v["log_k"].as_f64()) {
+                (Some(a), Some(b)) => Some(f64::max(a, b)),
+                (a, b) => a.or(b),
+            };
             for p in v["per_position"].as_array().into_iter().flatten() {
                 if let (Some(pos), Some(b)) = (p["position"].as_u64(), p["bound"].as_f64()) {
                     let e = sums.entry(pos).or_default();
@@ -437,7 +441,9 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
         }
     }
     if !mi.is_empty() {
+        // The ceiling is the largest log K of the runs; a bound can be negative on test rows.
         let top = log_k.unwrap_or(1.0);
+        let bottom = mi.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::min);
         let ticks = mi.iter().map(|s| s.points.len()).max().unwrap_or(1);
         figs.push((
             "mi_positions".into(),
@@ -447,7 +453,7 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
                 y_label: "bound (nats)".into(),
                 series: mi,
                 log2_x: false,
-                y_range: Some((0.0, top * 1.02)),
+                y_range: Some((bottom, top * 1.02)),
                 x_ticks: ticks,
                 legend_top: false,
             }),

@@ -38,7 +38,7 @@ pub struct PathStarDiagnostics {
 /// long-range tasks' curve).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DistancePoint {
-    /// Tokens between the last deciding token and the answer.
+    /// Positions from the last deciding token to the answer (index difference).
     pub distance: usize,
     /// Test examples at this distance.
     pub examples: usize,

@@ -106,8 +106,9 @@ pub trait Task: Send + Sync {
         None
     }
 
-    /// For long-range tasks: how many tokens separate the last token that decides the answer from
-    /// the answer, for accuracy-versus-distance curves. `None` for tasks without such a notion.
+    /// For long-range tasks: the distance in positions from the last token that decides the
+    /// answer to the answer (the answer's index minus that token's), for accuracy-versus-distance
+    /// curves. `None` for tasks without such a notion.
     fn distance(&self, _example: &Example) -> Option<usize> {
         None
     }

@@ -85,7 +85,8 @@ impl KeyRecall {
         Ok(KeyRecall { spec: TaskSpec::KeyRecall(params.clone()), params, vocab, query })
     }
 
-    /// Distance in tokens from the key to the answer, for accuracy-versus-distance curves.
+    /// Distance in positions from the key to the answer (the answer's index minus the key's),
+    /// for accuracy-versus-distance curves.
     pub fn distance(example: &Example) -> usize {
         example.prefix_len
     }
@@ -243,9 +244,10 @@ impl PrefixFunction {
         Ok(PrefixFunction { spec: TaskSpec::PrefixFunction(params.clone()), params, vocab, bar: m, eq: m + 1 })
     }
 
-    /// Distance in tokens from the last deciding token to the answer.
+    /// Distance in positions from the last deciding token to the answer (the answer's index
+    /// minus the deciding token's), as for key recall.
     pub fn distance(&self, example: &Example) -> usize {
-        example.prefix_len - self.params.k as usize
+        example.prefix_len + 1 - self.params.k as usize
     }
 }
 

@@ -219,7 +219,11 @@ fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: boo
         }
         return Ok(());
     }
-    let manifest = plan.execute(&trainer, jobs, |line| println!("{line}"))?;
+    // A closed stdout (`trainer sweep … | head`) must not panic a worker and stall the pool.
+    let manifest = plan.execute(&trainer, jobs, |line| {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "{line}");
+    })?;
     let count = |s: RunStatus| manifest.runs.iter().filter(|r| r.status == s).count();
     println!(
         "{}: {} done, {} failed, {} skipped; manifest {}; compare with `cargo run --release -p eval -- compare {}`",

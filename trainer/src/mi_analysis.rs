@@ -68,6 +68,9 @@ pub struct PositionBound {
     pub position: usize,
     /// log K − L_InfoNCE on the test rows, nats.
     pub bound: f64,
+    /// The ceiling at this position: the mean log of the candidates per query (below log K
+    /// where fewer than K rows of a batch reach this position, for targets of varying length).
+    pub log_k: f64,
     /// Test rows measured.
     pub rows: usize,
 }
@@ -100,7 +103,9 @@ pub struct MiAnalysis {
     pub critic_final_loss: f64,
     /// The bound per target position (positions with a future of at least one token).
     pub per_position: Vec<PositionBound>,
-    /// Tokens ordered by how many rows peak on them (at most 10).
+    /// Tokens ordered by how many rows peak on them (at most 10). Pointwise values are compared
+    /// as they are, so with targets of varying length a position that fewer rows reach (a lower
+    /// ceiling) peaks less often.
     pub peak_tokens: Vec<TokenPeak>,
 }
 
@@ -224,7 +229,7 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
     if n == 0 {
         bail!("the test split has fewer than K = {} rows", options.k);
     }
-    let mut per_pos: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
+    let mut per_pos: BTreeMap<usize, (f64, f64, usize)> = BTreeMap::new();
     let mut log_ks = Vec::new();
     let mut best: Vec<Option<(f64, u32)>> = vec![None; n];
     let mut by_token: BTreeMap<u32, (f64, usize)> = BTreeMap::new();
@@ -236,9 +241,10 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
             batch_terms(&critic, hidden, &batch.prefix_lens, &batch.lens(), options.horizon)
         {
             let loss: f64 = loss.into_scalar().elem();
-            let e = per_pos.entry(pos).or_insert((0.0, 0));
+            let e = per_pos.entry(pos).or_insert((0.0, 0.0, 0));
             e.0 += (log_k - loss) * pointwise.len() as f64;
-            e.1 += pointwise.len();
+            e.1 += log_k * pointwise.len() as f64;
+            e.2 += pointwise.len();
             log_ks.push(log_k);
             for (r, value) in pointwise {
                 let value: f64 = value.into_scalar().elem();
@@ -281,7 +287,12 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
         critic_final_loss,
         per_position: per_pos
             .into_iter()
-            .map(|(position, (sum, rows))| PositionBound { position, bound: sum / rows as f64, rows })
+            .map(|(position, (sum, ceiling, rows))| PositionBound {
+                position,
+                bound: sum / rows as f64,
+                log_k: ceiling / rows as f64,
+                rows,
+            })
             .collect(),
         peak_tokens,
     })

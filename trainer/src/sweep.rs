@@ -131,6 +131,16 @@ fn toml_value(v: &toml::Value) -> String {
     v.to_string()
 }
 
+/// `{sweep}` replaced by the sweep directory inside string values (before the value is written
+/// as TOML, so that the directory's characters are escaped like any string's).
+fn substitute(v: &toml::Value, sweep_dir: &str) -> toml::Value {
+    match v {
+        toml::Value::String(s) => toml::Value::String(s.replace("{sweep}", sweep_dir)),
+        toml::Value::Array(a) => toml::Value::Array(a.iter().map(|x| substitute(x, sweep_dir)).collect()),
+        other => other.clone(),
+    }
+}
+
 /// A value as it goes into a run name: bare, with anything but `[A-Za-z0-9._]` replaced.
 fn name_value(v: &toml::Value) -> String {
     let raw = match v {
@@ -210,7 +220,7 @@ impl Plan {
                         .iter()
                         .chain(combo)
                         .chain(&own)
-                        .map(|(k, v)| format!("{k}={}", toml_value(v).replace("{sweep}", &sweep_dir)))
+                        .map(|(k, v)| format!("{k}={}", toml_value(&substitute(v, &sweep_dir))))
                         .collect();
                     overrides.push(format!("seeds.model={seed}"));
                     overrides.push(format!("seeds.data={seed}"));
@@ -412,7 +422,7 @@ impl Plan {
         };
         let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         std::thread::scope(|scope| {
-            for _ in 0..jobs.max(1) {
+            for _ in 0..jobs.clamp(1, n.max(1)) {
                 let state = Arc::clone(&state);
                 let (report, first_error, next) = (&report, &first_error, &next);
                 scope.spawn(move || {
@@ -495,6 +505,12 @@ impl Plan {
     /// order, each after the previous one succeeded. `trainer` is the binary the scripts call
     /// (overridable with `$TRAINER`), `root` the directory config paths are relative to.
     pub fn slurm(&self, trainer: &Path, root: &Path) -> Result<Vec<(String, String)>> {
+        let out = root.join(&self.dir).display().to_string();
+        if out.contains(char::is_whitespace) {
+            bail!(
+                "the sweep directory {out} contains whitespace, which #SBATCH --output cannot take; choose another --out"
+            );
+        }
         let mut files = Vec::new();
         let phases = self.phases()?;
         let mut submit = String::from(
@@ -521,8 +537,8 @@ impl Plan {
                 phases.len()
             );
             let _ = writeln!(s, "set -euo pipefail");
-            let _ = writeln!(s, "TRAINER=${{TRAINER:-{}}}", trainer.display());
-            let _ = writeln!(s, "cd {}", root.display());
+            let _ = writeln!(s, "TRAINER=${{TRAINER:-{}}}", shell_quote(&trainer.display().to_string()));
+            let _ = writeln!(s, "cd {}", shell_quote(&root.display().to_string()));
             let _ = writeln!(s, "case \"$SLURM_ARRAY_TASK_ID\" in");
             for (task, &i) in runs.iter().enumerate() {
                 let r = &self.runs[i];
@@ -555,6 +571,8 @@ impl Plan {
             } else {
                 let _ = writeln!(submit, "job=$(sbatch --parsable --dependency=afterok:\"$job\" {file})");
             }
+            // `--parsable` prints `jobid` or `jobid;cluster`.
+            let _ = writeln!(submit, "job=${{job%%;*}}");
         }
         let _ = writeln!(submit, "echo \"submitted; the last phase is job $job\"");
         files.push(("submit.sh".into(), submit));

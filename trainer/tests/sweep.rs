@@ -71,11 +71,14 @@ fn a_grid_expands_into_every_combination_and_seed() {
         ws.path(),
         &GRID_2X2.replace("seeds = [0]", "seeds = [0, 1]").replace(
             "[[runs]]",
-            "[[runs]]\nconfig = \"$DIR/teacherless.toml\"\nname = \"tl\"\nseeds = [5]\ngrid = false\n[[runs]]",
+            "[[runs]]\nconfig = \"$DIR/teacherless.toml\"\nname = \"tl\"\nseeds = [5]\ngrid = false\n\
+             set = { \"data.test_file\" = \"{sweep}/ntp-lr0.001-nodes8-s0/test.jsonl\" }\n[[runs]]",
         ),
     );
     let file = sweep_file(ws.path(), &std::fs::read_to_string(&file).unwrap());
-    let plan = Plan::load(&file, Some(&ws.path().join("out"))).unwrap();
+    // A sweep directory with a quote in its name: `{sweep}` goes in as a TOML string, escaped.
+    let out = ws.path().join("o\"ut");
+    let plan = Plan::load(&file, Some(&out)).unwrap();
     let names: Vec<&str> = plan.runs.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
@@ -97,8 +100,24 @@ fn a_grid_expands_into_every_combination_and_seed() {
         r.overrides,
         ["schedule.steps=4", "optimizer.lr=0.001", "task.nodes=10", "seeds.model=1", "seeds.data=1"]
     );
-    assert_eq!(plan.runs[0].overrides, ["schedule.steps=4", "seeds.model=5", "seeds.data=5"]);
-    assert_eq!(plan.phases().unwrap(), vec![(0..9).collect::<Vec<_>>()]);
+    // (TOML writes a string holding `"` as a literal string, in single quotes.)
+    let test_file = out.join("ntp-lr0.001-nodes8-s0/test.jsonl").display().to_string();
+    assert_eq!(
+        plan.runs[0].overrides,
+        [
+            "schedule.steps=4".to_string(),
+            format!("data.test_file='{test_file}'"),
+            "seeds.model=5".into(),
+            "seeds.data=5".into()
+        ]
+    );
+    // tl reads a run of the grid, so it comes in a second phase.
+    assert_eq!(plan.runs[0].after, ["ntp-lr0.001-nodes8-s0"]);
+    assert_eq!(plan.phases().unwrap(), vec![(1..9).collect::<Vec<_>>(), vec![0]]);
+    // Slurm cannot take whitespace in its output path.
+    let spaced = Plan::load(&file, Some(&ws.path().join("o ut"))).unwrap();
+    let err = format!("{:#}", spaced.slurm(Path::new("/t"), Path::new("/r")).unwrap_err());
+    assert!(err.contains("whitespace"), "{err}");
 }
 
 #[test]

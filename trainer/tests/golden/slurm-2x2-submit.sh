@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 job=$(sbatch --parsable phase1.sh)
+job=${job%%;*}
 echo "submitted; the last phase is job $job"
