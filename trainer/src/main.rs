@@ -8,18 +8,80 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use burn::backend::flex::FlexDevice;
 use burn::backend::{Autodiff, Flex};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use sha2::{Digest, Sha256};
 use trainer::{RunConfig, TrainOptions};
 
-/// The backend of this build: burn's pure-Rust CPU backend with autodiff.
-type Backend = Autodiff<Flex>;
+/// Where training runs. Only `flex` is in every build; the GPU backends come with the cargo
+/// features of the same names (`cargo build --release -p trainer --features wgpu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Device {
+    /// burn's pure-Rust CPU backend (the default; what the tests use).
+    Flex,
+    /// WGPU on the default adapter (laptop GPUs; feature `wgpu`).
+    Wgpu,
+    /// WGPU on a CPU adapter, e.g. Mesa's lavapipe (feature `wgpu`).
+    WgpuCpu,
+    /// CUDA (feature `cuda`).
+    Cuda,
+}
+
+impl Device {
+    fn feature(self) -> &'static str {
+        match self {
+            Device::Flex => "flex",
+            Device::Wgpu | Device::WgpuCpu => "wgpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// Runs `$body` with `$B` the autodiff backend and `$dev` the device that `$device` names; a
+/// backend this build does not have is an error that says which feature brings it.
+macro_rules! on_device {
+    ($device:expr, |$B:ident, $dev:ident| $body:expr) => {{
+        match $device {
+            Device::Flex => {
+                type $B = Autodiff<Flex>;
+                let $dev = FlexDevice;
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu => {
+                type $B = Autodiff<burn::backend::Wgpu>;
+                let $dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            Device::WgpuCpu => {
+                type $B = Autodiff<burn::backend::Wgpu>;
+                let $dev = burn::backend::wgpu::WgpuDevice::Cpu;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda => {
+                type $B = Autodiff<burn::backend::Cuda>;
+                let $dev = burn::backend::cuda::CudaDevice::default();
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(anyhow::anyhow!(
+                "this trainer was built without the {} backend: build it with `--features {}`",
+                other.feature(),
+                other.feature()
+            )),
+        }
+    }};
+}
 
 #[derive(Parser)]
 #[command(name = "trainer", version, about = "Train lab models with competing objectives.")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Backend to train on.
+    #[arg(long, global = true, value_enum, default_value_t = Device::Flex)]
+    device: Device,
 }
 
 #[derive(Subcommand)]
@@ -120,7 +182,7 @@ fn default_run_dir(config: &RunConfig) -> PathBuf {
     Path::new("runs").join(format!("{}-{}-{}-{short}", today(), config.task.name(), config.objective.name()))
 }
 
-fn command_line() -> String {
+fn command_line(device: Device) -> String {
     let argv: Vec<String> = std::env::args().collect();
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -129,23 +191,35 @@ fn command_line() -> String {
         .filter(|o| o.status.success())
         .map_or("unknown".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     format!(
-        "command: {}\ncommit: {commit}\ndevice: flex (CPU, {} threads)\nfeatures: flex\ntrainer: {}\n",
+        "command: {}\ncommit: {commit}\ndevice: {} ({} CPU threads)\nfeatures: {}\ntrainer: {}\n",
         argv.join(" "),
+        format!("{device:?}").to_lowercase(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        [
+            "flex",
+            #[cfg(feature = "wgpu")]
+            "wgpu",
+            #[cfg(feature = "cuda")]
+            "cuda"
+        ]
+        .join(" "),
         env!("CARGO_PKG_VERSION")
     )
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let device = cli.device;
     let (config, overrides, out, resume, quiet) = match cli.cmd {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
-        Cmd::Probe { run, examples } => return probe(&run, examples),
+        Cmd::Probe { run, examples } => return probe(&run, examples, device),
         Cmd::Mi { run, k, horizon, steps, examples, lr, seed } => {
             let options =
                 trainer::mi_analysis::MiAnalysisOptions { k, horizon, steps, examples, lr, seed, ..Default::default() };
-            return mi(&run, &options);
+            return mi(&run, &options, device);
         }
-        Cmd::Sweep { file, jobs, out, slurm, dry_run } => return sweep(&file, jobs, out.as_deref(), slurm, dry_run),
+        Cmd::Sweep { file, jobs, out, slurm, dry_run } => {
+            return sweep(&file, jobs, out.as_deref(), slurm, dry_run, device);
+        }
     };
     let (config, run, resuming) = match resume {
         Some(run) => {
@@ -165,14 +239,14 @@ fn run(cli: Cli) -> Result<()> {
     let options = TrainOptions { progress: !quiet, stop_after: None };
     if !resuming {
         std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
-        std::fs::write(run.join("command.txt"), command_line()).context("writing command.txt")?;
+        std::fs::write(run.join("command.txt"), command_line(device)).context("writing command.txt")?;
     } else {
         let mut text = std::fs::read_to_string(run.join("command.txt")).unwrap_or_default();
-        text.push_str(&format!("resumed: {}", command_line()));
+        text.push_str(&format!("resumed: {}", command_line(device)));
         std::fs::write(run.join("command.txt"), text).context("writing command.txt")?;
     }
     println!("{} {}", if resuming { "resuming" } else { "training in" }, run.display());
-    let outcome = trainer::train::<Backend>(&config, &run, resuming, &FlexDevice, &options)?;
+    let outcome = on_device!(device, |B, dev| trainer::train::<B>(&config, &run, resuming, &dev, &options))?;
     println!(
         "{} steps of {} on {} in {:.1} s ({:.3} s per step, data loading and evaluation included)",
         outcome.step,
@@ -188,10 +262,14 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: bool) -> Result<()> {
+fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: bool, device: Device) -> Result<()> {
     use eval::sweep::RunStatus;
 
-    let plan = trainer::sweep::Plan::load(file, out)?;
+    let mut plan = trainer::sweep::Plan::load(file, out)?;
+    if device != Device::Flex {
+        let name = device.to_possible_value().expect("every device has a name").get_name().to_string();
+        plan.trainer_args = vec!["--device".into(), name];
+    }
     let trainer = std::env::current_exe().context("locating the trainer binary")?;
     if slurm {
         let root = std::env::current_dir().context("reading the working directory")?;
@@ -240,8 +318,8 @@ fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: boo
     Ok(())
 }
 
-fn mi(run: &Path, options: &trainer::mi_analysis::MiAnalysisOptions) -> Result<()> {
-    let analysis = trainer::mi_analysis::analyse::<Backend>(run, options, &FlexDevice)?;
+fn mi(run: &Path, options: &trainer::mi_analysis::MiAnalysisOptions, device: Device) -> Result<()> {
+    let analysis = on_device!(device, |B, dev| trainer::mi_analysis::analyse::<B>(run, options, &dev))?;
     println!("{} at step {}", run.display(), analysis.step);
     print!("{}", analysis.table());
     let path = run.join("mi_analysis.json");
@@ -250,8 +328,8 @@ fn mi(run: &Path, options: &trainer::mi_analysis::MiAnalysisOptions) -> Result<(
     Ok(())
 }
 
-fn probe(run: &std::path::Path, examples: usize) -> Result<()> {
-    let p = trainer::probe::probe_bow::<Backend>(run, examples, &FlexDevice)?;
+fn probe(run: &std::path::Path, examples: usize, device: Device) -> Result<()> {
+    let p = on_device!(device, |B, dev| trainer::probe::probe_bow::<B>(run, examples, &dev))?;
     println!(
         "{}: bag-of-words head, exact recovery of the bag of x_(t+2..) per predicted target position",
         run.display()

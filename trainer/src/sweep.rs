@@ -113,6 +113,8 @@ pub struct Plan {
     pub dir: PathBuf,
     /// The runs, in expansion order (entries, then grid combinations, then seeds).
     pub runs: Vec<PlannedRun>,
+    /// Arguments every trainer invocation of the sweep gets (e.g. `--device wgpu`).
+    pub trainer_args: Vec<String>,
 }
 
 /// Flattens nested tables into dotted keys: `{schedule = {steps = 3}}` → `schedule.steps = 3`.
@@ -262,7 +264,7 @@ impl Plan {
             config.task.build().with_context(|| format!("sweep run {}", r.name))?;
             r.steps = config.schedule.steps;
         }
-        let plan = Plan { name, file: file.to_path_buf(), dir, runs };
+        let plan = Plan { name, file: file.to_path_buf(), dir, runs, trainer_args: Vec::new() };
         plan.phases()?; // rejects cycles
         Ok(plan)
     }
@@ -351,15 +353,18 @@ impl Plan {
     /// else `train --config ... --out ...`.
     fn train_args(&self, run: &PlannedRun) -> Vec<String> {
         let dir = self.dir.join(&run.name).display().to_string();
-        if started(&self.dir.join(&run.name)) {
-            return vec!["train".into(), "--resume".into(), dir, "--quiet".into()];
-        }
-        let mut args = vec!["train".into(), "--config".into(), run.config.display().to_string()];
-        for o in &run.overrides {
-            args.push("--set".into());
-            args.push(o.clone());
-        }
-        args.extend(["--out".into(), dir, "--quiet".into()]);
+        let mut args: Vec<String> = if started(&self.dir.join(&run.name)) {
+            vec!["train".into(), "--resume".into(), dir, "--quiet".into()]
+        } else {
+            let mut args = vec!["train".into(), "--config".into(), run.config.display().to_string()];
+            for o in &run.overrides {
+                args.push("--set".into());
+                args.push(o.clone());
+            }
+            args.extend(["--out".into(), dir, "--quiet".into()]);
+            args
+        };
+        args.extend(self.trainer_args.iter().cloned());
         args
     }
 
@@ -560,11 +565,12 @@ impl Plan {
                 s,
                 "if [ -f \"$run/checkpoints/$(printf 'step_%06d' \"$steps\").json\" ]; then echo \"$run: done already\"; exit 0; fi"
             );
+            let extra: String = self.trainer_args.iter().map(|a| format!(" {}", shell_quote(a))).collect();
             let _ = writeln!(
                 s,
-                "if compgen -G \"$run/checkpoints/step_*.json\" > /dev/null; then exec \"$TRAINER\" train --resume \"$run\" --quiet; fi"
+                "if compgen -G \"$run/checkpoints/step_*.json\" > /dev/null; then exec \"$TRAINER\" train --resume \"$run\" --quiet{extra}; fi"
             );
-            let _ = writeln!(s, "exec \"$TRAINER\" train \"${{args[@]}}\" --out \"$run\" --quiet");
+            let _ = writeln!(s, "exec \"$TRAINER\" train \"${{args[@]}}\" --out \"$run\" --quiet{extra}");
             files.push((file.clone(), s));
             if p == 0 {
                 let _ = writeln!(submit, "job=$(sbatch --parsable {file})");

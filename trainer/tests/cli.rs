@@ -79,3 +79,22 @@ fn a_short_run_writes_a_complete_run_directory() {
     assert_eq!(eval["step"], 6);
     assert_eq!(eval["examples"], 20);
 }
+
+#[cfg(not(feature = "wgpu"))]
+#[test]
+fn a_backend_this_build_lacks_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, CONFIG).unwrap();
+    let err = fails(
+        Command::cargo_bin("trainer")
+            .unwrap()
+            .args(["train", "--config"])
+            .arg(&path)
+            .args(["--device", "wgpu-cpu", "--out"])
+            .arg(dir.path().join("run")),
+    );
+    assert!(err.contains("built without the wgpu backend") && err.contains("--features wgpu"), "{err}");
+    let err = fails(Command::cargo_bin("trainer").unwrap().args(["train", "--device", "tpu"]));
+    assert!(err.contains("tpu"), "{err}");
+}
