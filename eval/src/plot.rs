@@ -216,28 +216,21 @@ fn bounds(xs: impl Iterator<Item = f64>) -> (f64, f64) {
     if hi > lo { (lo, hi) } else { (lo - 0.5, hi + 0.5) }
 }
 
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> DrawResult<DB> {
+    match figure {
+        Figure::Lines(c) => draw_lines(root, c),
+        Figure::Bars(c) => draw_bars(root, c),
+    }
+}
+
 /// Writes `figure` as `<stem>.png` and `<stem>.svg`.
 pub fn write(figure: &Figure, stem: &Path) -> Result<Vec<PathBuf>> {
     register_font();
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
     let fail = |p: &Path, e: String| anyhow::anyhow!("drawing {}: {e}", p.display());
-    {
-        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-        match figure {
-            Figure::Lines(c) => draw_lines(&root, c),
-            Figure::Bars(c) => draw_bars(&root, c),
-        }
-        .map_err(|e| fail(&png, e.to_string()))?;
-    }
-    {
-        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-        match figure {
-            Figure::Lines(c) => draw_lines(&root, c),
-            Figure::Bars(c) => draw_bars(&root, c),
-        }
-        .map_err(|e| fail(&svg, e.to_string()))?;
-    }
+    draw(&BitMapBackend::new(&png, SIZE).into_drawing_area(), figure).map_err(|e| fail(&png, e.to_string()))?;
+    draw(&SVGBackend::new(&svg, SIZE).into_drawing_area(), figure).map_err(|e| fail(&svg, e.to_string()))?;
     Ok(vec![png, svg])
 }
 

@@ -283,8 +283,7 @@ fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: boo
         return Ok(());
     }
     if dry_run {
-        plan.prepare(&Default::default())?;
-        let manifest = plan.manifest(&Default::default());
+        let manifest = plan.prepare(&Default::default())?;
         for r in &manifest.runs {
             let after = if r.after.is_empty() { String::new() } else { format!(" (after {})", r.after.join(", ")) };
             println!(

@@ -115,16 +115,39 @@ struct Critic<B: burn::tensor::backend::Backend> {
     scorer: Scorer<B>,
 }
 
-/// Per target position: the InfoNCE loss, log K, and each row's pointwise bound, for one batch
-/// of frozen hidden states `[b, t, d]`.
-#[allow(clippy::type_complexity)]
+/// One target position's InfoNCE term in one batch.
+struct Term<B: burn::tensor::backend::Backend> {
+    /// The target position.
+    position: usize,
+    /// The InfoNCE loss.
+    loss: Tensor<B, 1>,
+    /// log of the candidates per query.
+    log_k: f64,
+    /// The batch rows that reach this position, in the order of `scores`.
+    rows: Vec<usize>,
+    /// Scores of every row's state against every row's summary, `[n, n]`.
+    scores: Tensor<B, 2>,
+}
+
+impl<B: burn::tensor::backend::Backend> Term<B> {
+    /// Each row's pointwise bound, log n + log softmax(scores)[i, i], read in one transfer
+    /// (only measurement needs it; training uses the loss alone).
+    fn pointwise(&self) -> Vec<f64> {
+        let n = self.rows.len();
+        let m = log_softmax(self.scores.clone(), 1).into_data().convert::<f32>().to_vec::<f32>().expect("f32 scores");
+        (0..n).map(|i| m[i * n + i] as f64 + (n as f64).ln()).collect()
+    }
+}
+
+/// The InfoNCE terms of every target position with a future, for one batch of frozen hidden
+/// states `[b, t, d]`.
 fn batch_terms<B: burn::tensor::backend::Backend>(
     critic: &Critic<B>,
     hidden: Tensor<B, 3>,
     prefix_lens: &[usize],
     lens: &[usize],
     horizon: usize,
-) -> Vec<(usize, Tensor<B, 1>, f64, Vec<(usize, Tensor<B, 1>)>)> {
+) -> Vec<Term<B>> {
     let [b, t, d] = hidden.dims();
     let device = hidden.device();
     let window = future_window(lens, t, horizon);
@@ -133,14 +156,14 @@ fn batch_terms<B: burn::tensor::backend::Backend>(
     let (flat_h, flat_f) = (hidden.reshape([b * t, d]), summaries.reshape([b * t, s]));
     let longest = prefix_lens.iter().zip(lens).map(|(p, l)| l - p).max().unwrap_or(0);
     let mut out = Vec::new();
-    for pos in 1..=longest {
+    for position in 1..=longest {
         // Rows where h_t (the input t = p + pos − 2 predicting target token pos) has a future:
         // t + 1 <= len − 2, the last input.
-        let rows: Vec<usize> = (0..b).filter(|&r| prefix_lens[r] + pos + 1 <= lens[r]).collect();
+        let rows: Vec<usize> = (0..b).filter(|&r| prefix_lens[r] + position + 1 <= lens[r]).collect();
         if rows.len() < 2 {
             continue;
         }
-        let index: Vec<i32> = rows.iter().map(|&r| (r * t + prefix_lens[r] + pos - 2) as i32).collect();
+        let index: Vec<i32> = rows.iter().map(|&r| (r * t + prefix_lens[r] + position - 2) as i32).collect();
         let n = index.len();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
         let h = flat_h.clone().select(0, index.clone());
@@ -148,13 +171,7 @@ fn batch_terms<B: burn::tensor::backend::Backend>(
         let scores = critic.scorer.scores(h, f);
         let seq: Vec<usize> = (0..n).collect();
         let (loss, log_k) = info_nce(scores.clone(), 1.0, Negatives::Batch, &seq);
-        let diag = log_softmax(scores, 1);
-        let pointwise: Vec<(usize, Tensor<B, 1>)> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, &r)| (r, diag.clone().slice([i..i + 1, i..i + 1]).reshape([1]) + (n as f64).ln()))
-            .collect();
-        out.push((pos, loss, log_k, pointwise));
+        out.push(Term { position, loss, log_k, rows, scores });
     }
     out
 }
@@ -215,7 +232,7 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
             bail!("no target position of this task has a future to summarise");
         }
         let count = terms.len() as f64;
-        let loss = terms.into_iter().map(|(_, l, _, _)| l).reduce(|a, b| a + b).expect("non-empty") / count;
+        let loss = terms.into_iter().map(|term| term.loss).reduce(|a, b| a + b).expect("non-empty") / count;
         recent.push(loss.clone().into_scalar().elem::<f64>());
         let grads = GradientsParams::from_grads(loss.backward(), &critic);
         critic = optim.step(options.lr, critic, grads);
@@ -237,18 +254,17 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
         let rows: Vec<&Example> = chunk.iter().collect();
         let batch = Batch::<B::InnerBackend>::new(&rows, pad, device);
         let hidden = gpt.forward(batch.inputs.clone()).hidden;
-        for (pos, loss, log_k, pointwise) in
-            batch_terms(&critic, hidden, &batch.prefix_lens, &batch.lens(), options.horizon)
-        {
-            let loss: f64 = loss.into_scalar().elem();
+        for term in batch_terms(&critic, hidden, &batch.prefix_lens, &batch.lens(), options.horizon) {
+            let (pos, log_k, rows) = (term.position, term.log_k, term.rows.len());
+            let pointwise = term.pointwise();
+            let loss: f64 = term.loss.into_scalar().elem();
             let e = per_pos.entry(pos).or_insert((0.0, 0.0, 0));
-            e.0 += (log_k - loss) * pointwise.len() as f64;
-            e.1 += log_k * pointwise.len() as f64;
-            e.2 += pointwise.len();
+            e.0 += (log_k - loss) * rows as f64;
+            e.1 += log_k * rows as f64;
+            e.2 += rows;
             log_ks.push(log_k);
-            for (r, value) in pointwise {
-                let value: f64 = value.into_scalar().elem();
-                let ex = chunk[r].clone();
+            for (&r, value) in term.rows.iter().zip(pointwise) {
+                let ex = &chunk[r];
                 let token = ex.tokens[ex.prefix_len + pos - 2];
                 let t = by_token.entry(token).or_insert((0.0, 0));
                 t.0 += value;
@@ -364,7 +380,7 @@ mod tests {
         let bound = |critic: &Critic<B>, v: &[f32]| -> f64 {
             let terms = batch_terms(critic, states(v), &prefix, &lens, 2);
             assert_eq!(terms.len(), 4);
-            terms.iter().map(|(_, l, log_k, _)| log_k - l.clone().into_scalar().elem::<f64>()).sum::<f64>() / 4.0
+            terms.iter().map(|t| t.log_k - t.loss.clone().into_scalar().elem::<f64>()).sum::<f64>() / 4.0
         };
         let test = draw(&mut rng);
         let before = bound(&critic, &test);
@@ -373,7 +389,7 @@ mod tests {
         for _ in 0..150 {
             let v = draw(&mut rng);
             let terms = batch_terms(&critic, states(&v), &prefix, &lens, 2);
-            let loss = terms.into_iter().map(|(_, l, _, _)| l).reduce(|a, b| a + b).unwrap() / 4.0;
+            let loss = terms.into_iter().map(|t| t.loss).reduce(|a, b| a + b).unwrap() / 4.0;
             let grads = GradientsParams::from_grads(loss.backward(), &critic);
             critic = optim.step(3e-3, critic, grads);
         }

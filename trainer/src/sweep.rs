@@ -368,12 +368,15 @@ impl Plan {
         args
     }
 
-    /// Creates the sweep directory and writes its manifest and a copy of the sweep file.
-    pub fn prepare(&self, failed: &BTreeMap<String, RunStatus>) -> Result<()> {
+    /// Creates the sweep directory and writes its manifest and a copy of the sweep file;
+    /// returns the manifest written.
+    pub fn prepare(&self, failed: &BTreeMap<String, RunStatus>) -> Result<Manifest> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         std::fs::copy(&self.file, self.dir.join("sweep.toml"))
             .with_context(|| format!("copying {} into {}", self.file.display(), self.dir.display()))?;
-        self.manifest(failed).write(&self.dir)
+        let manifest = self.manifest(failed);
+        manifest.write(&self.dir)?;
+        Ok(manifest)
     }
 
     /// Runs every unfinished run with `jobs` trainer processes at a time (`trainer` is the
@@ -381,10 +384,10 @@ impl Plan {
     /// interrupted ones resumed. Returns the final manifest.
     pub fn execute(&self, trainer: &Path, jobs: usize, report: impl Fn(&str) + Sync) -> Result<Manifest> {
         let failed = BTreeMap::new();
-        self.prepare(&failed)?;
+        // The manifest written first holds every run's status as its directory stands.
+        let initial: Vec<RunStatus> = self.prepare(&failed)?.runs.iter().map(|r| r.status).collect();
         let n = self.runs.len();
         let index: HashMap<&str, usize> = self.runs.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
-        let initial: Vec<RunStatus> = self.runs.iter().map(|r| self.status_of(r)).collect();
         let done = initial.iter().filter(|s| **s == RunStatus::Done).count();
         report(&format!("sweep {}: {n} runs, {done} already done, {} to run, {jobs} at a time", self.name, n - done));
         struct State {
