@@ -12,6 +12,7 @@ pub mod batch;
 pub mod compare;
 pub mod creativity;
 pub mod decode;
+pub mod device;
 pub mod pass_at_k;
 pub mod plot;
 pub mod report;
@@ -21,6 +22,7 @@ pub mod sweep;
 
 pub use batch::Batch;
 pub use creativity::{Diversity, TrainingTargets};
+pub use device::Device;
 pub use pass_at_k::PassAtK;
 pub use report::{DistancePoint, EvalReport, Failure, PathStarDiagnostics, Scores};
 pub use sample::Sampling;

@@ -12,10 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use burn::backend::Flex;
-use burn::backend::flex::FlexDevice;
 use clap::{Parser, Subcommand};
-use eval::run_dir;
+use eval::{Device, on_device, run_dir};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +43,9 @@ struct Cli {
     /// `diversity.sampling.temperature=1.0`, `seed=3`, ...
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Backend to evaluate on (`wgpu`, `wgpu-cpu` and `cuda` need a build with that feature).
+    #[arg(long, value_enum, default_value_t = Device::Flex)]
+    device: Device,
 }
 
 #[derive(Subcommand)]
@@ -119,10 +120,11 @@ fn run(cli: Cli) -> Result<()> {
             meta.model.max_seq_len
         );
     }
-    let device = FlexDevice;
-    let model = models::checkpoint::load_model::<Flex>(&meta.model, &stem, &device)
-        .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;
-    let report = eval::evaluate(&model, loaded.task.as_ref(), &loaded.test, &train, &options);
+    let report = on_device!(cli.device, "eval", |B, device| {
+        let model = models::checkpoint::load_model::<B>(&meta.model, &stem, &device)
+            .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;
+        anyhow::Ok(eval::evaluate(&model, loaded.task.as_ref(), &loaded.test, &train, &options))
+    })?;
     run_dir::write_report(&run, step, &report)?;
     println!("{} at step {step}, {}", run.display(), meta.objective);
     print!("{}", report.table());

@@ -98,3 +98,20 @@ fn set_overrides_the_runs_eval_options_and_bad_ones_are_errors() {
         assert!(err.starts_with("error: ") && err.contains(says), "{set}: {err}");
     }
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_backend_this_build_lacks_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = write_run(dir.path(), "", 17, 1, 5);
+    let out = Command::cargo_bin("eval")
+        .unwrap()
+        .arg(&run)
+        .args(["--device", "cuda"])
+        .assert()
+        .failure()
+        .get_output()
+        .clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("eval was built without the cuda backend") && err.contains("--features cuda"), "{err}");
+}

@@ -8,4 +8,4 @@
 pub mod checkpoint;
 pub mod gpt;
 
-pub use gpt::{Block, Gpt, GptConfig, GptOutput, KvCache, seeded};
+pub use gpt::{Block, Gpt, GptConfig, GptOutput, KvCache, seeded, transfer};

@@ -6,73 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use burn::backend::flex::FlexDevice;
-use burn::backend::{Autodiff, Flex};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use eval::{Device, on_device};
 use sha2::{Digest, Sha256};
 use trainer::{RunConfig, TrainOptions};
-
-/// Where training runs. Only `flex` is in every build; the GPU backends come with the cargo
-/// features of the same names (`cargo build --release -p trainer --features wgpu`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Device {
-    /// burn's pure-Rust CPU backend (the default; what the tests use).
-    Flex,
-    /// WGPU on the default adapter (laptop GPUs; feature `wgpu`).
-    Wgpu,
-    /// WGPU on a CPU adapter, e.g. Mesa's lavapipe (feature `wgpu`).
-    WgpuCpu,
-    /// CUDA (feature `cuda`).
-    Cuda,
-}
-
-impl Device {
-    fn feature(self) -> &'static str {
-        match self {
-            Device::Flex => "flex",
-            Device::Wgpu | Device::WgpuCpu => "wgpu",
-            Device::Cuda => "cuda",
-        }
-    }
-}
-
-/// Runs `$body` with `$B` the autodiff backend and `$dev` the device that `$device` names; a
-/// backend this build does not have is an error that says which feature brings it.
-macro_rules! on_device {
-    ($device:expr, |$B:ident, $dev:ident| $body:expr) => {{
-        match $device {
-            Device::Flex => {
-                type $B = Autodiff<Flex>;
-                let $dev = FlexDevice;
-                $body
-            }
-            #[cfg(feature = "wgpu")]
-            Device::Wgpu => {
-                type $B = Autodiff<burn::backend::Wgpu>;
-                let $dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
-                $body
-            }
-            #[cfg(feature = "wgpu")]
-            Device::WgpuCpu => {
-                type $B = Autodiff<burn::backend::Wgpu>;
-                let $dev = burn::backend::wgpu::WgpuDevice::Cpu;
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            Device::Cuda => {
-                type $B = Autodiff<burn::backend::Cuda>;
-                let $dev = burn::backend::cuda::CudaDevice::default();
-                $body
-            }
-            #[allow(unreachable_patterns)]
-            other => Err(anyhow::anyhow!(
-                "this trainer was built without the {} backend: build it with `--features {}`",
-                other.feature(),
-                other.feature()
-            )),
-        }
-    }};
-}
 
 #[derive(Parser)]
 #[command(name = "trainer", version, about = "Train lab models with competing objectives.")]
@@ -246,7 +183,8 @@ fn run(cli: Cli) -> Result<()> {
         std::fs::write(run.join("command.txt"), text).context("writing command.txt")?;
     }
     println!("{} {}", if resuming { "resuming" } else { "training in" }, run.display());
-    let outcome = on_device!(device, |B, dev| trainer::train::<B>(&config, &run, resuming, &dev, &options))?;
+    let outcome =
+        on_device!(autodiff device, "trainer", |B, dev| trainer::train::<B>(&config, &run, resuming, &dev, &options))?;
     println!(
         "{} steps of {} on {} in {:.1} s ({:.3} s per step, data loading and evaluation included)",
         outcome.step,
@@ -267,8 +205,7 @@ fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: boo
 
     let mut plan = trainer::sweep::Plan::load(file, out)?;
     if device != Device::Flex {
-        let name = device.to_possible_value().expect("every device has a name").get_name().to_string();
-        plan.trainer_args = vec!["--device".into(), name];
+        plan.trainer_args = vec!["--device".into(), device.name()];
     }
     let trainer = std::env::current_exe().context("locating the trainer binary")?;
     if slurm {
@@ -318,7 +255,8 @@ fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: boo
 }
 
 fn mi(run: &Path, options: &trainer::mi_analysis::MiAnalysisOptions, device: Device) -> Result<()> {
-    let analysis = on_device!(device, |B, dev| trainer::mi_analysis::analyse::<B>(run, options, &dev))?;
+    let analysis =
+        on_device!(autodiff device, "trainer", |B, dev| trainer::mi_analysis::analyse::<B>(run, options, &dev))?;
     println!("{} at step {}", run.display(), analysis.step);
     print!("{}", analysis.table());
     let path = run.join("mi_analysis.json");
@@ -328,7 +266,7 @@ fn mi(run: &Path, options: &trainer::mi_analysis::MiAnalysisOptions, device: Dev
 }
 
 fn probe(run: &std::path::Path, examples: usize, device: Device) -> Result<()> {
-    let p = on_device!(device, |B, dev| trainer::probe::probe_bow::<B>(run, examples, &dev))?;
+    let p = on_device!(autodiff device, "trainer", |B, dev| trainer::probe::probe_bow::<B>(run, examples, &dev))?;
     println!(
         "{}: bag-of-words head, exact recovery of the bag of x_(t+2..) per predicted target position",
         run.display()

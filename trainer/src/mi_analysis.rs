@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use burn::backend::Flex;
+use burn::backend::flex::FlexDevice;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
@@ -197,14 +199,16 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
     // The bilinear score is a product of three maps; at GPT-2's 0.02 its gradients start
     // vanishingly small, so the critic is drawn at the 1/sqrt(fan-in) scale.
     let std = (1.0 / d as f64).sqrt();
-    let critic: Critic<B> = models::seeded::<B, _>(options.seed, device, || {
-        let c = Critic {
-            encoder: FutureEncoder::new(PoolerKind::Mean, d, options.summary_dim, std, device),
-            scorer: Scorer::new(ScorerKind::Bilinear, d, options.summary_dim, std, device),
-        };
-        let _ = c.num_params();
-        c
-    });
+    fn critic<C: burn::tensor::backend::Backend>(d: usize, dim: usize, std: f64, device: &C::Device) -> Critic<C> {
+        Critic {
+            encoder: FutureEncoder::new(PoolerKind::Mean, d, dim, std, device),
+            scorer: Scorer::new(ScorerKind::Bilinear, d, dim, std, device),
+        }
+    }
+    // Drawn on the host and moved, so that every backend starts the critic from the same weights.
+    let dim = options.summary_dim;
+    let drawn = models::seeded::<Flex, _>(options.seed, &FlexDevice, || critic::<Flex>(d, dim, std, &FlexDevice));
+    let critic: Critic<B> = models::transfer(drawn, critic::<B>(d, dim, std, device), device)?;
     let mut optim = AdamWConfig::new().init::<B, Critic<B>>();
     let mut critic = critic;
     let frozen = |rows: &[&Example]| {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::backend::flex::FlexDevice;
+use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
@@ -16,6 +18,7 @@ use burn::tensor::backend::AutodiffBackend;
 use eval::run_dir::{self, CheckpointMeta};
 use eval::{Batch, EvalReport};
 use indicatif::{ProgressBar, ProgressStyle};
+use models::GptConfig;
 use models::checkpoint::{LabRecorder, load_model, save_model};
 use serde_json::{Map, Value, json};
 use tasks::Example;
@@ -24,6 +27,10 @@ use crate::clip::clip_grad_norm;
 use crate::config::{ModelSection, RunConfig};
 use crate::objective::{BuildContext, Heads, LabModel, Objective};
 use crate::sampler::BatchSampler;
+
+/// The backend initial weights are drawn on, whatever the training device.
+type Host = Autodiff<Flex>;
+const HOST: FlexDevice = FlexDevice;
 
 /// How to run, beyond the config.
 #[derive(Clone, Debug, Default)]
@@ -111,12 +118,10 @@ pub fn train<B: AutodiffBackend>(
         std::fs::create_dir_all(run.join("checkpoints")).with_context(|| format!("creating {}", run.display()))?;
         run_dir::write_atomic(&run.join("config.toml"), resolved.to_toml().as_bytes())?;
         File::create(run.join("metrics.jsonl")).context("creating metrics.jsonl")?;
-        // The GPT is drawn first, so that its weights do not depend on the objective's heads.
-        let model = models::seeded::<B, _>(config.seeds.model, device, || {
-            let model = LabModel { gpt: model_config.init(device), heads: objective.init_heads(device) };
-            let _ = model.num_params(); // materialise the heads' lazy parameters inside the lock
-            model
-        });
+        let host = BuildContext::<Host> { task: task.as_ref(), train: &train, model: &model_config, device: &HOST };
+        let host_objective = config.objective.build::<Host>(&host).context("building the objective on the host")?;
+        let model =
+            initial_model(config.seeds.model, &model_config, host_objective.as_ref(), objective.as_ref(), device)?;
         (model, 0)
     };
 
@@ -180,6 +185,27 @@ pub fn train<B: AutodiffBackend>(
     }
     bar.finish_and_clear();
     Ok(Outcome { step: schedule.steps.max(start), report, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The run's initial weights, drawn on the host: the GPT first (so that its weights do not
+/// depend on the objective's heads), then the heads, on flex under the model seed, then moved to
+/// `device`. Every backend thus starts from the weights the CPU run starts from: each backend's
+/// own generator draws different numbers from the same seed.
+fn initial_model<B: AutodiffBackend>(
+    seed: u64,
+    model_config: &GptConfig,
+    host_objective: &dyn Objective<Host>,
+    objective: &dyn Objective<B>,
+    device: &B::Device,
+) -> Result<LabModel<B>> {
+    let drawn = models::seeded::<Host, _>(seed, &HOST, || {
+        let model = LabModel { gpt: model_config.init(&HOST), heads: host_objective.init_heads(&HOST) };
+        let _ = model.num_params(); // materialise the heads' lazy parameters inside the lock
+        model
+    });
+    // The shell's own (unseeded) draws are overwritten.
+    let shell = LabModel { gpt: model_config.init(device), heads: objective.init_heads(device) };
+    models::transfer(drawn, shell, device).context("moving the initial weights to the device")
 }
 
 /// What one optimizer step measured.
