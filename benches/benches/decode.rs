@@ -6,6 +6,10 @@
 
 use std::hint::black_box;
 
+/// The eval binary's allocator (eval/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use burn::tensor::backend::Backend;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eval::decode::{greedy, greedy_uncached};

@@ -8,6 +8,10 @@
 
 use std::hint::black_box;
 
+/// The trainer's allocator (trainer/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use burn::optim::AdamWConfig;
 use burn::tensor::backend::AutodiffBackend;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -15,6 +15,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use eval::{Device, on_device, run_dir};
 
+/// mimalloc keeps freed tensor buffers for reuse where glibc returns them to the OS and faults them
+/// back in on every step (LOG.md, 2026-11-27).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "eval",

@@ -10,11 +10,10 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder, RecorderError};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{attention, linear};
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor};
+
+use crate::fused;
 
 /// Shape and initialisation of a [`Gpt`].
 #[derive(Config, Debug, PartialEq)]
@@ -111,6 +110,7 @@ impl GptConfig {
                 fc: linear(self.d_model, self.d_ff, self.init_std),
                 proj: linear(self.d_ff, self.d_model, residual_std),
             },
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
 
@@ -137,8 +137,34 @@ impl GptConfig {
                     .init(device)
             }),
             max_seq_len: self.max_seq_len,
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
+}
+
+/// `lin` applied to every row of `x` `[b, t, i]`, giving `[b, t, o]`, as one `[b t, i] x [i, o]`
+/// product. burn 0.21's linear on a 3-D input broadcasts the weight into a batched product, and
+/// its backward then computes one `[i, o]` weight gradient per batch row, zero-filled, and sums
+/// them: b times the work and memory of one GEMM over all rows (LOG.md, 2026-11-27). Objectives'
+/// heads use it too.
+pub fn linear_rows<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    rows(x, |x| fused::linear(x, lin.weight.val(), lin.bias.as_ref().map(|b| b.val())))
+}
+
+/// `ln` applied to `x` through the fused kernel (`fused::layer_norm`), with `eps` its epsilon.
+fn norm<B: Backend>(ln: &LayerNorm<B>, eps: f64, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    match &ln.beta {
+        Some(beta) => fused::layer_norm(x, ln.gamma.val(), beta.val(), eps),
+        None => ln.forward(x),
+    }
+}
+
+/// `f` applied to `x` `[b, t, i]` flattened to `[b t, i]`, its `[b t, o]` result unflattened.
+fn rows<B: Backend>(x: Tensor<B, 3>, f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>) -> Tensor<B, 3> {
+    let [b, t, i] = x.dims();
+    let y = f(x.reshape([b * t, i]));
+    let [_, o] = y.dims();
+    y.reshape([b, t, o])
 }
 
 /// Runs `f` with the backend seeded to `seed`, holding a process-wide lock: burn's generator is
@@ -179,6 +205,10 @@ pub struct Gpt<B: Backend> {
     /// `None` when the unembedding is tied to `tok_emb`.
     lm_head: Option<Linear<B>>,
     max_seq_len: usize,
+    /// LayerNorm's epsilon, which `fused::layer_norm` needs (burn's module keeps it private); from
+    /// the config, not stored in checkpoints.
+    #[module(skip)]
+    layer_norm_eps: f64,
 }
 
 /// What a forward pass returns: logits and the hidden states that objectives read.
@@ -197,8 +227,8 @@ pub struct GptOutput<B: Backend> {
 /// decoding; see [`Gpt::forward_cached`].
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    /// Per block: keys and values, each `[b, h, t_past, k]`.
-    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    /// Per block: keys and values, each `[b, t_past, d]` (heads packed).
+    layers: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
     len: usize,
 }
 
@@ -225,7 +255,7 @@ impl<B: Backend> Gpt<B> {
             x = block.forward(x);
             layers.push(x.clone());
         }
-        let hidden = self.ln_f.forward(x);
+        let hidden = norm(&self.ln_f, self.layer_norm_eps, x);
         let logits = self.unembed(hidden.clone());
         debug_assert_eq!(logits.dims()[1], t);
         GptOutput { logits, hidden, layers }
@@ -247,13 +277,13 @@ impl<B: Backend> Gpt<B> {
             x = block.forward_cached(x, Some(kv));
         }
         cache.len += t_new;
-        self.unembed(self.ln_f.forward(x))
+        self.unembed(norm(&self.ln_f, self.layer_norm_eps, x))
     }
 
     /// The shared output head: final LayerNorm and unembedding applied to a residual stream
     /// `[b, t, d]` (the last block's, or an extra head's), giving logits `[b, t, v]`.
     pub fn output(&self, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.unembed(self.ln_f.forward(residual))
+        self.unembed(norm(&self.ln_f, self.layer_norm_eps, residual))
     }
 
     /// The token embedding alone (no positions), `[b, t]` -> `[b, t, d]`: the shared embedding
@@ -291,9 +321,9 @@ impl<B: Backend> Gpt<B> {
 
     fn unembed(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => linear_rows(head, hidden),
             // The embedding is [v, d]; Row-layout linear computes x · W with W [d, v].
-            None => linear(hidden, self.tok_emb.weight.val().transpose(), None),
+            None => rows(hidden, |x| fused::linear(x, self.tok_emb.weight.val().transpose(), None)),
         }
     }
 }
@@ -306,6 +336,9 @@ pub struct Block<B: Backend> {
     attn: CausalSelfAttention<B>,
     ln_2: LayerNorm<B>,
     mlp: Mlp<B>,
+    /// As in [`Gpt`].
+    #[module(skip)]
+    layer_norm_eps: f64,
 }
 
 impl<B: Backend> Block<B> {
@@ -317,10 +350,11 @@ impl<B: Backend> Block<B> {
     fn forward_cached(
         &self,
         x: Tensor<B, 3>,
-        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+        cache: Option<&mut Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
     ) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+        let eps = self.layer_norm_eps;
+        let x = x.clone() + self.attn.forward(norm(&self.ln_1, eps, x), cache);
+        x.clone() + self.mlp.forward(norm(&self.ln_2, eps, x))
     }
 }
 
@@ -335,23 +369,21 @@ struct CausalSelfAttention<B: Backend> {
 }
 
 impl<B: Backend> CausalSelfAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let (h, k) = (self.n_heads, d / self.n_heads);
-        let heads = |lin: &Linear<B>| lin.forward(x.clone()).reshape([b, t, h, k]).swap_dims(1, 2); // [b, h, t, k]
-        let (q, mut key, mut value) = (heads(&self.q), heads(&self.k), heads(&self.v));
+    fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<(Tensor<B, 3>, Tensor<B, 3>)>>) -> Tensor<B, 3> {
+        // Heads stay packed side by side in each row, [b, t, d]: the fused kernel reads them in
+        // place, so no split or merge copies (`fused::causal_attention`).
+        let q = linear_rows(&self.q, x.clone());
+        let (mut key, mut value) = (linear_rows(&self.k, x.clone()), linear_rows(&self.v, x));
         if let Some(slot) = cache {
             if let Some((past_k, past_v)) = slot.take() {
-                key = Tensor::cat(vec![past_k, key], 2); // [b, h, t_past + t, k]
-                value = Tensor::cat(vec![past_v, value], 2);
+                key = Tensor::cat(vec![past_k, key], 1); // [b, t_past + t, d]
+                value = Tensor::cat(vec![past_v, value], 1);
             }
             *slot = Some((key.clone(), value.clone()));
         }
         // Causal masking aligns the queries with the *last* keys, which is what a cache needs.
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        let y = attention(q, key, value, None, None, options); // [b, h, t, k]
-        let y = y.swap_dims(1, 2).reshape([b, t, d]);
-        self.proj.forward(y)
+        let y = fused::causal_attention(q, key, value, self.n_heads); // [b, t, d]
+        linear_rows(&self.proj, y)
     }
 }
 
@@ -363,7 +395,7 @@ struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.proj.forward(gelu(self.fc.forward(x)))
+        linear_rows(&self.proj, fused::gelu(linear_rows(&self.fc, x)))
     }
 }
 

@@ -6,6 +6,7 @@
 //! and take its hidden states as input).
 
 pub mod checkpoint;
+pub mod fused;
 pub mod gpt;
 
-pub use gpt::{Block, Gpt, GptConfig, GptOutput, KvCache, seeded, transfer};
+pub use gpt::{Block, Gpt, GptConfig, GptOutput, KvCache, linear_rows, seeded, transfer};

@@ -11,6 +11,11 @@ use eval::{Device, on_device};
 use sha2::{Digest, Sha256};
 use trainer::{RunConfig, TrainOptions};
 
+/// mimalloc keeps freed tensor buffers for reuse where glibc returns them to the OS and faults them
+/// back in on every step (LOG.md, 2026-11-27).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "trainer", version, about = "Train lab models with competing objectives.")]
 struct Cli {

@@ -207,8 +207,14 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
     }
     // Drawn on the host and moved, so that every backend starts the critic from the same weights.
     let dim = options.summary_dim;
-    let drawn = models::seeded::<Flex, _>(options.seed, &FlexDevice, || critic::<Flex>(d, dim, std, &FlexDevice));
-    let critic: Critic<B> = models::transfer(drawn, critic::<B>(d, dim, std, device), device)?;
+    // Both inside the lock: the shell's draws are overwritten, but must not interleave with
+    // another thread's seeded draws.
+    let (drawn, shell) = models::seeded::<Flex, _>(options.seed, &FlexDevice, || {
+        let (drawn, shell) = (critic::<Flex>(d, dim, std, &FlexDevice), critic::<B>(d, dim, std, device));
+        let _ = (drawn.num_params(), shell.num_params());
+        (drawn, shell)
+    });
+    let critic: Critic<B> = models::transfer(drawn, shell, device)?;
     let mut optim = AdamWConfig::new().init::<B, Critic<B>>();
     let mut critic = critic;
     let frozen = |rows: &[&Example]| {

@@ -198,13 +198,15 @@ fn initial_model<B: AutodiffBackend>(
     objective: &dyn Objective<B>,
     device: &B::Device,
 ) -> Result<LabModel<B>> {
-    let drawn = models::seeded::<Host, _>(seed, &HOST, || {
-        let model = LabModel { gpt: model_config.init(&HOST), heads: host_objective.init_heads(&HOST) };
-        let _ = model.num_params(); // materialise the heads' lazy parameters inside the lock
-        model
+    // The shell on the device is built inside the lock too: its own draws are overwritten, but
+    // drawn outside the lock they would interleave with another thread's seeded draws.
+    let (drawn, shell) = models::seeded::<Host, _>(seed, &HOST, || {
+        let drawn = LabModel { gpt: model_config.init(&HOST), heads: host_objective.init_heads(&HOST) };
+        let _ = drawn.num_params(); // materialise the heads' lazy parameters inside the lock
+        let shell = LabModel { gpt: model_config.init(device), heads: objective.init_heads(device) };
+        let _ = shell.num_params();
+        (drawn, shell)
     });
-    // The shell's own (unseeded) draws are overwritten.
-    let shell = LabModel { gpt: model_config.init(device), heads: objective.init_heads(device) };
     models::transfer(drawn, shell, device).context("moving the initial weights to the device")
 }
 

@@ -9,6 +9,7 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use models::linear_rows;
 use serde::{Deserialize, Serialize};
 
 /// How the future's hidden states are pooled.
@@ -72,13 +73,14 @@ impl<B: Backend> FutureEncoder<B> {
                 w.matmul(future) / count
             }
             Some((q, k, v)) => {
-                let scores = q.forward(prefix).matmul(k.forward(future.clone()).swap_dims(1, 2)) / (d as f64).sqrt();
+                let scores =
+                    linear_rows(q, prefix).matmul(linear_rows(k, future.clone()).swap_dims(1, 2)) / (d as f64).sqrt();
                 // Outside the window: -1e9, not -inf, so that an empty window stays finite.
                 let scores = scores + (w.neg() + 1.0) * -1e9; // [b, t, t]
-                softmax(scores, 2).matmul(v.forward(future))
+                softmax(scores, 2).matmul(linear_rows(v, future))
             }
         };
-        self.proj.forward(pooled)
+        linear_rows(&self.proj, pooled)
     }
 }
 

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use models::{Block, GptConfig};
+use models::{Block, GptConfig, linear_rows};
 
 /// Block → LayerNorm → Linear(d, out), `[b, t, d]` → `[b, t, out]`.
 #[derive(Module, Debug)]
@@ -29,6 +29,6 @@ impl<B: Backend> AuxHead<B> {
 
     /// The head over the trunk's residual stream `[b, t, d]`.
     pub fn forward(&self, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.out.forward(self.norm.forward(self.block.forward(residual)))
+        linear_rows(&self.out, self.norm.forward(self.block.forward(residual)))
     }
 }

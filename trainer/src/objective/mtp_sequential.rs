@@ -13,7 +13,7 @@ use burn::nn::{Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use eval::Batch;
-use models::{Block, GptConfig};
+use models::{Block, GptConfig, linear_rows};
 use serde::{Deserialize, Serialize};
 
 use super::{Heads, LabModel, LossOutput, Objective, heads, masked_cross_entropy};
@@ -102,7 +102,7 @@ impl<B: AutodiffBackend> Objective<B> for SequentialMtp {
             let emb = model.gpt.embed_tokens(batch.inputs.clone().slice([0..b, k..t])); // Emb(x_{i+k}), [b, len, d]
             let joined =
                 Tensor::cat(vec![m.norm_h.forward(prev.slice([0..b, 0..len, 0..d])), m.norm_e.forward(emb)], 2);
-            prev = m.block.forward(m.proj.forward(joined)); // h^k, [b, len, d]
+            prev = m.block.forward(linear_rows(&m.proj, joined)); // h^k, [b, len, d]
             let loss = masked_cross_entropy(
                 model.gpt.output(prev.clone()),
                 batch.targets.clone().slice([0..b, k..t]), // x_{i+k+1}

@@ -14,9 +14,10 @@
 
 use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, log_softmax, softmax};
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use models::{fused, linear_rows};
 
 use super::infonce::unit_rows;
 
@@ -41,7 +42,7 @@ impl<B: Backend> RolloutHead<B> {
     pub fn forward(&self, h: Tensor<B, 2>, e: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, c, d] = e.dims();
         let joined = Tensor::cat(vec![h.unsqueeze_dim::<3>(1).expand([n, c, d]), e], 2);
-        self.out.forward(gelu(self.hidden.forward(joined)))
+        linear_rows(&self.out, fused::gelu(linear_rows(&self.hidden, joined)))
     }
 }
 

@@ -1,0 +1,893 @@
+//! Fused kernels for burn's CPU backend: linear maps, causal attention over packed heads, GELU and
+//! LayerNorm, forward and backward, so that a training step on flex is a few passes over memory instead of a
+//! chain of small ops.
+//!
+//! Why: under `Autodiff<Flex>`, burn 0.21 runs attention as its generic fallback (a mask, a scale,
+//! a softmax decomposed into five recorded ops, two batched products, each with its backward) on
+//! heads split and merged by strided copies, GELU through a scalar `erf` from `libm`, and
+//! LayerNorm as nine recorded ops. On the d 128 benchmark these took ~18, ~17 and ~7 ms of a
+//! 91 ms step, for a few percent of its FLOPs (LOG.md, 2026-11-27).
+//!
+//! How: every function here takes any backend. On `Autodiff<Flex>` (training) it records one op
+//! whose backward is written out below; on plain `Flex` (evaluation, decoding) it runs the forward
+//! kernel (LayerNorm: flex's own); on every other backend (wgpu, CUDA) it runs burn's own ops, so GPU backends keep their
+//! fused kernels and the library stays generic. The backend is recognised by its type at run time
+//! (`Any`), which needs no trait bound beyond `Backend`.
+//!
+//! The kernels are plain loops over contiguous `f32` rows, compiled three times (AVX-512, AVX2 +
+//! FMA, baseline) and picked by the CPU at run time, like flex's own matrix products. `erf` and
+//! `exp` are polynomial approximations (errors below 1e-6, tested) that vectorize.
+
+use std::any::Any;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+
+/// The training backend the kernels serve.
+type Ad = Autodiff<Flex>;
+
+/// Causal self-attention over packed heads: `q` `[b, tq, d]`, `k` and `v` `[b, tk, d]` with
+/// `tq <= tk`, each row holding `heads` heads of width `d / heads` side by side; returns
+/// `[b, tq, d]` in the same packing. Query `i` sees keys `0..=i + tk - tq`, which aligns queries
+/// with the last keys, as a key/value cache needs. Scores are scaled by `1 / sqrt(d / heads)`.
+pub fn causal_attention<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    let [b, tq, d] = q.dims();
+    let tk = k.dims()[1];
+    assert!(tq <= tk && d % heads == 0, "attention: {tq} queries over {tk} keys, width {d} in {heads} heads");
+    let shape = Shape { b, tq, tk, h: heads, k: d / heads };
+    if is::<B, Ad>() {
+        return same(attention_autodiff(same(q), same(k), same(v), shape));
+    }
+    if is::<B, Flex>() {
+        let (qp, kp, vp) =
+            (primitive::<3>(same(q.clone())), primitive::<3>(same(k.clone())), primitive::<3>(same(v.clone())));
+        if let (Some(qs), Some(ks), Some(vs)) = (f32s(&qp), f32s(&kp), f32s(&vp)) {
+            let (out, _) = attention_forward(qs, ks, vs, shape);
+            return same(float::<Flex, 3>(flex(out, [b, tq, d])));
+        }
+    }
+    attention_reference(q, k, v, heads)
+}
+
+/// GELU, `0.5 x (1 + erf(x / sqrt 2))`, elementwise.
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if is::<B, Ad>() {
+        return same(gelu_autodiff::<D>(same(x)));
+    }
+    if is::<B, Flex>() {
+        let xp = primitive::<D>(same(x.clone()));
+        if let Some(xs) = f32s(&xp) {
+            return same(float::<Flex, D>(flex(gelu_forward(xs), x.dims())));
+        }
+    }
+    burn::tensor::activation::gelu(x)
+}
+
+/// LayerNorm over the last dimension, `(x - mean) / sqrt(var + eps) * gamma + beta` with the
+/// biased variance, as burn's `LayerNorm` computes it; `x` `[..., d]`, `gamma` and `beta` `[d]`.
+pub fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> Tensor<B, D> {
+    if is::<B, Ad>() {
+        return same(layer_norm_autodiff::<D>(same(x), same(gamma), same(beta), epsilon));
+    }
+    // Plain flex has a fused forward of its own.
+    layer_norm_reference(x, gamma, beta, epsilon)
+}
+
+/// burn's LayerNorm, on every backend but the training one.
+fn layer_norm_reference<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> Tensor<B, D> {
+    let out = B::layer_norm(
+        x.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        Some(beta.into_primitive().tensor()),
+        epsilon,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `x W + b` over rows: `x` `[n, i]`, `weight` `[i, o]`, `bias` `[o]`, what burn's `linear` computes.
+/// The products go to the `gemm` crate directly, threaded when large (flex's are single-threaded
+/// without its `rayon` feature, whose elementwise paths cost more than they gain at these sizes),
+/// with the bias added in the product and no zero-filled batch of per-row weight gradients.
+pub fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
+    let ([n, i], [wi, o]) = (x.dims(), weight.dims());
+    assert_eq!(i, wi, "linear: input width {i}, weight [{wi}, {o}]");
+    if is::<B, Ad>() {
+        return same(linear_autodiff(same(x), same(weight), bias.map(same)));
+    }
+    if is::<B, Flex>() {
+        let (xp, wp) = (primitive::<2>(same(x.clone())), primitive::<2>(same(weight.clone())));
+        let bp = bias.clone().map(|b| primitive::<1>(same(b)));
+        if let (Some(xs), Some(ws), Some(bs)) = (f32s(&xp), f32s(&wp), optional(bp.as_ref())) {
+            return same(float::<Flex, 2>(flex(linear_forward(xs, ws, bs, [n, i, o]), [n, o])));
+        }
+    }
+    burn::tensor::module::linear(x, weight, bias)
+}
+
+/// burn's attention on the same packing: what every backend other than flex runs, and what the
+/// kernels are tested against.
+fn attention_reference<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    let [b, tq, d] = q.dims();
+    let tk = k.dims()[1];
+    let split = |x: Tensor<B, 3>, t| x.reshape([b, t, heads, d / heads]).swap_dims(1, 2); // [b, h, t, k]
+    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+    let y = attention(split(q, tq), split(k, tk), split(v, tk), None, None, options); // [b, h, tq, k]
+    y.swap_dims(1, 2).reshape([b, tq, d])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The autodiff ops.
+
+/// Attention's backward: the inputs and the attention weights of the forward pass.
+#[derive(Debug)]
+struct AttentionOp;
+
+#[derive(Clone, Debug)]
+struct AttentionState {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    /// Softmax weights `[b, h, tq, tk]` (zero above the causal diagonal).
+    p: Vec<f32>,
+    shape: Shape,
+}
+
+impl Backward<Flex, 3> for AttentionOp {
+    type State = AttentionState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let s = &ops.state;
+        let go = values(&grad);
+        let (dq, dk, dv) = attention_backward(values(&s.q), values(&s.k), values(&s.v), &s.p, go, s.shape);
+        let Shape { b, tq, tk, h, k } = s.shape;
+        let [pq, pk, pv] = ops.parents;
+        for (parent, g, t) in [(pq, dq, tq), (pk, dk, tk), (pv, dv, tk)] {
+            if let Some(node) = parent {
+                grads.register::<Flex>(node.id, flex(g, [b, t, h * k]));
+            }
+        }
+    }
+}
+
+fn attention_autodiff(q: Tensor<Ad, 3>, k: Tensor<Ad, 3>, v: Tensor<Ad, 3>, shape: Shape) -> Tensor<Ad, 3> {
+    let (q, k, v) = (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
+    let (qc, kc, vc) = (q.primitive.to_contiguous(), k.primitive.to_contiguous(), v.primitive.to_contiguous());
+    let (Some(qs), Some(ks), Some(vs)) = (f32s(&qc), f32s(&kc), f32s(&vc)) else {
+        return attention_reference(float(q), float(k), float(v), shape.h);
+    };
+    let (out, p) = attention_forward(qs, ks, vs, shape);
+    let out = flex(out, [shape.b, shape.tq, shape.h * shape.k]);
+    let op = AttentionOp.prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()]);
+    let out = match op.compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(AttentionState { q: qc, k: kc, v: vc, p, shape }, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// GELU's backward: the input of the forward pass.
+#[derive(Debug)]
+struct GeluOp;
+
+impl Backward<Flex, 1> for GeluOp {
+    /// The input and its shape.
+    type State = (FlexTensor, Vec<usize>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let (x, dims) = &ops.state;
+            let x = values(x);
+            let g = values(&grad);
+            grads.register::<Flex>(node.id, flex(gelu_backward(x, g), dims.clone()));
+        }
+    }
+}
+
+fn gelu_autodiff<const D: usize>(x: Tensor<Ad, D>) -> Tensor<Ad, D> {
+    let dims = x.dims();
+    let x = x.into_primitive().tensor();
+    let xc = x.primitive.to_contiguous();
+    let Some(xs) = f32s(&xc) else {
+        return burn::tensor::activation::gelu(float(x));
+    };
+    let out = flex(gelu_forward(xs), dims);
+    let out = match GeluOp.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish((xc, dims.to_vec()), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// LayerNorm's backward: the normalised input, each row's `1 / sqrt(var + eps)`, and gamma.
+#[derive(Debug)]
+struct LayerNormOp;
+
+#[derive(Clone, Debug)]
+struct LayerNormState {
+    normalized: Vec<f32>,
+    rstd: Vec<f32>,
+    gamma: FlexTensor,
+    dims: Vec<usize>,
+}
+
+impl Backward<Flex, 3> for LayerNormOp {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let s = &ops.state;
+        let gamma = values(&s.gamma);
+        let g = values(&grad);
+        let (dx, dgamma, dbeta) = layer_norm_backward(g, &s.normalized, &s.rstd, gamma);
+        let d = gamma.len();
+        let [px, pg, pb] = ops.parents;
+        for (parent, value, dims) in [(px, dx, s.dims.clone()), (pg, dgamma, vec![d]), (pb, dbeta, vec![d])] {
+            if let Some(node) = parent {
+                grads.register::<Flex>(node.id, flex(value, dims));
+            }
+        }
+    }
+}
+
+fn layer_norm_autodiff<const D: usize>(
+    x: Tensor<Ad, D>,
+    gamma: Tensor<Ad, 1>,
+    beta: Tensor<Ad, 1>,
+    epsilon: f64,
+) -> Tensor<Ad, D> {
+    let dims = x.dims();
+    let (x, gamma, beta) =
+        (x.into_primitive().tensor(), gamma.into_primitive().tensor(), beta.into_primitive().tensor());
+    let (xc, gc, bc) = (x.primitive.to_contiguous(), gamma.primitive.to_contiguous(), beta.primitive.to_contiguous());
+    let (Some(xs), Some(gs), Some(bs)) = (f32s(&xc), f32s(&gc), f32s(&bc)) else {
+        return layer_norm_reference(float(x), float(gamma), float(beta), epsilon);
+    };
+    let (out, normalized, rstd) = layer_norm_forward(xs, gs, bs, epsilon as f32);
+    let out = flex(out, dims);
+    let op = LayerNormOp.prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()]);
+    let out = match op.compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(LayerNormState { normalized, rstd, gamma: gc, dims: dims.to_vec() }, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// The linear map's backward: its input and weight.
+#[derive(Debug)]
+struct LinearOp;
+
+#[derive(Clone, Debug)]
+struct LinearState {
+    x: FlexTensor,
+    weight: FlexTensor,
+    /// Rows, input width, output width.
+    sizes: [usize; 3],
+}
+
+// Parents: the input, the weight and, when there is one, the bias.
+impl<const N: usize> Backward<Flex, N> for LinearOp {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let s = &ops.state;
+        let [n, i, o] = s.sizes;
+        let g = values(&grad);
+        for (index, parent) in ops.parents.into_iter().enumerate() {
+            let Some(node) = parent else { continue };
+            let value = match index {
+                // dx = g W^T: [n, o] x [o, i], W^T read through W's strides.
+                0 => flex(product(g, [o as isize, 1], values(&s.weight), [1, o as isize], [n, o, i]), [n, i]),
+                // dW = x^T g: [i, n] x [n, o], x^T read through x's strides.
+                1 => flex(product(values(&s.x), [1, i as isize], g, [o as isize, 1], [i, n, o]), [i, o]),
+                _ => flex(column_sums(g, o), [o]),
+            };
+            grads.register::<Flex>(node.id, value);
+        }
+    }
+}
+
+fn linear_autodiff(x: Tensor<Ad, 2>, weight: Tensor<Ad, 2>, bias: Option<Tensor<Ad, 1>>) -> Tensor<Ad, 2> {
+    let ([n, i], [_, o]) = (x.dims(), weight.dims());
+    let (x, weight) = (x.into_primitive().tensor(), weight.into_primitive().tensor());
+    let bias = bias.map(|b| b.into_primitive().tensor());
+    let (xc, wc) = (x.primitive.to_contiguous(), weight.primitive.to_contiguous());
+    let bc = bias.as_ref().map(|b| b.primitive.to_contiguous());
+    let (Some(xs), Some(ws), Some(bs)) = (f32s(&xc), f32s(&wc), optional(bc.as_ref())) else {
+        return burn::tensor::module::linear(float(x), float(weight), bias.map(float));
+    };
+    let out = flex(linear_forward(xs, ws, bs, [n, i, o]), [n, o]);
+    let state = LinearState { x: xc, weight: wc, sizes: [n, i, o] };
+    // The same op with two or three parents.
+    let out = match bias {
+        Some(b) => match LinearOp
+            .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+        None => {
+            match LinearOp.prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()]).compute_bound().stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            }
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plumbing between burn's types.
+
+/// Whether the backend `B` is `C`.
+fn is<B: 'static, C: 'static>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<C>()
+}
+
+/// `t` as the type `U` that it is (checked by [`is`] before).
+fn same<T: 'static, U: 'static>(t: T) -> U {
+    let mut slot = Some(t);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<U>>()
+        .and_then(Option::take)
+        .unwrap_or_else(|| unreachable!("the backend was recognised by its type"))
+}
+
+fn primitive<const D: usize>(x: Tensor<Flex, D>) -> FlexTensor {
+    x.into_primitive().tensor().to_contiguous()
+}
+
+fn float<B: Backend, const D: usize>(x: B::FloatTensorPrimitive) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+/// The tensor's values when it is contiguous `f32` (other dtypes take burn's ops).
+fn f32s(x: &FlexTensor) -> Option<&[f32]> {
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    x.as_slice::<f32>()
+}
+
+/// An optional tensor's values: `Some(None)` for no tensor, `None` when it is not contiguous f32.
+fn optional(x: Option<&FlexTensor>) -> Option<Option<&[f32]>> {
+    match x {
+        None => Some(None),
+        Some(x) => f32s(x).map(Some),
+    }
+}
+
+/// The values of a tensor the forward pass checked to be contiguous f32, or of its gradient (made
+/// contiguous; the gradient of an f32 output is f32).
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32, checked in the forward pass")
+}
+
+fn flex(values: Vec<f32>, dims: impl Into<Vec<usize>>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, dims.into()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernels, on contiguous f32 rows.
+
+/// `x W (+ b)`: `x` `[n, i]`, `w` `[i, o]`, `b` `[o]`, row-major.
+fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, [n, i, o]: [usize; 3]) -> Vec<f32> {
+    match b {
+        // Each output row starts as the bias and the product is added to it.
+        Some(b) => {
+            let mut out = Vec::with_capacity(n * o);
+            for _ in 0..n {
+                out.extend_from_slice(b);
+            }
+            gemm_into(&mut out, true, x, [i as isize, 1], w, [o as isize, 1], [n, i, o]);
+            out
+        }
+        None => product(x, [i as isize, 1], w, [o as isize, 1], [n, i, o]),
+    }
+}
+
+/// `lhs rhs` for `lhs` `[m, k]` and `rhs` `[k, n]` read through (row, column) strides, into a
+/// fresh row-major `[m, n]`.
+fn product(lhs: &[f32], lhs_strides: [isize; 2], rhs: &[f32], rhs_strides: [isize; 2], mkn: [usize; 3]) -> Vec<f32> {
+    let mut out = vec![0.0f32; mkn[0] * mkn[2]];
+    gemm_into(&mut out, false, lhs, lhs_strides, rhs, rhs_strides, mkn);
+    out
+}
+
+/// `dst (+)= lhs rhs` with `dst` row-major `[m, n]` (read when `accumulate`).
+fn gemm_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    [lhs_rs, lhs_cs]: [isize; 2],
+    rhs: &[f32],
+    [rhs_rs, rhs_cs]: [isize; 2],
+    [m, k, n]: [usize; 3],
+) {
+    // The last element each operand is read at must lie inside it.
+    let last = |rows: usize, cols: usize, rs: isize, cs: isize| {
+        (rows.max(1) - 1) as isize * rs + (cols.max(1) - 1) as isize * cs
+    };
+    assert!(dst.len() == m * n, "gemm: destination of {} for [{m}, {n}]", dst.len());
+    assert!(m * k == 0 || (last(m, k, lhs_rs, lhs_cs) as usize) < lhs.len(), "gemm: left operand too short");
+    assert!(k * n == 0 || (last(k, n, rhs_rs, rhs_cs) as usize) < rhs.len(), "gemm: right operand too short");
+    // Threads pay off only for large products on the two cores measured here: the `ntf` model's
+    // (2048 x 384 x 384 and up) run 1.3x faster on two threads, the d 128 model's (2048 x 128 x
+    // 512 and below) 10% slower (LOG.md, 2026-11-27). gemm splits the output among threads, so
+    // every element is the same sum in the same order whatever the thread count: results stay
+    // bit for bit reproducible.
+    let parallelism = if m * n * k >= 1 << 28 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: the three buffers hold every element the strides reach (checked above) and `dst`
+    // is exclusively borrowed; gemm computes dst := alpha dst + beta lhs rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Sums of the columns of a row-major matrix with `n` columns.
+fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f32; n];
+    for row in g.chunks_exact(n) {
+        for (s, x) in sums.iter_mut().zip(row) {
+            *s += x;
+        }
+    }
+    sums
+}
+
+/// Sizes of an attention call: batch, queries, keys, heads, head width.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    b: usize,
+    tq: usize,
+    tk: usize,
+    h: usize,
+    k: usize,
+}
+
+/// Compiles `$body` for AVX-512, for AVX2 + FMA and for the baseline target, and runs the best
+/// the CPU has (what flex's matrix products do too).
+macro_rules! multiversion {
+    (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+        fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn body($($arg: $ty),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn v4($($arg: $ty),*) -> $ret { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) -> $ret { body($($arg),*) }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features `v4` is compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `v3` is compiled for.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+multiversion! {
+    fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> (Vec<f32>, Vec<f32>) {
+        let Shape { b: nb, tq, tk, h: nh, k: w } = s;
+        let d = nh * w;
+        let scale = 1.0 / (w as f32).sqrt();
+        let mut out = vec![0.0f32; nb * tq * d];
+        let mut p = vec![0.0f32; nb * nh * tq * tk];
+        for b in 0..nb {
+            for h in 0..nh {
+                for i in 0..tq {
+                    let seen = i + tk - tq + 1;
+                    let qi = &q[(b * tq + i) * d + h * w..][..w];
+                    let row = &mut p[((b * nh + h) * tq + i) * tk..][..tk];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, pj) in row[..seen].iter_mut().enumerate() {
+                        *pj = dot(qi, &k[(b * tk + j) * d + h * w..][..w]) * scale;
+                        max = max.max(*pj);
+                    }
+                    let mut sum = 0.0;
+                    for pj in row[..seen].iter_mut() {
+                        *pj = exp(*pj - max);
+                        sum += *pj;
+                    }
+                    let inv = 1.0 / sum;
+                    let oi = &mut out[(b * tq + i) * d + h * w..][..w];
+                    for (j, pj) in row[..seen].iter_mut().enumerate() {
+                        *pj *= inv;
+                        axpy(*pj, &v[(b * tk + j) * d + h * w..][..w], oi);
+                    }
+                }
+            }
+        }
+        (out, p)
+    }
+}
+
+multiversion! {
+    fn attention_backward(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        p: &[f32],
+        go: &[f32],
+        s: Shape,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let Shape { b: nb, tq, tk, h: nh, k: w } = s;
+        let d = nh * w;
+        let scale = 1.0 / (w as f32).sqrt();
+        let (mut dq, mut dk, mut dv) = (vec![0.0f32; nb * tq * d], vec![0.0f32; nb * tk * d], vec![0.0f32; nb * tk * d]);
+        let mut ds = vec![0.0f32; tk];
+        for b in 0..nb {
+            for h in 0..nh {
+                for i in 0..tq {
+                    let seen = i + tk - tq + 1;
+                    let row = &p[((b * nh + h) * tq + i) * tk..][..seen];
+                    let goi = &go[(b * tq + i) * d + h * w..][..w];
+                    // dP_ij = dO_i . v_j; dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij).
+                    let mut r = 0.0;
+                    for (j, (dsj, &pj)) in ds[..seen].iter_mut().zip(row).enumerate() {
+                        *dsj = dot(goi, &v[(b * tk + j) * d + h * w..][..w]);
+                        r += pj * *dsj;
+                    }
+                    for (dsj, &pj) in ds[..seen].iter_mut().zip(row) {
+                        *dsj = pj * (*dsj - r) * scale;
+                    }
+                    let qi = &q[(b * tq + i) * d + h * w..][..w];
+                    let dqi = &mut dq[(b * tq + i) * d + h * w..][..w];
+                    for (j, (&dsj, &pj)) in ds[..seen].iter().zip(row).enumerate() {
+                        let at = (b * tk + j) * d + h * w;
+                        axpy(dsj, &k[at..][..w], dqi);
+                        axpy(dsj, qi, &mut dk[at..][..w]);
+                        axpy(pj, goi, &mut dv[at..][..w]);
+                    }
+                }
+            }
+        }
+        (dq, dk, dv)
+    }
+}
+
+// Index loops rather than iterator closures: a closure is its own function, compiled without
+// the target features of the version that calls it, so it would not vectorize.
+multiversion! {
+    fn gelu_forward(x: &[f32]) -> Vec<f32> {
+        let mut y = vec![0.0f32; x.len()];
+        for i in 0..x.len() {
+            y[i] = 0.5 * x[i] * (1.0 + erf(x[i] * std::f32::consts::FRAC_1_SQRT_2));
+        }
+        y
+    }
+}
+
+multiversion! {
+    fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
+        // d/dx x Phi(x) = Phi(x) + x phi(x).
+        let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+        let n = x.len();
+        let (g, mut dx) = (&g[..n], vec![0.0f32; n]);
+        for i in 0..n {
+            let cdf = 0.5 * (1.0 + erf(x[i] * std::f32::consts::FRAC_1_SQRT_2));
+            dx[i] = g[i] * (cdf + x[i] * inv_sqrt_2pi * exp(-0.5 * x[i] * x[i]));
+        }
+        dx
+    }
+}
+
+multiversion! {
+    fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let d = gamma.len();
+        let rows = x.len() / d;
+        let (mut out, mut normalized, mut rstd) = (vec![0.0f32; rows * d], vec![0.0f32; rows * d], vec![0.0f32; rows]);
+        for r in 0..rows {
+            let xr = &x[r * d..][..d];
+            let mean = sum(xr) / d as f32;
+            let nr = &mut normalized[r * d..][..d];
+            for i in 0..d {
+                nr[i] = xr[i] - mean;
+            }
+            let var = dot(nr, nr) / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            rstd[r] = inv;
+            let or = &mut out[r * d..][..d];
+            for i in 0..d {
+                nr[i] *= inv;
+                or[i] = nr[i] * gamma[i] + beta[i];
+            }
+        }
+        (out, normalized, rstd)
+    }
+}
+
+multiversion! {
+    fn layer_norm_backward(g: &[f32], normalized: &[f32], rstd: &[f32], gamma: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        // dx = rstd (a - mean(a) - x^ mean(a x^)) with a = g gamma; dgamma = sum g x^; dbeta = sum g.
+        let d = gamma.len();
+        let rows = rstd.len();
+        let (mut dx, mut dgamma, mut dbeta) = (vec![0.0f32; rows * d], vec![0.0f32; d], vec![0.0f32; d]);
+        let mut a = vec![0.0f32; d];
+        for r in 0..rows {
+            let (gr, nr) = (&g[r * d..][..d], &normalized[r * d..][..d]);
+            for i in 0..d {
+                a[i] = gr[i] * gamma[i];
+                dgamma[i] += gr[i] * nr[i];
+                dbeta[i] += gr[i];
+            }
+            let m1 = sum(&a) / d as f32;
+            let m2 = dot(&a, nr) / d as f32;
+            let dxr = &mut dx[r * d..][..d];
+            for i in 0..d {
+                dxr[i] = rstd[r] * (a[i] - m1 - nr[i] * m2);
+            }
+        }
+        (dx, dgamma, dbeta)
+    }
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums, so that the loop vectorizes without reassociating floats.
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
+}
+
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = a.chunks_exact(8);
+    let rest = chunks.remainder();
+    for x in chunks {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for x in rest {
+        s += x;
+    }
+    s
+}
+
+/// `y += a x`.
+#[inline(always)]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// `e^x` for `x <= 0` (what softmax and the Gaussian density need): `2^n e^r` with
+/// `r = x - n ln 2` in `[-ln 2 / 2, ln 2 / 2]` and a degree-6 polynomial for `e^r`, relative
+/// error < 1e-6; 0 below -87.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a call to `round`.
+    const ROUND: f32 = 12_582_912.0;
+    let y = x.max(-87.0);
+    let t = y * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    // n as an integer, read off t's mantissa: integer ops vectorize where a float cast does not.
+    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let r = (y - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let e = p * f32::from_bits(((ni + 127) as u32) << 23);
+    if x < -87.0 { 0.0 } else { e }
+}
+
+/// `erf(x)`: Eigen's rational approximation on `[-4, 4]` (outside it erf is ±1 in f32), absolute
+/// error < 1e-6.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906_3e-4;
+    p = p * x2 - 2.954_6e-3;
+    p = p * x2 - 1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329e-3;
+    q = q * x2 - 1.426_474e-2;
+    x * p / q
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::flex::FlexDevice;
+    use burn::tensor::{Distribution, Tolerance};
+
+    use super::*;
+
+    fn random<B: Backend, const D: usize>(dims: [usize; D], seed: u64) -> Tensor<B, D> {
+        crate::seeded::<Flex, _>(seed, &FlexDevice, || {
+            let x = Tensor::<Flex, D>::random(dims, Distribution::Normal(0.0, 1.5), &FlexDevice);
+            Tensor::<B, D>::from_data(x.into_data(), &Default::default())
+        })
+    }
+
+    fn close<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) {
+        a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(2e-5));
+    }
+
+    #[test]
+    fn erf_and_exp_match_the_standard_library() {
+        for i in -9000..=9000 {
+            let x = i as f32 / 1000.0;
+            assert!((erf(x) - reference_erf(x)).abs() < 1e-6, "erf({x}) = {} vs {}", erf(x), reference_erf(x));
+            let y = -x.abs() * 9.0;
+            if y >= -87.0 {
+                assert!((exp(y) - y.exp()).abs() <= 1e-6 * y.exp(), "exp({y}) = {} vs {}", exp(y), y.exp());
+            }
+        }
+        assert_eq!(exp(-200.0), 0.0);
+    }
+
+    /// erf in f64 by Simpson's rule on its integral: slow and accurate, a reference.
+    fn reference_erf(x: f32) -> f32 {
+        let x = x as f64;
+        // erf(x) = 2/sqrt(pi) * integral_0^x e^{-t^2} dt, by Simpson's rule on 2000 panels.
+        let n = 2000;
+        let h = x / n as f64;
+        let f = |t: f64| (-t * t).exp();
+        let mut s = f(0.0) + f(x);
+        for i in 1..n {
+            s += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+        }
+        (s * h / 3.0 * std::f64::consts::FRAC_2_SQRT_PI) as f32
+    }
+
+    #[test]
+    fn attention_matches_burns_forward_and_gradients() {
+        // Two heads of width 3, batch 2, 5 queries over 5 keys (training) and 2 over 5 (a cache).
+        for (tq, tk) in [(5, 5), (2, 5)] {
+            let q = random::<Ad, 3>([2, tq, 6], 1).require_grad();
+            let k = random::<Ad, 3>([2, tk, 6], 2).require_grad();
+            let v = random::<Ad, 3>([2, tk, 6], 3).require_grad();
+            let w = random::<Ad, 3>([2, tq, 6], 4);
+            let fused = causal_attention(q.clone(), k.clone(), v.clone(), 2);
+            let reference = attention_reference(q.clone(), k.clone(), v.clone(), 2);
+            close(fused.clone(), reference.clone());
+            // Plain flex runs the same forward kernel.
+            let plain = causal_attention(q.clone().inner(), k.clone().inner(), v.clone().inner(), 2);
+            close(plain, reference.clone().inner());
+            let g1 = (fused * w.clone()).sum().backward();
+            let g2 = (reference * w).sum().backward();
+            for x in [&q, &k, &v] {
+                close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_matches_burns_forward_and_gradient() {
+        let x = random::<Ad, 2>([7, 33], 5).require_grad();
+        let w = random::<Ad, 2>([7, 33], 6);
+        let fused = gelu(x.clone());
+        let reference = burn::tensor::activation::gelu(x.clone());
+        close(fused.clone(), reference.clone());
+        close(gelu(x.clone().inner()), reference.clone().inner());
+        let (g1, g2) = ((fused * w.clone()).sum().backward(), (reference * w).sum().backward());
+        close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+    }
+
+    #[test]
+    fn layer_norm_matches_burns_forward_and_gradients() {
+        let x = random::<Ad, 3>([3, 5, 16], 8).require_grad();
+        let gamma = random::<Ad, 1>([16], 9).require_grad();
+        let beta = random::<Ad, 1>([16], 10).require_grad();
+        let w = random::<Ad, 3>([3, 5, 16], 11);
+        let fused = layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        let reference = layer_norm_reference(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        close(fused.clone(), reference.clone());
+        let (g1, g2) = ((fused * w.clone()).sum().backward(), (reference * w).sum().backward());
+        close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+        close(gamma.grad(&g1).unwrap(), gamma.grad(&g2).unwrap());
+        close(beta.grad(&g1).unwrap(), beta.grad(&g2).unwrap());
+    }
+
+    #[test]
+    fn linear_matches_burns_forward_and_gradients() {
+        // With and without a bias; sizes large enough for the threaded product too.
+        for (n, i, o, bias) in [(5, 7, 3, true), (6, 4, 9, false), (160, 128, 112, true)] {
+            let x = random::<Ad, 2>([n, i], 14).require_grad();
+            let weight = random::<Ad, 2>([i, o], 15).require_grad();
+            let b = bias.then(|| random::<Ad, 1>([o], 16).require_grad());
+            let w = random::<Ad, 2>([n, o], 17);
+            let fused = linear(x.clone(), weight.clone(), b.clone());
+            let reference = burn::tensor::module::linear(x.clone(), weight.clone(), b.clone());
+            close(fused.clone(), reference.clone());
+            let plain = linear(x.clone().inner(), weight.clone().inner(), b.clone().map(|b| b.inner()));
+            close(plain, reference.clone().inner());
+            let (g1, g2) = ((fused * w.clone()).sum().backward(), (reference * w).sum().backward());
+            close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+            close(weight.grad(&g1).unwrap(), weight.grad(&g2).unwrap());
+            if let Some(b) = b {
+                close(b.grad(&g1).unwrap(), b.grad(&g2).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn other_backends_take_burns_ops() {
+        // A backend the kernels do not serve (here autodiff over autodiff) gets burn's result.
+        type Other = Autodiff<Ad>;
+        let x = random::<Other, 3>([2, 4, 6], 7);
+        close(gelu(x.clone()), burn::tensor::activation::gelu(x.clone()));
+        close(
+            causal_attention(x.clone(), x.clone(), x.clone(), 3),
+            attention_reference(x.clone(), x.clone(), x.clone(), 3),
+        );
+        let (gamma, beta) = (random::<Other, 1>([6], 12), random::<Other, 1>([6], 13));
+        close(
+            layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5),
+            layer_norm_reference(x.clone(), gamma, beta, 1e-5),
+        );
+        let (rows, weight) = (x.reshape([8, 6]), random::<Other, 2>([6, 5], 14));
+        close(linear(rows.clone(), weight.clone(), None), burn::tensor::module::linear(rows, weight, None));
+    }
+}
