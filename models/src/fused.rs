@@ -1,22 +1,24 @@
 //! Fused kernels for burn's CPU backend: linear maps, causal attention over packed heads, GELU and
-//! LayerNorm, forward and backward, so that a training step on flex is a few passes over memory instead of a
-//! chain of small ops.
+//! LayerNorm, forward and backward, so that a training step on flex is a few passes over memory
+//! instead of a chain of small ops.
 //!
 //! Why: under `Autodiff<Flex>`, burn 0.21 runs attention as its generic fallback (a mask, a scale,
 //! a softmax decomposed into five recorded ops, two batched products, each with its backward) on
-//! heads split and merged by strided copies, GELU through a scalar `erf` from `libm`, and
-//! LayerNorm as nine recorded ops. On the d 128 benchmark these took ~18, ~17 and ~7 ms of a
-//! 91 ms step, for a few percent of its FLOPs (LOG.md, 2026-11-27).
+//! heads split and merged by strided copies, GELU through a scalar `erf` from `libm`, LayerNorm as
+//! nine recorded ops, and the weight gradient of a linear map on `[b, t, d]` as b zero-filled
+//! products summed. On the d 128 benchmark the first three took ~18, ~17 and ~7 ms of a 91 ms
+//! step, for a few percent of its FLOPs (LOG.md, 2026-11-27).
 //!
 //! How: every function here takes any backend. On `Autodiff<Flex>` (training) it records one op
 //! whose backward is written out below; on plain `Flex` (evaluation, decoding) it runs the forward
-//! kernel (LayerNorm: flex's own); on every other backend (wgpu, CUDA) it runs burn's own ops, so GPU backends keep their
-//! fused kernels and the library stays generic. The backend is recognised by its type at run time
-//! (`Any`), which needs no trait bound beyond `Backend`.
+//! kernel (for LayerNorm, flex's own); on every other backend (wgpu, CUDA) it runs burn's ops, so
+//! GPU backends keep their fused kernels and the library stays generic. The backend is recognised
+//! by its type at run time (`Any`), which needs no trait bound beyond `Backend`.
 //!
 //! The kernels are plain loops over contiguous `f32` rows, compiled three times (AVX-512, AVX2 +
-//! FMA, baseline) and picked by the CPU at run time, like flex's own matrix products. `erf` and
-//! `exp` are polynomial approximations (errors below 1e-6, tested) that vectorize.
+//! FMA, baseline) and picked by the CPU at run time, like flex's own matrix products; products go
+//! to the `gemm` crate that flex uses. `erf` and `exp` are polynomial approximations (errors below
+//! 1e-6, tested) that vectorize.
 
 use std::any::Any;
 
@@ -102,10 +104,10 @@ fn layer_norm_reference<B: Backend, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// `x W + b` over rows: `x` `[n, i]`, `weight` `[i, o]`, `bias` `[o]`, what burn's `linear` computes.
-/// The products go to the `gemm` crate directly, threaded when large (flex's are single-threaded
-/// without its `rayon` feature, whose elementwise paths cost more than they gain at these sizes),
-/// with the bias added in the product and no zero-filled batch of per-row weight gradients.
+/// `x W + b` over rows, what burn's `linear` computes: `x` `[n, i]`, `weight` `[i, o]`, `bias`
+/// `[o]`. The products go to the `gemm` crate directly, threaded when large (flex's are
+/// single-threaded without its `rayon` feature, whose elementwise paths cost more than they gain
+/// at these sizes), with the bias added in the product.
 pub fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
     let ([n, i], [wi, o]) = (x.dims(), weight.dims());
     assert_eq!(i, wi, "linear: input width {i}, weight [{wi}, {o}]");
@@ -564,7 +566,8 @@ multiversion! {
         let Shape { b: nb, tq, tk, h: nh, k: w } = s;
         let d = nh * w;
         let scale = 1.0 / (w as f32).sqrt();
-        let (mut dq, mut dk, mut dv) = (vec![0.0f32; nb * tq * d], vec![0.0f32; nb * tk * d], vec![0.0f32; nb * tk * d]);
+        let mut dq = vec![0.0f32; nb * tq * d];
+        let (mut dk, mut dv) = (vec![0.0f32; nb * tk * d], vec![0.0f32; nb * tk * d]);
         let mut ds = vec![0.0f32; tk];
         for b in 0..nb {
             for h in 0..nh {
@@ -648,7 +651,12 @@ multiversion! {
 }
 
 multiversion! {
-    fn layer_norm_backward(g: &[f32], normalized: &[f32], rstd: &[f32], gamma: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn layer_norm_backward(
+        g: &[f32],
+        normalized: &[f32],
+        rstd: &[f32],
+        gamma: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         // dx = rstd (a - mean(a) - x^ mean(a x^)) with a = g gamma; dgamma = sum g x^; dbeta = sum g.
         let d = gamma.len();
         let rows = rstd.len();
