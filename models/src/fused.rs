@@ -179,11 +179,7 @@ fn attention_autodiff(q: Tensor<Ad, 3>, k: Tensor<Ad, 3>, v: Tensor<Ad, 3>, shap
     let (out, p) = attention_forward(qs, ks, vs, shape);
     let out = flex(out, [shape.b, shape.tq, shape.h * shape.k]);
     let op = AttentionOp.prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()]);
-    let out = match op.compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(AttentionState { q: qc, k: kc, v: vc, p, shape }, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    record(op.compute_bound().stateful(), AttentionState { q: qc, k: kc, v: vc, p, shape }, out)
 }
 
 /// GELU's backward: the input of the forward pass.
@@ -214,11 +210,7 @@ fn gelu_autodiff<const D: usize>(x: Tensor<Ad, D>) -> Tensor<Ad, D> {
         return burn::tensor::activation::gelu(float(x));
     };
     let out = flex(gelu_forward(xs), dims);
-    let out = match GeluOp.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish((xc, dims.to_vec()), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    record(GeluOp.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful(), (xc, dims.to_vec()), out)
 }
 
 /// LayerNorm's backward: the normalised input, each row's `1 / sqrt(var + eps)`, and gamma.
@@ -268,11 +260,7 @@ fn layer_norm_autodiff<const D: usize>(
     let (out, normalized, rstd) = layer_norm_forward(xs, gs, bs, epsilon as f32);
     let out = flex(out, dims);
     let op = LayerNormOp.prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()]);
-    let out = match op.compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(LayerNormState { normalized, rstd, gamma: gc, dims: dims.to_vec() }, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    record(op.compute_bound().stateful(), LayerNormState { normalized, rstd, gamma: gc, dims: dims.to_vec() }, out)
 }
 
 /// The linear map's backward: its input and weight.
@@ -322,28 +310,34 @@ fn linear_autodiff(x: Tensor<Ad, 2>, weight: Tensor<Ad, 2>, bias: Option<Tensor<
     let out = flex(linear_forward(xs, ws, bs, [n, i, o]), [n, o]);
     let state = LinearState { x: xc, weight: wc, sizes: [n, i, o] };
     // The same op with two or three parents.
-    let out = match bias {
-        Some(b) => match LinearOp
-            .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone(), b.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
-        None => {
-            match LinearOp.prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()]).compute_bound().stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(state, out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            }
+    match bias {
+        Some(b) => {
+            let nodes = [x.node.clone(), weight.node.clone(), b.node.clone()];
+            record(LinearOp.prepare::<NoCheckpointing>(nodes).compute_bound().stateful(), state, out)
         }
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+        None => {
+            let nodes = [x.node.clone(), weight.node.clone()];
+            record(LinearOp.prepare::<NoCheckpointing>(nodes).compute_bound().stateful(), state, out)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Plumbing between burn's types.
+
+/// Puts a prepared op into the graph, with the state its backward needs when the graph tracks it
+/// (the state is dropped otherwise), and wraps its output.
+fn record<O: Backward<Flex, N>, const N: usize, const D: usize>(
+    kind: OpsKind<O, Flex, O::State, NoCheckpointing, N>,
+    state: O::State,
+    out: FlexTensor,
+) -> Tensor<Ad, D> {
+    let out = match kind {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
 
 /// Whether the backend `B` is `C`.
 fn is<B: 'static, C: 'static>() -> bool {
