@@ -33,6 +33,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
+use crate::par;
+
 /// The training backend the kernels serve.
 type Ad = Autodiff<Flex>;
 
@@ -409,8 +411,17 @@ fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, [n, i, o]: [usize; 3]
 /// `lhs rhs` for `lhs` `[m, k]` and `rhs` `[k, n]` read through (row, column) strides, into a
 /// fresh row-major `[m, n]`.
 fn product(lhs: &[f32], lhs_strides: [isize; 2], rhs: &[f32], rhs_strides: [isize; 2], mkn: [usize; 3]) -> Vec<f32> {
-    let mut out = vec![0.0f32; mkn[0] * mkn[2]];
-    gemm_into(&mut out, false, lhs, lhs_strides, rhs, rhs_strides, mkn);
+    let len = mkn[0] * mkn[2];
+    let mut out = Vec::with_capacity(len);
+    // SAFETY: gemm writes every element of a destination it does not read (with `read_dst`
+    // false it scales the old values by zero without loading them, and for k = 0 stores zeros),
+    // so the uninitialised values are never read and all are set before `set_len`; `f32` has no
+    // drop. Skipping the zero-fill saves a pass over each output (memset took ~5% of the d 128
+    // step).
+    unsafe {
+        gemm_raw(out.as_mut_ptr(), false, lhs, lhs_strides, rhs, rhs_strides, mkn);
+        out.set_len(len);
+    }
     out
 }
 
@@ -419,58 +430,142 @@ fn gemm_into(
     dst: &mut [f32],
     accumulate: bool,
     lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+    [m, k, n]: [usize; 3],
+) {
+    assert!(dst.len() == m * n, "gemm: destination of {} for [{m}, {n}]", dst.len());
+    // SAFETY: `dst` holds `[m, n]` (checked above) and is exclusively borrowed.
+    unsafe { gemm_raw(dst.as_mut_ptr(), accumulate, lhs, lhs_strides, rhs, rhs_strides, [m, k, n]) }
+}
+
+/// Products smaller than this many multiply-adds run on one thread: below it, starting the
+/// helpers and packing an operand twice cost more than the second core gains.
+const PARALLEL_MACS: usize = 1 << 20;
+
+/// [`gemm_into`] on a raw destination, split among [`par`]'s threads.
+///
+/// The output is cut into one block of rows (or of columns, whichever dimension is longer, so
+/// that the operand each block packs again is the smaller one) per thread. Every element is
+/// still the same sum in the same order: gemm's blocking of the shared dimension depends on `k`
+/// alone (and on sizes only when both block dimensions are at most 64, which the cut avoids), so
+/// results are bit for bit those of one thread, whatever the thread count (tested below).
+///
+/// # Safety
+/// `dst` must be valid for writes of `m * n` elements, not aliased, and initialised when
+/// `accumulate`.
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+    [m, k, n]: [usize; 3],
+) {
+    let threads = if m * k * n >= PARALLEL_MACS { par::threads() } else { 1 };
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_parts(dst, accumulate, lhs, lhs_strides, rhs, rhs_strides, [m, k, n], threads) }
+}
+
+/// [`gemm_raw`] in (at most) `parts` blocks.
+///
+/// # Safety
+/// As for [`gemm_raw`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_parts(
+    dst: *mut f32,
+    accumulate: bool,
+    lhs: &[f32],
     [lhs_rs, lhs_cs]: [isize; 2],
     rhs: &[f32],
     [rhs_rs, rhs_cs]: [isize; 2],
     [m, k, n]: [usize; 3],
+    parts: usize,
 ) {
     // The last element each operand is read at must lie inside it.
     let last = |rows: usize, cols: usize, rs: isize, cs: isize| {
         (rows.max(1) - 1) as isize * rs + (cols.max(1) - 1) as isize * cs
     };
-    assert!(dst.len() == m * n, "gemm: destination of {} for [{m}, {n}]", dst.len());
     assert!(m * k == 0 || (last(m, k, lhs_rs, lhs_cs) as usize) < lhs.len(), "gemm: left operand too short");
     assert!(k * n == 0 || (last(k, n, rhs_rs, rhs_cs) as usize) < rhs.len(), "gemm: right operand too short");
-    // Threads pay off only for large products on the two cores measured here: the `ntf` model's
-    // (2048 x 384 x 384 and up) run 1.3x faster on two threads, the d 128 model's (2048 x 128 x
-    // 512 and below) 10% slower (LOG.md, 2026-11-27). gemm splits the output among threads, so
-    // every element is the same sum in the same order whatever the thread count: results stay
-    // bit for bit reproducible.
-    let parallelism = if m * n * k >= 1 << 28 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    // SAFETY: the three buffers hold every element the strides reach (checked above) and `dst`
-    // is exclusively borrowed; gemm computes dst := alpha dst + beta lhs rhs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+    let by_rows = m >= n;
+    let (long, short) = if by_rows { (m, n) } else { (n, m) };
+    // Blocks of a multiple of 16 rows or columns (whole SIMD registers); blocks of at most 64 by
+    // at most 64 would change gemm's blocking of `k`, so those products stay whole.
+    let block = long.div_ceil(parts.max(1)).next_multiple_of(16);
+    let (block, blocks) = if block >= long || (short <= 64 && block <= 64) {
+        (long, 1)
+    } else {
+        (block, long.div_ceil(block))
+    };
+    let (dst, lhs_ptr, rhs_ptr) = (Shared(dst), Shared(lhs.as_ptr() as *mut f32), Shared(rhs.as_ptr() as *mut f32));
+    par::for_each(blocks, |b| {
+        let start = b * block;
+        let size = block.min(long - start);
+        let (rows, cols) = if by_rows { (size, n) } else { (m, size) };
+        let (row0, col0) = if by_rows { (start, 0) } else { (0, start) };
+        // SAFETY: the blocks cut `dst` into disjoint rectangles inside `[m, n]` (which the
+        // caller lends exclusively), and each operand is read only inside the extent checked
+        // above; gemm computes dst := alpha dst + beta lhs rhs.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                dst.get().add(row0 * n + col0),
+                1,
+                n as isize,
+                accumulate,
+                lhs_ptr.get().offset(row0 as isize * lhs_rs),
+                lhs_cs,
+                lhs_rs,
+                rhs_ptr.get().offset(col0 as isize * rhs_cs),
+                rhs_cs,
+                rhs_rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+}
+
+/// A raw pointer that blocks of one product share, each touching its own elements.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+
+// SAFETY: used only by `gemm_parts`, whose blocks write disjoint elements and read operands
+// that nothing writes during the product.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its field).
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
-/// Sums of the columns of a row-major matrix with `n` columns.
+/// Sums of the columns of a row-major matrix with `n` columns: each part's rows summed on its
+/// own, then the parts' sums in order.
 fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
-    let mut sums = vec![0.0f32; n];
-    for row in g.chunks_exact(n) {
-        for (s, x) in sums.iter_mut().zip(row) {
-            *s += x;
+    let per = rows_per_part(n);
+    let rows = g.len() / n.max(1);
+    let mut partial = vec![0.0f32; rows.div_ceil(per) * n];
+    let partials = par::Parts::new(&mut partial, n);
+    par::for_each(partials.count(), |i| {
+        let sums = partials.take(i);
+        for row in g[i * per * n..][..per.min(rows - i * per) * n].chunks_exact(n) {
+            axpy(1.0, row, sums);
         }
+    });
+    let mut sums = vec![0.0f32; n];
+    for part in partial.chunks_exact(n) {
+        axpy(1.0, part, &mut sums);
     }
     sums
 }
@@ -488,16 +583,16 @@ struct Shape {
 /// Compiles `$body` for AVX-512, for AVX2 + FMA and for the baseline target, and runs the best
 /// the CPU has (what flex's matrix products do too).
 macro_rules! multiversion {
-    (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
-        fn $name($($arg: $ty),*) -> $ret {
+    (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body($($arg: $ty),*) -> $ret $body
+            fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn v4($($arg: $ty),*) -> $ret { body($($arg),*) }
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn v3($($arg: $ty),*) -> $ret { body($($arg),*) }
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
                 if std::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features `v4` is compiled for.
                     return unsafe { v4($($arg),*) };
@@ -512,13 +607,100 @@ macro_rules! multiversion {
     };
 }
 
+// The kernels' drivers cut the work into parts (a batch element of attention; a fixed number of
+// rows or elements otherwise) that `par` spreads over the cores. Parts depend on the shapes only,
+// and sums across parts (LayerNorm's and the bias's gradients) add the parts' partial sums in
+// order, so results do not depend on the thread count.
+
+/// Elements per part of the elementwise and row-wise kernels: 64 KB of f32, a few microseconds
+/// of work, many parts per call at the lab's sizes.
+const PART: usize = 1 << 14;
+
+/// Rows of width `d` per part.
+fn rows_per_part(d: usize) -> usize {
+    (PART / d.max(1)).max(1)
+}
+
+fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> (Vec<f32>, Vec<f32>) {
+    let Shape { b, tq, tk, h, k: w } = s;
+    let d = h * w;
+    let (mut out, mut p) = (vec![0.0f32; b * tq * d], vec![0.0f32; b * h * tq * tk]);
+    let (outs, ps) = (par::Parts::new(&mut out, tq * d), par::Parts::new(&mut p, h * tq * tk));
+    let one = Shape { b: 1, ..s };
+    par::for_each(b, |i| {
+        let (q, k, v) = (&q[i * tq * d..][..tq * d], &k[i * tk * d..][..tk * d], &v[i * tk * d..][..tk * d]);
+        attention_forward_kernel(q, k, v, one, outs.take(i), ps.take(i));
+    });
+    (out, p)
+}
+
+fn attention_backward(q: &[f32], k: &[f32], v: &[f32], p: &[f32], go: &[f32], s: Shape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let Shape { b, tq, tk, h, k: w } = s;
+    let d = h * w;
+    let (mut dq, mut dk, mut dv) = (vec![0.0f32; b * tq * d], vec![0.0f32; b * tk * d], vec![0.0f32; b * tk * d]);
+    let (dqs, dks, dvs) = (par::Parts::new(&mut dq, tq * d), par::Parts::new(&mut dk, tk * d), par::Parts::new(&mut dv, tk * d));
+    let one = Shape { b: 1, ..s };
+    par::for_each(b, |i| {
+        let (q, k, v) = (&q[i * tq * d..][..tq * d], &k[i * tk * d..][..tk * d], &v[i * tk * d..][..tk * d]);
+        let (p, go) = (&p[i * h * tq * tk..][..h * tq * tk], &go[i * tq * d..][..tq * d]);
+        attention_backward_kernel(q, k, v, p, go, one, [dqs.take(i), dks.take(i), dvs.take(i)]);
+    });
+    (dq, dk, dv)
+}
+
+fn gelu_forward(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    let ys = par::Parts::new(&mut y, PART);
+    par::for_each(ys.count(), |i| gelu_forward_kernel(&x[i * PART..], ys.take(i)));
+    y
+}
+
+fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0.0f32; x.len()];
+    let dxs = par::Parts::new(&mut dx, PART);
+    par::for_each(dxs.count(), |i| gelu_backward_kernel(&x[i * PART..], &g[i * PART..], dxs.take(i)));
+    dx
+}
+
+fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let d = gamma.len();
+    let rows = x.len() / d;
+    let (mut out, mut normalized, mut rstd) = (vec![0.0f32; rows * d], vec![0.0f32; rows * d], vec![0.0f32; rows]);
+    let per = rows_per_part(d);
+    let (outs, ns, rs) =
+        (par::Parts::new(&mut out, per * d), par::Parts::new(&mut normalized, per * d), par::Parts::new(&mut rstd, per));
+    par::for_each(rs.count(), |i| {
+        layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, outs.take(i), ns.take(i), rs.take(i));
+    });
+    (out, normalized, rstd)
+}
+
+fn layer_norm_backward(g: &[f32], normalized: &[f32], rstd: &[f32], gamma: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let d = gamma.len();
+    let rows = rstd.len();
+    let per = rows_per_part(d);
+    let mut dx = vec![0.0f32; rows * d];
+    // Each part's sums for dgamma and dbeta, side by side.
+    let mut partial = vec![0.0f32; rows.div_ceil(per) * 2 * d];
+    let (dxs, partials) = (par::Parts::new(&mut dx, per * d), par::Parts::new(&mut partial, 2 * d));
+    par::for_each(partials.count(), |i| {
+        let (rows, at) = (&rstd[i * per..][..per.min(rows - i * per)], i * per * d);
+        let (dgamma, dbeta) = partials.take(i).split_at_mut(d);
+        layer_norm_backward_kernel(&g[at..], &normalized[at..], rows, gamma, dxs.take(i), dgamma, dbeta);
+    });
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+    for part in partial.chunks_exact(2 * d) {
+        axpy(1.0, &part[..d], &mut dgamma);
+        axpy(1.0, &part[d..], &mut dbeta);
+    }
+    (dx, dgamma, dbeta)
+}
+
 multiversion! {
-    fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> (Vec<f32>, Vec<f32>) {
+    fn attention_forward_kernel(q: &[f32], k: &[f32], v: &[f32], s: Shape, out: &mut [f32], p: &mut [f32]) {
         let Shape { b: nb, tq, tk, h: nh, k: w } = s;
         let d = nh * w;
         let scale = 1.0 / (w as f32).sqrt();
-        let mut out = vec![0.0f32; nb * tq * d];
-        let mut p = vec![0.0f32; nb * nh * tq * tk];
         for b in 0..nb {
             for h in 0..nh {
                 for i in 0..tq {
@@ -544,24 +726,23 @@ multiversion! {
                 }
             }
         }
-        (out, p)
     }
 }
 
 multiversion! {
-    fn attention_backward(
+    fn attention_backward_kernel(
         q: &[f32],
         k: &[f32],
         v: &[f32],
         p: &[f32],
         go: &[f32],
         s: Shape,
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        grads: [&mut [f32]; 3],
+    ) {
         let Shape { b: nb, tq, tk, h: nh, k: w } = s;
         let d = nh * w;
         let scale = 1.0 / (w as f32).sqrt();
-        let mut dq = vec![0.0f32; nb * tq * d];
-        let (mut dk, mut dv) = (vec![0.0f32; nb * tk * d], vec![0.0f32; nb * tk * d]);
+        let [dq, dk, dv] = grads;
         let mut ds = vec![0.0f32; tk];
         for b in 0..nb {
             for h in 0..nh {
@@ -589,42 +770,46 @@ multiversion! {
                 }
             }
         }
-        (dq, dk, dv)
     }
 }
 
 // Index loops rather than iterator closures: a closure is its own function, compiled without
-// the target features of the version that calls it, so it would not vectorize.
+// the target features of the version that calls it, so it would not vectorize. Each kernel
+// fills its output part, reading the inputs from the part's start.
 multiversion! {
-    fn gelu_forward(x: &[f32]) -> Vec<f32> {
-        let mut y = vec![0.0f32; x.len()];
+    fn gelu_forward_kernel(x: &[f32], y: &mut [f32]) {
+        let x = &x[..y.len()];
         for i in 0..x.len() {
             y[i] = 0.5 * x[i] * (1.0 + erf(x[i] * std::f32::consts::FRAC_1_SQRT_2));
         }
-        y
     }
 }
 
 multiversion! {
-    fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
+    fn gelu_backward_kernel(x: &[f32], g: &[f32], dx: &mut [f32]) {
         // d/dx x Phi(x) = Phi(x) + x phi(x).
         let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
-        let n = x.len();
-        let (g, mut dx) = (&g[..n], vec![0.0f32; n]);
+        let n = dx.len();
+        let (x, g) = (&x[..n], &g[..n]);
         for i in 0..n {
             let cdf = 0.5 * (1.0 + erf(x[i] * std::f32::consts::FRAC_1_SQRT_2));
             dx[i] = g[i] * (cdf + x[i] * inv_sqrt_2pi * exp(-0.5 * x[i] * x[i]));
         }
-        dx
     }
 }
 
 multiversion! {
-    fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn layer_norm_forward_kernel(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        out: &mut [f32],
+        normalized: &mut [f32],
+        rstd: &mut [f32],
+    ) {
         let d = gamma.len();
-        let rows = x.len() / d;
-        let (mut out, mut normalized, mut rstd) = (vec![0.0f32; rows * d], vec![0.0f32; rows * d], vec![0.0f32; rows]);
-        for r in 0..rows {
+        for r in 0..rstd.len() {
             let xr = &x[r * d..][..d];
             let mean = sum(xr) / d as f32;
             let nr = &mut normalized[r * d..][..d];
@@ -640,23 +825,23 @@ multiversion! {
                 or[i] = nr[i] * gamma[i] + beta[i];
             }
         }
-        (out, normalized, rstd)
     }
 }
 
 multiversion! {
-    fn layer_norm_backward(
+    fn layer_norm_backward_kernel(
         g: &[f32],
         normalized: &[f32],
         rstd: &[f32],
         gamma: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        dx: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+    ) {
         // dx = rstd (a - mean(a) - x^ mean(a x^)) with a = g gamma; dgamma = sum g x^; dbeta = sum g.
         let d = gamma.len();
-        let rows = rstd.len();
-        let (mut dx, mut dgamma, mut dbeta) = (vec![0.0f32; rows * d], vec![0.0f32; d], vec![0.0f32; d]);
         let mut a = vec![0.0f32; d];
-        for r in 0..rows {
+        for r in 0..rstd.len() {
             let (gr, nr) = (&g[r * d..][..d], &normalized[r * d..][..d]);
             for i in 0..d {
                 a[i] = gr[i] * gamma[i];
@@ -670,7 +855,6 @@ multiversion! {
                 dxr[i] = rstd[r] * (a[i] - m1 - nr[i] * m2);
             }
         }
-        (dx, dgamma, dbeta)
     }
 }
 
@@ -774,6 +958,36 @@ mod tests {
 
     fn close<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) {
         a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(2e-5));
+    }
+
+    #[test]
+    fn split_products_equal_whole_ones_bit_for_bit() {
+        // The model's products (rows 2048 = 64 x 32; widths 54 to 1536), forward and both
+        // gradients' operand layouts, plus odd sizes and a shared dimension beyond gemm's block.
+        let cases: &[[usize; 3]] =
+            &[[2048, 128, 384], [2048, 128, 54], [128, 2048, 384], [512, 2048, 128], [2048, 384, 1536], [300, 700, 100], [70, 1100, 90]];
+        for &[m, k, n] in cases {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 250.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 300.0).collect();
+            // Row-major operands, then the left one read transposed (as the weight gradient does).
+            for (lhs_strides, rhs_strides) in [([k as isize, 1], [n as isize, 1]), ([1, m as isize], [n as isize, 1])] {
+                let run = |parts| {
+                    let mut out = vec![f32::NAN; m * n];
+                    // SAFETY: `out` holds [m, n] and is not read (`accumulate` false).
+                    unsafe { gemm_parts(out.as_mut_ptr(), false, &a, lhs_strides, &b, rhs_strides, [m, k, n], parts) };
+                    out
+                };
+                let whole = run(1);
+                assert!(whole.iter().all(|x| x.is_finite()), "[{m}, {k}, {n}]: an element was not written");
+                for parts in [2, 3, 8] {
+                    let split = run(parts);
+                    assert!(
+                        whole.iter().zip(&split).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "[{m}, {k}, {n}] in {parts} parts differs from the whole product"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

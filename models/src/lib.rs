@@ -8,5 +8,6 @@
 pub mod checkpoint;
 pub mod fused;
 pub mod gpt;
+pub mod par;
 
 pub use gpt::{Block, Gpt, GptConfig, GptOutput, KvCache, linear_rows, seeded, transfer};

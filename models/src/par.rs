@@ -1,0 +1,293 @@
+//! Fork-join over the CPU's cores for the fused kernels: a few helper threads that spin briefly
+//! between calls, so that a training step's hundreds of short parallel sections (each 10 µs to
+//! 1 ms) start within microseconds.
+//!
+//! Why not rayon: a rayon call from a thread outside its pool waits for a sleeping worker to
+//! wake, which took 30-80 µs on the machines here (two 50 µs halves joined in 81-188 µs, worse
+//! than running them one after the other; LOG.md, 2026-11-27), and the training step is such a
+//! thread. Here the calling thread always works too, helpers join a call only if they arrive in
+//! time, and the caller waits only for parts a helper has actually begun.
+//!
+//! Results never depend on the number of threads: callers cut their work into parts whose
+//! boundaries depend on the problem's shape only, and each part is computed the same way
+//! whichever thread runs it. `LAB_THREADS` sets how many threads work (the caller included;
+//! default: the cores available); `LAB_THREADS=1` runs everything on the calling thread.
+//!
+//! One call runs at a time: a call made while another is running (from another thread, or from
+//! inside a task) runs its parts on its own thread, so calls never wait for each other.
+
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::ptr::null_mut;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
+use std::sync::{Mutex, OnceLock};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+/// How long an idle helper spins (and then yields) before it sleeps: longer than the gaps
+/// between a training step's parallel sections, short enough to give the core back soon after.
+const SPIN: Duration = Duration::from_micros(50);
+const YIELD: Duration = Duration::from_millis(2);
+
+/// Runs `task(i)` for every `i` in `0..parts`, on the calling thread and whichever helpers
+/// join; returns when all have finished. A panic in a task is raised again here.
+pub fn for_each(parts: usize, task: impl Fn(usize) + Sync) {
+    let pool = pool();
+    if parts <= 1 || pool.helpers.is_empty() {
+        (0..parts).for_each(task);
+        return;
+    }
+    let job = Job { task: &task, parts, next: AtomicUsize::new(0), panic: Mutex::new(None) };
+    // The pool hands the job to helpers as a raw pointer, which `Retire` below withdraws (and
+    // waits for every helper holding it to let go of) before `job` goes out of scope.
+    let ptr = &job as *const Job<'_> as *mut Job<'static>;
+    if pool.current.compare_exchange(null_mut(), ptr, SeqCst, SeqCst).is_err() {
+        // Another call holds the helpers: run this one here.
+        (0..parts).for_each(task);
+        return;
+    }
+    pool.epoch.fetch_add(1, SeqCst);
+    if pool.sleeping.load(SeqCst) > 0 {
+        pool.helpers.iter().for_each(Thread::unpark);
+    }
+    {
+        let _retire = Retire(pool);
+        job.run();
+    }
+    if let Some(payload) = job.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        resume_unwind(payload);
+    }
+}
+
+/// How many threads work in [`for_each`], the caller included.
+pub fn threads() -> usize {
+    pool().helpers.len() + 1
+}
+
+/// A mutable buffer cut into consecutive parts of `len` elements (the last may be shorter), each
+/// of which one task of a [`for_each`] call may take: the way tasks write disjoint pieces of one
+/// output. Taking a part twice panics.
+pub struct Parts<'a, T> {
+    ptr: *mut T,
+    total: usize,
+    len: usize,
+    taken: Box<[AtomicBool]>,
+    _buffer: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: the parts are disjoint and each is handed out once (checked in `take`), so sharing
+// `Parts` among threads shares no element; the elements themselves move between threads.
+unsafe impl<T: Send> Sync for Parts<'_, T> {}
+
+impl<'a, T: Send> Parts<'a, T> {
+    pub fn new(buffer: &'a mut [T], len: usize) -> Self {
+        let len = len.max(1);
+        let count = buffer.len().div_ceil(len);
+        Parts {
+            ptr: buffer.as_mut_ptr(),
+            total: buffer.len(),
+            len,
+            taken: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            _buffer: PhantomData,
+        }
+    }
+
+    /// How many parts there are.
+    pub fn count(&self) -> usize {
+        self.taken.len()
+    }
+
+    /// Part `i`.
+    pub fn take(&self, i: usize) -> &'a mut [T] {
+        assert!(!self.taken[i].swap(true, SeqCst), "part {i} taken twice");
+        let start = i * self.len;
+        // SAFETY: `start..start + len` lies inside the buffer (`i < count`), parts do not
+        // overlap, and this one was not handed out before (checked above), so the slice is the
+        // only reference to its elements for the buffer's lifetime `'a`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), self.len.min(self.total - start)) }
+    }
+}
+
+/// A call's tasks, shared with the helpers by reference.
+struct Job<'a> {
+    task: &'a (dyn Fn(usize) + Sync),
+    parts: usize,
+    /// The next part nobody has claimed yet.
+    next: AtomicUsize,
+    /// The first panic a helper's task raised, to raise again on the calling thread.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+impl Job<'_> {
+    fn run(&self) {
+        loop {
+            let i = self.next.fetch_add(1, SeqCst);
+            if i >= self.parts {
+                return;
+            }
+            (self.task)(i);
+        }
+    }
+}
+
+struct Pool {
+    helpers: Vec<Thread>,
+    /// The running call's job, null between calls.
+    current: AtomicPtr<Job<'static>>,
+    /// Bumped by every call, so that waiting helpers notice one.
+    epoch: AtomicU64,
+    /// Helpers that may hold `current`'s job: the caller waits for none before returning.
+    active: AtomicUsize,
+    /// Helpers asleep (or about to be), for the caller to wake.
+    sleeping: AtomicUsize,
+}
+
+/// Withdraws the job from the pool when the call ends (or unwinds) and waits until no helper
+/// holds it.
+struct Retire(&'static Pool);
+
+impl Drop for Retire {
+    fn drop(&mut self) {
+        self.0.current.store(null_mut(), SeqCst);
+        while self.0.active.load(SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::env::var("LAB_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+        // The pool lives as long as the process; its helpers are spawned once it has its
+        // address, and each learns its own handle from the spawn.
+        let pool: &'static mut Pool = Box::leak(Box::new(Pool {
+            helpers: Vec::new(),
+            current: AtomicPtr::new(null_mut()),
+            epoch: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            sleeping: AtomicUsize::new(0),
+        }));
+        let address = pool as *mut Pool as usize;
+        let helpers = (1..threads)
+            .filter_map(|i| {
+                thread::Builder::new()
+                    .name(format!("lab-helper-{i}"))
+                    // SAFETY: the pool is leaked, so the address stays valid forever; helpers
+                    // only read it through shared references.
+                    .spawn(move || helper(unsafe { &*(address as *const Pool) }))
+                    .ok()
+                    .map(|handle| handle.thread().clone())
+            })
+            .collect();
+        pool.helpers = helpers;
+        &*pool
+    })
+}
+
+fn helper(pool: &'static Pool) {
+    let mut seen = pool.epoch.load(SeqCst);
+    loop {
+        let idle = Instant::now();
+        loop {
+            let epoch = pool.epoch.load(SeqCst);
+            if epoch != seen {
+                seen = epoch;
+                break;
+            }
+            let waited = idle.elapsed();
+            if waited < SPIN {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+            } else if waited < YIELD {
+                thread::yield_now();
+            } else {
+                // A caller bumps the epoch and then reads `sleeping`; this helper counts itself
+                // and then reads the epoch: one of the two sees the other, so no wake-up is lost.
+                pool.sleeping.fetch_add(1, SeqCst);
+                if pool.epoch.load(SeqCst) == seen {
+                    thread::park();
+                }
+                pool.sleeping.fetch_sub(1, SeqCst);
+            }
+        }
+        // Counted before looking at the job, so that a caller who withdraws it afterwards waits.
+        pool.active.fetch_add(1, SeqCst);
+        let job = pool.current.load(SeqCst);
+        if !job.is_null() {
+            // SAFETY: the job stays alive until its caller has withdrawn it and seen `active`
+            // at zero, which cannot happen before the decrement below.
+            let job = unsafe { &*job };
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job.run())) {
+                job.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
+            }
+        }
+        pool.active.fetch_sub(1, SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_part_runs_once_and_parts_are_disjoint() {
+        for parts in [0, 1, 2, 3, 17, 64] {
+            let mut out = vec![0usize; parts * 5 + 3];
+            let chunks = Parts::new(&mut out, 5);
+            for_each(chunks.count(), |i| {
+                for x in chunks.take(i) {
+                    *x += i + 1;
+                }
+            });
+            let expected: Vec<usize> = (0..parts * 5 + 3).map(|j| j / 5 + 1).collect();
+            assert_eq!(out, expected);
+        }
+    }
+
+    #[test]
+    fn concurrent_and_nested_calls_complete() {
+        let total = AtomicUsize::new(0);
+        thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        for_each(4, |_| {
+                            for_each(3, |_| {
+                                total.fetch_add(1, SeqCst);
+                            })
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(SeqCst), 4 * 200 * 4 * 3);
+    }
+
+    #[test]
+    fn a_panicking_task_panics_the_call() {
+        let result = catch_unwind(|| for_each(8, |i| assert!(i != 5, "task 5 fails")));
+        assert!(result.is_err());
+        // The pool still works afterwards.
+        let count = AtomicUsize::new(0);
+        for_each(8, |_| {
+            count.fetch_add(1, SeqCst);
+        });
+        assert_eq!(count.load(SeqCst), 8);
+    }
+
+    #[test]
+    #[should_panic(expected = "taken twice")]
+    fn a_part_cannot_be_taken_twice() {
+        let mut out = vec![0; 4];
+        let parts = Parts::new(&mut out, 2);
+        parts.take(1);
+        parts.take(1);
+    }
+}
