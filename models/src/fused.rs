@@ -290,9 +290,9 @@ impl<const N: usize> Backward<Flex, N> for LinearOp {
             let Some(node) = parent else { continue };
             let value = match index {
                 // dx = g W^T: [n, o] x [o, i], W^T read through W's strides.
-                0 => flex(product(g, [o as isize, 1], values(&s.weight), [1, o as isize], [n, o, i]), [n, i]),
+                0 => flex(product(g, [o as isize, 1], values(&s.weight), [1, o as isize], [n, o, i], None), [n, i]),
                 // dW = x^T g: [i, n] x [n, o], x^T read through x's strides.
-                1 => flex(product(values(&s.x), [1, i as isize], g, [o as isize, 1], [i, n, o]), [i, o]),
+                1 => flex(product(values(&s.x), [1, i as isize], g, [o as isize, 1], [i, n, o], None), [i, o]),
                 _ => flex(column_sums(g, o), [o]),
             };
             grads.register::<Flex>(node.id, value);
@@ -394,89 +394,52 @@ fn flex(values: Vec<f32>, dims: impl Into<Vec<usize>>) -> FlexTensor {
 
 /// `x W (+ b)`: `x` `[n, i]`, `w` `[i, o]`, `b` `[o]`, row-major.
 fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, [n, i, o]: [usize; 3]) -> Vec<f32> {
-    match b {
-        // Each output row starts as the bias and the product is added to it.
-        Some(b) => {
-            let mut out = Vec::with_capacity(n * o);
-            for _ in 0..n {
-                out.extend_from_slice(b);
-            }
-            gemm_into(&mut out, true, x, [i as isize, 1], w, [o as isize, 1], [n, i, o]);
-            out
-        }
-        None => product(x, [i as isize, 1], w, [o as isize, 1], [n, i, o]),
-    }
+    product(x, [i as isize, 1], w, [o as isize, 1], [n, i, o], b)
 }
 
-/// `lhs rhs` for `lhs` `[m, k]` and `rhs` `[k, n]` read through (row, column) strides, into a
-/// fresh row-major `[m, n]`.
-fn product(lhs: &[f32], lhs_strides: [isize; 2], rhs: &[f32], rhs_strides: [isize; 2], mkn: [usize; 3]) -> Vec<f32> {
-    let len = mkn[0] * mkn[2];
-    let mut out = Vec::with_capacity(len);
-    // SAFETY: gemm writes every element of a destination it does not read (with `read_dst`
-    // false it scales the old values by zero without loading them, and for k = 0 stores zeros),
-    // so the uninitialised values are never read and all are set before `set_len`; `f32` has no
-    // drop. Skipping the zero-fill saves a pass over each output (memset took ~5% of the d 128
-    // step).
-    unsafe {
-        gemm_raw(out.as_mut_ptr(), false, lhs, lhs_strides, rhs, rhs_strides, mkn);
-        out.set_len(len);
-    }
-    out
-}
-
-/// `dst (+)= lhs rhs` with `dst` row-major `[m, n]` (read when `accumulate`).
-fn gemm_into(
-    dst: &mut [f32],
-    accumulate: bool,
+/// `lhs rhs (+ bias)` for `lhs` `[m, k]` and `rhs` `[k, n]` read through (row, column) strides,
+/// into a fresh row-major `[m, n]`; `bias` `[n]` is added to every row.
+fn product(
     lhs: &[f32],
     lhs_strides: [isize; 2],
     rhs: &[f32],
     rhs_strides: [isize; 2],
-    [m, k, n]: [usize; 3],
-) {
-    assert!(dst.len() == m * n, "gemm: destination of {} for [{m}, {n}]", dst.len());
-    // SAFETY: `dst` holds `[m, n]` (checked above) and is exclusively borrowed.
-    unsafe { gemm_raw(dst.as_mut_ptr(), accumulate, lhs, lhs_strides, rhs, rhs_strides, [m, k, n]) }
+    mkn: [usize; 3],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let len = mkn[0] * mkn[2];
+    let mut out = Vec::with_capacity(len);
+    let threads = if mkn.iter().product::<usize>() >= PARALLEL_MACS { par::threads() } else { 1 };
+    // SAFETY: `out` has room for `[m, n]` and nothing else refers to it; the product writes
+    // every element (see `gemm_parts`), so all are initialised before `set_len`. Skipping a
+    // zero-fill saves a pass over each output (memset took ~5% of the d 128 step).
+    unsafe {
+        gemm_parts(out.as_mut_ptr(), bias, lhs, lhs_strides, rhs, rhs_strides, mkn, threads);
+        out.set_len(len);
+    }
+    out
 }
 
 /// Products smaller than this many multiply-adds run on one thread: below it, starting the
 /// helpers and packing an operand twice cost more than the second core gains.
 const PARALLEL_MACS: usize = 1 << 20;
 
-/// [`gemm_into`] on a raw destination, split among [`par`]'s threads.
+/// `dst = lhs rhs (+ bias)`, with `dst` row-major `[m, n]`, in (at most) `parts` blocks that
+/// [`par`] spreads over the cores. Every element of `dst` is written and none is read before.
 ///
-/// The output is cut into one block of rows (or of columns, whichever dimension is longer, so
-/// that the operand each block packs again is the smaller one) per thread. Every element is
-/// still the same sum in the same order: gemm's blocking of the shared dimension depends on `k`
-/// alone (and on sizes only when both block dimensions are at most 64, which the cut avoids), so
-/// results are bit for bit those of one thread, whatever the thread count (tested below).
-///
-/// # Safety
-/// `dst` must be valid for writes of `m * n` elements, not aliased, and initialised when
-/// `accumulate`.
-unsafe fn gemm_raw(
-    dst: *mut f32,
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_strides: [isize; 2],
-    rhs: &[f32],
-    rhs_strides: [isize; 2],
-    [m, k, n]: [usize; 3],
-) {
-    let threads = if m * k * n >= PARALLEL_MACS { par::threads() } else { 1 };
-    // SAFETY: forwarded from the caller.
-    unsafe { gemm_parts(dst, accumulate, lhs, lhs_strides, rhs, rhs_strides, [m, k, n], threads) }
-}
-
-/// [`gemm_raw`] in (at most) `parts` blocks.
+/// The output is cut into blocks of rows (or of columns, whichever dimension is longer, so that
+/// the operand each block packs again is the smaller one). Every element is still the same sum
+/// in the same order: gemm's blocking of the shared dimension depends on `k` alone (and on sizes
+/// only when both block dimensions are at most 64, which the cut avoids), so results are bit for
+/// bit those of one block, whatever the thread count (tested below). With a bias, each block
+/// first fills its rows with it and gemm adds the product.
 ///
 /// # Safety
-/// As for [`gemm_raw`].
+/// `dst` must be valid for writes of `m * n` elements and not aliased.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_parts(
     dst: *mut f32,
-    accumulate: bool,
+    bias: Option<&[f32]>,
     lhs: &[f32],
     [lhs_rs, lhs_cs]: [isize; 2],
     rhs: &[f32],
@@ -490,6 +453,7 @@ unsafe fn gemm_parts(
     };
     assert!(m * k == 0 || (last(m, k, lhs_rs, lhs_cs) as usize) < lhs.len(), "gemm: left operand too short");
     assert!(k * n == 0 || (last(k, n, rhs_rs, rhs_cs) as usize) < rhs.len(), "gemm: right operand too short");
+    assert!(bias.is_none_or(|b| b.len() == n), "gemm: bias of {} for {n} columns", bias.map_or(0, <[f32]>::len));
     let by_rows = m >= n;
     let (long, short) = if by_rows { (m, n) } else { (n, m) };
     // Blocks of a multiple of 16 rows or columns (whole SIMD registers); blocks of at most 64 by
@@ -500,7 +464,8 @@ unsafe fn gemm_parts(
     } else {
         (block, long.div_ceil(block))
     };
-    let (dst, lhs_ptr, rhs_ptr) = (Shared(dst), Shared(lhs.as_ptr() as *mut f32), Shared(rhs.as_ptr() as *mut f32));
+    let (dst, lhs_ptr, rhs_ptr) =
+        (par::Shared(dst), par::Shared(lhs.as_ptr() as *mut f32), par::Shared(rhs.as_ptr() as *mut f32));
     par::for_each(blocks, |b| {
         let start = b * block;
         let size = block.min(long - start);
@@ -508,16 +473,23 @@ unsafe fn gemm_parts(
         let (row0, col0) = if by_rows { (start, 0) } else { (0, start) };
         // SAFETY: the blocks cut `dst` into disjoint rectangles inside `[m, n]` (which the
         // caller lends exclusively), and each operand is read only inside the extent checked
-        // above; gemm computes dst := alpha dst + beta lhs rhs.
+        // above; gemm computes dst := alpha dst + beta lhs rhs, and with `read_dst` false it
+        // stores without loading dst (or stores zeros when k = 0).
         unsafe {
+            let at = dst.get().add(row0 * n + col0);
+            if let Some(bias) = bias {
+                for r in 0..rows {
+                    std::ptr::copy_nonoverlapping(bias.as_ptr().add(col0), at.add(r * n), cols);
+                }
+            }
             gemm::gemm(
                 rows,
                 cols,
                 k,
-                dst.get().add(row0 * n + col0),
+                at,
                 1,
                 n as isize,
-                accumulate,
+                bias.is_some(),
                 lhs_ptr.get().offset(row0 as isize * lhs_rs),
                 lhs_cs,
                 lhs_rs,
@@ -535,30 +507,13 @@ unsafe fn gemm_parts(
     });
 }
 
-/// A raw pointer that blocks of one product share, each touching its own elements.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-
-// SAFETY: used only by `gemm_parts`, whose blocks write disjoint elements and read operands
-// that nothing writes during the product.
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Sums of the columns of a row-major matrix with `n` columns: each part's rows summed on its
 /// own, then the parts' sums in order.
 fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
     let per = rows_per_part(n);
     let rows = g.len() / n.max(1);
-    let mut partial = vec![0.0f32; rows.div_ceil(per) * n];
-    let partials = par::Parts::new(&mut partial, n);
-    par::for_each(partials.count(), |i| {
-        let sums = partials.take(i);
+    let parts = rows.div_ceil(per);
+    let [partial] = par::outputs(parts, [parts * n], [n], |i, [sums]| {
         for row in g[i * per * n..][..per.min(rows - i * per) * n].chunks_exact(n) {
             axpy(1.0, row, sums);
         }
@@ -624,12 +579,10 @@ fn rows_per_part(d: usize) -> usize {
 fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> (Vec<f32>, Vec<f32>) {
     let Shape { b, tq, tk, h, k: w } = s;
     let d = h * w;
-    let (mut out, mut p) = (vec![0.0f32; b * tq * d], vec![0.0f32; b * h * tq * tk]);
-    let (outs, ps) = (par::Parts::new(&mut out, tq * d), par::Parts::new(&mut p, h * tq * tk));
     let one = Shape { b: 1, ..s };
-    par::for_each(b, |i| {
+    let [out, p] = par::outputs(b, [b * tq * d, b * h * tq * tk], [tq * d, h * tq * tk], |i, [out, p]| {
         let (q, k, v) = (&q[i * tq * d..][..tq * d], &k[i * tk * d..][..tk * d], &v[i * tk * d..][..tk * d]);
-        attention_forward_kernel(q, k, v, one, outs.take(i), ps.take(i));
+        attention_forward_kernel(q, k, v, one, out, p);
     });
     (out, p)
 }
@@ -637,41 +590,35 @@ fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> (Vec<f32>, Ve
 fn attention_backward(q: &[f32], k: &[f32], v: &[f32], p: &[f32], go: &[f32], s: Shape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let Shape { b, tq, tk, h, k: w } = s;
     let d = h * w;
-    let (mut dq, mut dk, mut dv) = (vec![0.0f32; b * tq * d], vec![0.0f32; b * tk * d], vec![0.0f32; b * tk * d]);
-    let (dqs, dks, dvs) = (par::Parts::new(&mut dq, tq * d), par::Parts::new(&mut dk, tk * d), par::Parts::new(&mut dv, tk * d));
     let one = Shape { b: 1, ..s };
-    par::for_each(b, |i| {
+    let [dq, dk, dv] = par::outputs(b, [b * tq * d, b * tk * d, b * tk * d], [tq * d, tk * d, tk * d], |i, grads| {
         let (q, k, v) = (&q[i * tq * d..][..tq * d], &k[i * tk * d..][..tk * d], &v[i * tk * d..][..tk * d]);
         let (p, go) = (&p[i * h * tq * tk..][..h * tq * tk], &go[i * tq * d..][..tq * d]);
-        attention_backward_kernel(q, k, v, p, go, one, [dqs.take(i), dks.take(i), dvs.take(i)]);
+        attention_backward_kernel(q, k, v, p, go, one, grads);
     });
     (dq, dk, dv)
 }
 
 fn gelu_forward(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
-    let ys = par::Parts::new(&mut y, PART);
-    par::for_each(ys.count(), |i| gelu_forward_kernel(&x[i * PART..], ys.take(i)));
+    let [y] = par::outputs(x.len().div_ceil(PART), [x.len()], [PART], |i, [y]| gelu_forward_kernel(&x[i * PART..], y));
     y
 }
 
 fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0f32; x.len()];
-    let dxs = par::Parts::new(&mut dx, PART);
-    par::for_each(dxs.count(), |i| gelu_backward_kernel(&x[i * PART..], &g[i * PART..], dxs.take(i)));
+    let [dx] = par::outputs(x.len().div_ceil(PART), [x.len()], [PART], |i, [dx]| {
+        gelu_backward_kernel(&x[i * PART..], &g[i * PART..], dx);
+    });
     dx
 }
 
 fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let rows = x.len() / d;
-    let (mut out, mut normalized, mut rstd) = (vec![0.0f32; rows * d], vec![0.0f32; rows * d], vec![0.0f32; rows]);
     let per = rows_per_part(d);
-    let (outs, ns, rs) =
-        (par::Parts::new(&mut out, per * d), par::Parts::new(&mut normalized, per * d), par::Parts::new(&mut rstd, per));
-    par::for_each(rs.count(), |i| {
-        layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, outs.take(i), ns.take(i), rs.take(i));
-    });
+    let [out, normalized, rstd] =
+        par::outputs(rows.div_ceil(per), [rows * d, rows * d, rows], [per * d, per * d, per], |i, [out, n, r]| {
+            layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, out, n, r);
+        });
     (out, normalized, rstd)
 }
 
@@ -679,14 +626,12 @@ fn layer_norm_backward(g: &[f32], normalized: &[f32], rstd: &[f32], gamma: &[f32
     let d = gamma.len();
     let rows = rstd.len();
     let per = rows_per_part(d);
-    let mut dx = vec![0.0f32; rows * d];
+    let parts = rows.div_ceil(per);
     // Each part's sums for dgamma and dbeta, side by side.
-    let mut partial = vec![0.0f32; rows.div_ceil(per) * 2 * d];
-    let (dxs, partials) = (par::Parts::new(&mut dx, per * d), par::Parts::new(&mut partial, 2 * d));
-    par::for_each(partials.count(), |i| {
+    let [dx, partial] = par::outputs(parts, [rows * d, parts * 2 * d], [per * d, 2 * d], |i, [dx, sums]| {
         let (rows, at) = (&rstd[i * per..][..per.min(rows - i * per)], i * per * d);
-        let (dgamma, dbeta) = partials.take(i).split_at_mut(d);
-        layer_norm_backward_kernel(&g[at..], &normalized[at..], rows, gamma, dxs.take(i), dgamma, dbeta);
+        let (dgamma, dbeta) = sums.split_at_mut(d);
+        layer_norm_backward_kernel(&g[at..], &normalized[at..], rows, gamma, dx, dgamma, dbeta);
     });
     let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
     for part in partial.chunks_exact(2 * d) {
@@ -971,20 +916,23 @@ mod tests {
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 300.0).collect();
             // Row-major operands, then the left one read transposed (as the weight gradient does).
             for (lhs_strides, rhs_strides) in [([k as isize, 1], [n as isize, 1]), ([1, m as isize], [n as isize, 1])] {
-                let run = |parts| {
-                    let mut out = vec![f32::NAN; m * n];
-                    // SAFETY: `out` holds [m, n] and is not read (`accumulate` false).
-                    unsafe { gemm_parts(out.as_mut_ptr(), false, &a, lhs_strides, &b, rhs_strides, [m, k, n], parts) };
-                    out
-                };
-                let whole = run(1);
-                assert!(whole.iter().all(|x| x.is_finite()), "[{m}, {k}, {n}]: an element was not written");
-                for parts in [2, 3, 8] {
-                    let split = run(parts);
-                    assert!(
-                        whole.iter().zip(&split).all(|(x, y)| x.to_bits() == y.to_bits()),
-                        "[{m}, {k}, {n}] in {parts} parts differs from the whole product"
-                    );
+                let bias: Vec<f32> = (0..n).map(|j| j as f32 / 7.0).collect();
+                for bias in [None, Some(&bias[..])] {
+                    let run = |parts| {
+                        let mut out = vec![f32::NAN; m * n];
+                        // SAFETY: `out` holds [m, n].
+                        unsafe { gemm_parts(out.as_mut_ptr(), bias, &a, lhs_strides, &b, rhs_strides, [m, k, n], parts) };
+                        out
+                    };
+                    let whole = run(1);
+                    assert!(whole.iter().all(|x| x.is_finite()), "[{m}, {k}, {n}]: an element was not written");
+                    for parts in [2, 3, 8] {
+                        let split = run(parts);
+                        assert!(
+                            whole.iter().zip(&split).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "[{m}, {k}, {n}] in {parts} parts differs from the whole product"
+                        );
+                    }
                 }
             }
         }

@@ -16,11 +16,10 @@
 //! One call runs at a time: a call made while another is running (from another thread, or from
 //! inside a task) runs its parts on its own thread, so calls never wait for each other.
 
-use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::ptr::null_mut;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
 use std::sync::{Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -34,7 +33,7 @@ const YIELD: Duration = Duration::from_millis(2);
 /// join; returns when all have finished. A panic in a task is raised again here.
 pub fn for_each(parts: usize, task: impl Fn(usize) + Sync) {
     let pool = pool();
-    if parts <= 1 || pool.helpers.is_empty() {
+    if parts <= 1 || pool.helpers.is_empty() || IN_TASK.get() {
         (0..parts).for_each(task);
         return;
     }
@@ -53,6 +52,7 @@ pub fn for_each(parts: usize, task: impl Fn(usize) + Sync) {
     }
     {
         let _retire = Retire(pool);
+        let _in_task = InTask::enter();
         job.run();
     }
     if let Some(payload) = job.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -65,47 +65,84 @@ pub fn threads() -> usize {
     pool().helpers.len() + 1
 }
 
-/// A mutable buffer cut into consecutive parts of `len` elements (the last may be shorter), each
-/// of which one task of a [`for_each`] call may take: the way tasks write disjoint pieces of one
-/// output. Taking a part twice panics.
-pub struct Parts<'a, T> {
-    ptr: *mut T,
-    total: usize,
-    len: usize,
-    taken: Box<[AtomicBool]>,
-    _buffer: PhantomData<&'a mut [T]>,
+/// Runs `task(i, parts)` for every `i` in `0..count` as [`for_each`] does, where `parts[j]` is
+/// part `i` of the `j`-th of `N` new vectors: vector `j` has `lens[j]` elements cut into
+/// consecutive parts of `part_lens[j]` (the last may be shorter; parts past the end are empty).
+/// Returns the vectors. Each part is zero-filled by the thread that runs its task, just before
+/// the task: outputs need no serial fill, and a part is in that core's cache when written.
+pub fn outputs<const N: usize>(
+    count: usize,
+    lens: [usize; N],
+    part_lens: [usize; N],
+    task: impl Fn(usize, [&mut [f32]; N]) + Sync,
+) -> [Vec<f32>; N] {
+    for (len, part) in lens.iter().zip(&part_lens) {
+        assert!(count * part >= *len, "{count} parts of {part} do not cover {len} elements");
+    }
+    let mut vectors: [Vec<f32>; N] = std::array::from_fn(|j| Vec::with_capacity(lens[j]));
+    let starts: [Shared<f32>; N] = std::array::from_fn(|j| Shared(vectors[j].as_mut_ptr()));
+    for_each(count, |i| {
+        let parts = std::array::from_fn(|j| {
+            let (start, end) = ((i * part_lens[j]).min(lens[j]), ((i + 1) * part_lens[j]).min(lens[j]));
+            // SAFETY: `start..end` lies inside vector `j`'s capacity; `for_each` runs each `i`
+            // once, so no two tasks get overlapping ranges; the range is zeroed before the slice
+            // is made, so it is initialised.
+            unsafe {
+                let at = starts[j].get().add(start);
+                std::ptr::write_bytes(at, 0, end - start);
+                std::slice::from_raw_parts_mut(at, end - start)
+            }
+        });
+        task(i, parts);
+    });
+    for (vector, len) in vectors.iter_mut().zip(lens) {
+        // SAFETY: the parts cover `0..len` (checked above) and every task ran (a panic would have
+        // left `for_each` above), so every element was zeroed (and maybe written).
+        unsafe { vector.set_len(len) };
+    }
+    vectors
 }
 
-// SAFETY: the parts are disjoint and each is handed out once (checked in `take`), so sharing
-// `Parts` among threads shares no element; the elements themselves move between threads.
-unsafe impl<T: Send> Sync for Parts<'_, T> {}
+/// A raw pointer that the tasks of one call share, each touching its own elements.
+pub(crate) struct Shared<T>(pub(crate) *mut T);
 
-impl<'a, T: Send> Parts<'a, T> {
-    pub fn new(buffer: &'a mut [T], len: usize) -> Self {
-        let len = len.max(1);
-        let count = buffer.len().div_ceil(len);
-        Parts {
-            ptr: buffer.as_mut_ptr(),
-            total: buffer.len(),
-            len,
-            taken: (0..count).map(|_| AtomicBool::new(false)).collect(),
-            _buffer: PhantomData,
-        }
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
     }
+}
 
-    /// How many parts there are.
-    pub fn count(&self) -> usize {
-        self.taken.len()
+impl<T> Copy for Shared<T> {}
+
+// SAFETY: users hand each task disjoint elements, and read-only data nobody writes meanwhile.
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its field).
+    pub(crate) fn get(self) -> *mut T {
+        self.0
     }
+}
 
-    /// Part `i`.
-    pub fn take(&self, i: usize) -> &'a mut [T] {
-        assert!(!self.taken[i].swap(true, SeqCst), "part {i} taken twice");
-        let start = i * self.len;
-        // SAFETY: `start..start + len` lies inside the buffer (`i < count`), parts do not
-        // overlap, and this one was not handed out before (checked above), so the slice is the
-        // only reference to its elements for the buffer's lifetime `'a`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), self.len.min(self.total - start)) }
+thread_local! {
+    /// Whether this thread is running a task: calls made from tasks run on their own thread. A
+    /// helper that became a caller would otherwise wait for every helper to let go of the pool,
+    /// itself included.
+    static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as running tasks until dropped (also when a task panics).
+struct InTask(bool);
+
+impl InTask {
+    fn enter() -> Self {
+        InTask(IN_TASK.replace(true))
+    }
+}
+
+impl Drop for InTask {
+    fn drop(&mut self) {
+        IN_TASK.set(self.0);
     }
 }
 
@@ -191,6 +228,7 @@ fn pool() -> &'static Pool {
 }
 
 fn helper(pool: &'static Pool) {
+    let _in_task = InTask::enter();
     let mut seen = pool.epoch.load(SeqCst);
     loop {
         let idle = Instant::now();
@@ -237,17 +275,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_part_runs_once_and_parts_are_disjoint() {
-        for parts in [0, 1, 2, 3, 17, 64] {
-            let mut out = vec![0usize; parts * 5 + 3];
-            let chunks = Parts::new(&mut out, 5);
-            for_each(chunks.count(), |i| {
-                for x in chunks.take(i) {
-                    *x += i + 1;
+    fn every_part_runs_once_on_its_own_zeroed_elements() {
+        for count in [0usize, 1, 2, 3, 17, 64] {
+            let len = (count * 5).saturating_sub(2);
+            let [a, b] = outputs(count, [len, count], [5, 1], |i, [a, b]| {
+                assert!(a.iter().chain(b.iter()).all(|&x| x == 0.0), "parts start zeroed");
+                for x in a {
+                    *x += (i + 1) as f32;
                 }
+                b[0] = i as f32;
             });
-            let expected: Vec<usize> = (0..parts * 5 + 3).map(|j| j / 5 + 1).collect();
-            assert_eq!(out, expected);
+            let expected: Vec<f32> = (0..len).map(|j| (j / 5 + 1) as f32).collect();
+            assert_eq!((a, b), (expected, (0..count).map(|i| i as f32).collect::<Vec<_>>()));
         }
     }
 
@@ -283,11 +322,8 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "taken twice")]
-    fn a_part_cannot_be_taken_twice() {
-        let mut out = vec![0; 4];
-        let parts = Parts::new(&mut out, 2);
-        parts.take(1);
-        parts.take(1);
+    #[should_panic(expected = "do not cover")]
+    fn parts_must_cover_the_outputs() {
+        outputs(2, [11], [5], |_, _| {});
     }
 }
