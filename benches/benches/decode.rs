@@ -37,6 +37,7 @@ fn bench_model<B: Backend>(c: &mut Criterion, on: &str, device: &B::Device) {
 }
 
 fn decoding(c: &mut Criterion) {
+    eval::alloc::keep_freed_memory();
     for device in benches::devices() {
         let on = device.name();
         on_device!(device, "benchmark", |B, dev| {

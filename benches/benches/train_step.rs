@@ -12,7 +12,6 @@ use std::hint::black_box;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use burn::optim::AdamWConfig;
 use burn::tensor::backend::AutodiffBackend;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eval::{Batch, on_device};
@@ -20,7 +19,9 @@ use models::GptConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tasks::Example;
+use trainer::config::OptimizerConfig;
 use trainer::objective::{LabModel, Ntp};
+use trainer::optim::AdamW;
 use trainer::train::train_step;
 
 fn bench_config<B: AutodiffBackend>(
@@ -33,7 +34,7 @@ fn bench_config<B: AutodiffBackend>(
 ) {
     let (vocab, seq) = (config.vocab_size, config.max_seq_len);
     let mut model = Some(LabModel::<B> { gpt: config.init_seeded(0, device), heads: None });
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, LabModel<B>>();
+    let mut optim = AdamW::new(&OptimizerConfig::default()).init::<B, LabModel<B>>();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     // prefix_len 1: every position of the sequence is a target, as in the reference script.
     let examples: Vec<Example> = (0..batch)
@@ -59,6 +60,7 @@ fn bench_config<B: AutodiffBackend>(
 }
 
 fn train_steps(c: &mut Criterion) {
+    eval::alloc::keep_freed_memory();
     for device in benches::devices() {
         let on = device.name();
         on_device!(autodiff device, "benchmark", |B, dev| {

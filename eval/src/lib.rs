@@ -8,6 +8,7 @@
 //! (task and data specs) and `models` (model config, checkpoints). The trainer calls
 //! [`evaluate`] at its eval steps; `cargo run -p eval -- RUN_DIR` does the same afterwards.
 
+pub mod alloc;
 pub mod batch;
 pub mod compare;
 pub mod creativity;

@@ -15,8 +15,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use eval::{Device, on_device, run_dir};
 
-/// mimalloc keeps freed tensor buffers for reuse where glibc returns them to the OS and faults them
-/// back in on every step (LOG.md, 2026-11-27).
+/// mimalloc keeps freed tensor buffers for reuse (see `eval::alloc`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -138,6 +137,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    eval::alloc::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

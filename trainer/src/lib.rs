@@ -10,6 +10,7 @@ pub mod clip;
 pub mod config;
 pub mod mi_analysis;
 pub mod objective;
+pub mod optim;
 pub mod probe;
 pub mod sampler;
 pub mod sweep;

@@ -11,8 +11,7 @@ use eval::{Device, on_device};
 use sha2::{Digest, Sha256};
 use trainer::{RunConfig, TrainOptions};
 
-/// mimalloc keeps freed tensor buffers for reuse where glibc returns them to the OS and faults them
-/// back in on every step (LOG.md, 2026-11-27).
+/// mimalloc keeps freed tensor buffers for reuse (see `eval::alloc`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -283,6 +282,7 @@ fn probe(run: &std::path::Path, examples: usize, device: Device) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    eval::alloc::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

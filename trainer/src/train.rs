@@ -11,7 +11,7 @@ use burn::backend::flex::FlexDevice;
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::record::Recorder;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
@@ -26,6 +26,7 @@ use tasks::Example;
 use crate::clip::clip_grad_norm;
 use crate::config::{ModelSection, RunConfig};
 use crate::objective::{BuildContext, Heads, LabModel, Objective};
+use crate::optim::AdamW;
 use crate::sampler::BatchSampler;
 
 /// The backend initial weights are drawn on, whatever the training device.
@@ -90,12 +91,7 @@ pub fn train<B: AutodiffBackend>(
     };
 
     let opt = &config.optimizer;
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(opt.beta1)
-        .with_beta_2(opt.beta2)
-        .with_epsilon(opt.eps)
-        .with_weight_decay(opt.weight_decay as f32)
-        .init::<B, LabModel<B>>();
+    let mut optim = AdamW::new(opt).init::<B, LabModel<B>>();
 
     let (mut model, start): (LabModel<B>, u64) = if resume {
         let (step, stem) = run_dir::latest(run)?;
