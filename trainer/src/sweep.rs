@@ -429,8 +429,11 @@ impl Plan {
             }
         };
         let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        let jobs = jobs.clamp(1, n.max(1));
+        // The cores are shared among the runs (`models::par`; results do not depend on it).
+        let threads = std::thread::available_parallelism().map_or(1, |c| (c.get() / jobs).max(1));
         std::thread::scope(|scope| {
-            for _ in 0..jobs.clamp(1, n.max(1)) {
+            for _ in 0..jobs {
                 let state = Arc::clone(&state);
                 let (report, first_error, next) = (&report, &first_error, &next);
                 scope.spawn(move || {
@@ -452,7 +455,7 @@ impl Plan {
                         drop(s);
                         let run = &self.runs[i];
                         report(&format!("start: {}", run.name));
-                        let outcome = self.run_one(trainer, run);
+                        let outcome = self.run_one(trainer, run, threads);
                         let mut s = lock.lock().expect("sweep state");
                         s.running[i] = false;
                         match outcome {
@@ -488,14 +491,20 @@ impl Plan {
         Ok(manifest)
     }
 
-    fn run_one(&self, trainer: &Path, run: &PlannedRun) -> Result<()> {
+    /// Runs one run's trainer on `threads` cores (unless `LAB_THREADS` says otherwise), its
+    /// output into the run's log.
+    fn run_one(&self, trainer: &Path, run: &PlannedRun, threads: usize) -> Result<()> {
         let log_path = self.dir.join(format!("{}.log", run.name));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let status = Command::new(trainer)
+        let mut command = Command::new(trainer);
+        if std::env::var_os("LAB_THREADS").is_none() {
+            command.env("LAB_THREADS", threads.to_string());
+        }
+        let status = command
             .args(self.train_args(run))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
