@@ -98,3 +98,35 @@ fn a_backend_this_build_lacks_is_a_clear_error() {
     let err = fails(Command::cargo_bin("trainer").unwrap().args(["train", "--device", "tpu"]));
     assert!(err.contains("tpu"), "{err}");
 }
+
+/// Results do not depend on how many threads the kernels use (`models::par`): a run large enough
+/// to split its products, attention, LayerNorms and AdamW among threads logs and evaluates the
+/// same on one thread as on three.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let config = CONFIG
+        .replace("path_len = 3\nnodes = 8", "path_len = 5\nnodes = 50")
+        .replace("d_model = 32\nd_ff = 64", "d_model = 128\nd_ff = 512")
+        .replace("batch_size = 8", "batch_size = 64");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config).unwrap();
+    let run = |threads: &str| {
+        let out = dir.path().join(format!("run-{threads}"));
+        Command::cargo_bin("trainer")
+            .unwrap()
+            .env("LAB_THREADS", threads)
+            .args(["train", "--quiet", "--config"])
+            .arg(&path)
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .success();
+        // Every logged loss and gradient norm to the last digit, and the evaluation of the final
+        // weights. (Checkpoint files differ byte-wise between any two processes: they hold
+        // parameter ids drawn at random.)
+        let read = |file: &str| std::fs::read_to_string(out.join(file)).unwrap();
+        (read("metrics.jsonl"), read("eval.json"))
+    };
+    assert_eq!(run("1"), run("3"));
+}
