@@ -21,6 +21,7 @@
 //! 1e-6, tested) that vectorize.
 
 use std::any::Any;
+use std::mem::MaybeUninit;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -673,15 +674,25 @@ fn attention_backward(
     (dq, dk, dv)
 }
 
+// The kernels below write every element of their outputs, which therefore skip the zero-fill
+// (`par::outputs_uninit`).
+
 fn gelu_forward(x: &[f32]) -> Vec<f32> {
-    let [y] = par::outputs(x.len().div_ceil(PART), [x.len()], [PART], |i, [y]| gelu_forward_kernel(&x[i * PART..], y));
+    let n = x.len();
+    // SAFETY: the kernel writes every element of its part.
+    let [y] =
+        unsafe { par::outputs_uninit(n.div_ceil(PART), [n], [PART], |i, [y]| gelu_forward_kernel(&x[i * PART..], y)) };
     y
 }
 
 fn gelu_backward(x: &[f32], g: &[f32]) -> Vec<f32> {
-    let [dx] = par::outputs(x.len().div_ceil(PART), [x.len()], [PART], |i, [dx]| {
-        gelu_backward_kernel(&x[i * PART..], &g[i * PART..], dx);
-    });
+    let n = x.len();
+    // SAFETY: the kernel writes every element of its part.
+    let [dx] = unsafe {
+        par::outputs_uninit(n.div_ceil(PART), [n], [PART], |i, [dx]| {
+            gelu_backward_kernel(&x[i * PART..], &g[i * PART..], dx);
+        })
+    };
     dx
 }
 
@@ -689,10 +700,17 @@ fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<
     let d = gamma.len();
     let rows = x.len() / d;
     let per = rows_per_part(d);
-    let [out, normalized, rstd] =
-        par::outputs(rows.div_ceil(per), [rows * d, rows * d, rows], [per * d, per * d, per], |i, [out, n, r]| {
-            layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, out, n, r);
-        });
+    // SAFETY: the kernel writes every element of its parts (all of a row's values and its rstd).
+    let [out, normalized, rstd] = unsafe {
+        par::outputs_uninit(
+            rows.div_ceil(per),
+            [rows * d, rows * d, rows],
+            [per * d, per * d, per],
+            |i, [out, n, r]| {
+                layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, out, n, r);
+            },
+        )
+    };
     (out, normalized, rstd)
 }
 
@@ -702,11 +720,14 @@ fn layer_norm_backward(g: &[f32], normalized: &[f32], rstd: &[f32], gamma: &[f32
     let per = rows_per_part(d);
     let parts = rows.div_ceil(per);
     // Each part's sums for dgamma and dbeta, side by side.
-    let [dx, partial] = par::outputs(parts, [rows * d, parts * 2 * d], [per * d, 2 * d], |i, [dx, sums]| {
-        let (rows, at) = (&rstd[i * per..][..per.min(rows - i * per)], i * per * d);
-        let (dgamma, dbeta) = sums.split_at_mut(d);
-        layer_norm_backward_kernel(&g[at..], &normalized[at..], rows, gamma, dx, dgamma, dbeta);
-    });
+    // SAFETY: the kernel writes every element of `dx`'s part; the sums start zeroed.
+    let [dx, partial] = unsafe {
+        par::outputs_uninit(parts, [rows * d, parts * 2 * d], [per * d, 2 * d], |i, [dx, sums]| {
+            let (rows, at) = (&rstd[i * per..][..per.min(rows - i * per)], i * per * d);
+            let (dgamma, dbeta) = par::zero(sums).split_at_mut(d);
+            layer_norm_backward_kernel(&g[at..], &normalized[at..], rows, gamma, dx, dgamma, dbeta);
+        })
+    };
     let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
     for part in partial.chunks_exact(2 * d) {
         axpy(1.0, &part[..d], &mut dgamma);
@@ -745,14 +766,23 @@ fn adamw_update(p: &[f32], g: &[f32], moments: Option<(&[f32], &[f32])>, s: Adam
         lr: s.lr as f32,
     };
     let n = p.len();
-    par::outputs(n.div_ceil(PART), [n; 3], [PART; 3], |i, out| {
-        let at = i * PART;
-        adamw_kernel(&p[at..], &g[at..], moments.map(|(m, v)| (&m[at..], &v[at..])), c, out);
-    })
+    // SAFETY: the kernel writes every element of its parts.
+    unsafe {
+        par::outputs_uninit(n.div_ceil(PART), [n; 3], [PART; 3], |i, out| {
+            let at = i * PART;
+            adamw_kernel(&p[at..], &g[at..], moments.map(|(m, v)| (&m[at..], &v[at..])), c, out);
+        })
+    }
 }
 
 multiversion! {
-    fn adamw_kernel(p: &[f32], g: &[f32], moments: Option<(&[f32], &[f32])>, c: AdamWScalars, out: [&mut [f32]; 3]) {
+    fn adamw_kernel(
+        p: &[f32],
+        g: &[f32],
+        moments: Option<(&[f32], &[f32])>,
+        c: AdamWScalars,
+        out: [&mut [MaybeUninit<f32>]; 3],
+    ) {
         let [po, mo, vo] = out;
         let n = po.len();
         let (p, g) = (&p[..n], &g[..n]);
@@ -760,26 +790,33 @@ multiversion! {
             Some((m, v)) => {
                 let (m, v) = (&m[..n], &v[..n]);
                 for i in 0..n {
-                    mo[i] = m[i] * c.beta_1 + g[i] * c.factor_1;
-                    vo[i] = v[i] * c.beta_2 + (g[i] * g[i]) * c.factor_2;
+                    let (mi, vi) = (m[i] * c.beta_1 + g[i] * c.factor_1, v[i] * c.beta_2 + (g[i] * g[i]) * c.factor_2);
+                    mo[i].write(mi);
+                    vo[i].write(vi);
+                    po[i].write(adamw_parameter(p[i], mi, vi, c));
                 }
             }
             None => {
                 for i in 0..n {
-                    mo[i] = g[i] * c.factor_1;
-                    vo[i] = (g[i] * g[i]) * c.factor_2;
+                    let (mi, vi) = (g[i] * c.factor_1, (g[i] * g[i]) * c.factor_2);
+                    mo[i].write(mi);
+                    vo[i].write(vi);
+                    po[i].write(adamw_parameter(p[i], mi, vi, c));
                 }
             }
         }
-        for i in 0..n {
-            let delta = (mo[i] / c.correction_1) / ((vo[i] / c.correction_2).sqrt() + c.epsilon);
-            let decayed = match c.keep {
-                Some(keep) => p[i] * keep,
-                None => p[i],
-            };
-            po[i] = decayed - delta * c.lr;
-        }
     }
+}
+
+/// The updated parameter from the new moments, as burn's `AdamW` computes it.
+#[inline(always)]
+fn adamw_parameter(p: f32, m: f32, v: f32, c: AdamWScalars) -> f32 {
+    let delta = (m / c.correction_1) / ((v / c.correction_2).sqrt() + c.epsilon);
+    let decayed = match c.keep {
+        Some(keep) => p * keep,
+        None => p,
+    };
+    decayed - delta * c.lr
 }
 
 multiversion! {
@@ -863,23 +900,23 @@ multiversion! {
 // the target features of the version that calls it, so it would not vectorize. Each kernel
 // fills its output part, reading the inputs from the part's start.
 multiversion! {
-    fn gelu_forward_kernel(x: &[f32], y: &mut [f32]) {
+    fn gelu_forward_kernel(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         let x = &x[..y.len()];
         for i in 0..x.len() {
-            y[i] = 0.5 * x[i] * (1.0 + erf(x[i] * std::f32::consts::FRAC_1_SQRT_2));
+            y[i].write(0.5 * x[i] * (1.0 + erf(x[i] * std::f32::consts::FRAC_1_SQRT_2)));
         }
     }
 }
 
 multiversion! {
-    fn gelu_backward_kernel(x: &[f32], g: &[f32], dx: &mut [f32]) {
+    fn gelu_backward_kernel(x: &[f32], g: &[f32], dx: &mut [MaybeUninit<f32>]) {
         // d/dx x Phi(x) = Phi(x) + x phi(x).
         let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
         let n = dx.len();
         let (x, g) = (&x[..n], &g[..n]);
         for i in 0..n {
             let cdf = 0.5 * (1.0 + erf(x[i] * std::f32::consts::FRAC_1_SQRT_2));
-            dx[i] = g[i] * (cdf + x[i] * inv_sqrt_2pi * exp(-0.5 * x[i] * x[i]));
+            dx[i].write(g[i] * (cdf + x[i] * inv_sqrt_2pi * exp(-0.5 * x[i] * x[i])));
         }
     }
 }
@@ -890,25 +927,22 @@ multiversion! {
         gamma: &[f32],
         beta: &[f32],
         eps: f32,
-        out: &mut [f32],
-        normalized: &mut [f32],
-        rstd: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
+        normalized: &mut [MaybeUninit<f32>],
+        rstd: &mut [MaybeUninit<f32>],
     ) {
         let d = gamma.len();
         for r in 0..rstd.len() {
             let xr = &x[r * d..][..d];
             let mean = sum(xr) / d as f32;
-            let nr = &mut normalized[r * d..][..d];
-            for i in 0..d {
-                nr[i] = xr[i] - mean;
-            }
-            let var = dot(nr, nr) / d as f32;
+            let var = squared_deviations(xr, mean) / d as f32;
             let inv = 1.0 / (var + eps).sqrt();
-            rstd[r] = inv;
-            let or = &mut out[r * d..][..d];
+            rstd[r].write(inv);
+            let (or, nr) = (&mut out[r * d..][..d], &mut normalized[r * d..][..d]);
             for i in 0..d {
-                nr[i] *= inv;
-                or[i] = nr[i] * gamma[i] + beta[i];
+                let n = (xr[i] - mean) * inv;
+                nr[i].write(n);
+                or[i].write(n * gamma[i] + beta[i]);
             }
         }
     }
@@ -920,7 +954,7 @@ multiversion! {
         normalized: &[f32],
         rstd: &[f32],
         gamma: &[f32],
-        dx: &mut [f32],
+        dx: &mut [MaybeUninit<f32>],
         dgamma: &mut [f32],
         dbeta: &mut [f32],
     ) {
@@ -938,7 +972,7 @@ multiversion! {
             let m2 = dot(&a, nr) / d as f32;
             let dxr = &mut dx[r * d..][..d];
             for i in 0..d {
-                dxr[i] = rstd[r] * (a[i] - m1 - nr[i] * m2);
+                dxr[i].write(rstd[r] * (a[i] - m1 - nr[i] * m2));
             }
         }
     }
@@ -975,6 +1009,24 @@ fn sum(a: &[f32]) -> f32 {
     let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     for x in rest {
         s += x;
+    }
+    s
+}
+
+/// `sum (x_i - mean)^2`, in the order `dot` would sum the deviations' squares.
+#[inline(always)]
+fn squared_deviations(a: &[f32], mean: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = a.chunks_exact(8);
+    let rest = chunks.remainder();
+    for x in chunks {
+        for l in 0..8 {
+            acc[l] += (x[l] - mean) * (x[l] - mean);
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for x in rest {
+        s += (x - mean) * (x - mean);
     }
     s
 }
