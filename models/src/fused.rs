@@ -606,7 +606,8 @@ struct Shape {
 /// Compiles `$body` for AVX-512, for AVX2 + FMA and for the baseline target, and runs the best
 /// the CPU has (what flex's matrix products do too).
 macro_rules! multiversion {
-    (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
         fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
@@ -819,79 +820,131 @@ fn adamw_parameter(p: f32, m: f32, v: f32, c: AdamWScalars) -> f32 {
     decayed - delta * c.lr
 }
 
+/// One batch element's attention: `q` `[tq, d]`, `k` and `v` `[tk, d]`; writes `out` `[tq, d]`
+/// and the softmax weights `p` `[h, tq, tk]` (zero above the causal diagonal). Per head, the
+/// scores and the output are two small products (gemm; a dot product per query and key, each
+/// with its horizontal sum, ran at ~8 GFLOP/s), the causal softmax a pass over the rows.
+fn attention_forward_kernel(q: &[f32], k: &[f32], v: &[f32], s: Shape, out: &mut [f32], p: &mut [f32]) {
+    let Shape { tq, tk, h: nh, k: w, .. } = s;
+    let d = nh * w;
+    let scale = 1.0 / (w as f32).sqrt();
+    for h in 0..nh {
+        let ph = &mut p[h * tq * tk..][..tq * tk];
+        // S = Q_h K_h^T, [tq, tk]: K_h^T read through K's strides.
+        head_product(ph, tk, &q[h * w..], [d, 1], &k[h * w..], [1, d], [tq, w, tk]);
+        softmax_rows(ph, tq, tk, scale);
+        // O_h = P_h V_h, [tq, w], into the head's columns of `out`.
+        head_product(&mut out[h * w..], d, ph, [tk, 1], &v[h * w..], [d, 1], [tq, tk, w]);
+    }
+}
+
+/// One batch element's attention gradients from the forward pass's inputs, its softmax weights
+/// `p` and the output's gradient `go` `[tq, d]`: `[dq, dk, dv]`, shaped as `q`, `k` and `v`.
+fn attention_backward_kernel(q: &[f32], k: &[f32], v: &[f32], p: &[f32], go: &[f32], s: Shape, grads: [&mut [f32]; 3]) {
+    let Shape { tq, tk, h: nh, k: w, .. } = s;
+    let d = nh * w;
+    let scale = 1.0 / (w as f32).sqrt();
+    let [dq, dk, dv] = grads;
+    let mut ds = vec![0.0f32; tq * tk];
+    for h in 0..nh {
+        let ph = &p[h * tq * tk..][..tq * tk];
+        // dP = dO_h V_h^T; dS = P (dP - rowsum(P dP)) scale.
+        head_product(&mut ds, tk, &go[h * w..], [d, 1], &v[h * w..], [1, d], [tq, w, tk]);
+        softmax_backward_rows(ph, &mut ds, tq, tk, scale);
+        // dQ_h = dS K_h; dK_h = dS^T Q_h; dV_h = P_h^T dO_h (transposes read through strides).
+        head_product(&mut dq[h * w..], d, &ds, [tk, 1], &k[h * w..], [d, 1], [tq, tk, w]);
+        head_product(&mut dk[h * w..], d, &ds, [1, tk], &q[h * w..], [d, 1], [tk, tq, w]);
+        head_product(&mut dv[h * w..], d, ph, [1, tk], &go[h * w..], [d, 1], [tk, tq, w]);
+    }
+}
+
+/// `dst = lhs rhs` for one head's small matrices, `lhs` `[m, k]` and `rhs` `[k, n]` read through
+/// (row, column) strides, `dst` `[m, n]` with row stride `dst_rs`; every element of it written.
+/// One thread: the callers already run one task per batch element.
+fn head_product(
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &[f32],
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: &[f32],
+    [rhs_rs, rhs_cs]: [usize; 2],
+    [m, k, n]: [usize; 3],
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs;
+    assert!(
+        m * n == 0
+            || (last(m, n, dst_rs, 1) < dst.len()
+                && (k == 0 || (last(m, k, lhs_rs, lhs_cs) < lhs.len() && last(k, n, rhs_rs, rhs_cs) < rhs.len()))),
+        "attention: a head's product reaches outside its operands"
+    );
+    // SAFETY: every element the strides reach lies inside the slices (checked above), and `dst`
+    // is exclusively borrowed; with `read_dst` false gemm overwrites dst.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 multiversion! {
-    fn attention_forward_kernel(q: &[f32], k: &[f32], v: &[f32], s: Shape, out: &mut [f32], p: &mut [f32]) {
-        let Shape { b: nb, tq, tk, h: nh, k: w } = s;
-        let d = nh * w;
-        let scale = 1.0 / (w as f32).sqrt();
-        for b in 0..nb {
-            for h in 0..nh {
-                for i in 0..tq {
-                    let seen = i + tk - tq + 1;
-                    let qi = &q[(b * tq + i) * d + h * w..][..w];
-                    let row = &mut p[((b * nh + h) * tq + i) * tk..][..tk];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, pj) in row[..seen].iter_mut().enumerate() {
-                        *pj = dot(qi, &k[(b * tk + j) * d + h * w..][..w]) * scale;
-                        max = max.max(*pj);
-                    }
-                    let mut sum = 0.0;
-                    for pj in row[..seen].iter_mut() {
-                        *pj = exp(*pj - max);
-                        sum += *pj;
-                    }
-                    let inv = 1.0 / sum;
-                    let oi = &mut out[(b * tq + i) * d + h * w..][..w];
-                    for (j, pj) in row[..seen].iter_mut().enumerate() {
-                        *pj *= inv;
-                        axpy(*pj, &v[(b * tk + j) * d + h * w..][..w], oi);
-                    }
-                }
+    /// Scaled causal softmax of each row of the scores `p` `[tq, tk]` in place: query `i` sees
+    /// keys `0..=i + tk - tq`; the rest become zero.
+    fn softmax_rows(p: &mut [f32], tq: usize, tk: usize, scale: f32) {
+        for i in 0..tq {
+            let seen = i + tk - tq + 1;
+            let row = &mut p[i * tk..][..tk];
+            let mut max = f32::NEG_INFINITY;
+            for pj in row[..seen].iter_mut() {
+                *pj *= scale;
+                max = max.max(*pj);
             }
+            let mut sum = 0.0;
+            for pj in row[..seen].iter_mut() {
+                *pj = exp(*pj - max);
+                sum += *pj;
+            }
+            let inv = 1.0 / sum;
+            for pj in row[..seen].iter_mut() {
+                *pj *= inv;
+            }
+            row[seen..].fill(0.0);
         }
     }
 }
 
 multiversion! {
-    fn attention_backward_kernel(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        p: &[f32],
-        go: &[f32],
-        s: Shape,
-        grads: [&mut [f32]; 3],
-    ) {
-        let Shape { b: nb, tq, tk, h: nh, k: w } = s;
-        let d = nh * w;
-        let scale = 1.0 / (w as f32).sqrt();
-        let [dq, dk, dv] = grads;
-        let mut ds = vec![0.0f32; tk];
-        for b in 0..nb {
-            for h in 0..nh {
-                for i in 0..tq {
-                    let seen = i + tk - tq + 1;
-                    let row = &p[((b * nh + h) * tq + i) * tk..][..seen];
-                    let goi = &go[(b * tq + i) * d + h * w..][..w];
-                    // dP_ij = dO_i . v_j; dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij).
-                    let mut r = 0.0;
-                    for (j, (dsj, &pj)) in ds[..seen].iter_mut().zip(row).enumerate() {
-                        *dsj = dot(goi, &v[(b * tk + j) * d + h * w..][..w]);
-                        r += pj * *dsj;
-                    }
-                    for (dsj, &pj) in ds[..seen].iter_mut().zip(row) {
-                        *dsj = pj * (*dsj - r) * scale;
-                    }
-                    let qi = &q[(b * tq + i) * d + h * w..][..w];
-                    let dqi = &mut dq[(b * tq + i) * d + h * w..][..w];
-                    for (j, (&dsj, &pj)) in ds[..seen].iter().zip(row).enumerate() {
-                        let at = (b * tk + j) * d + h * w;
-                        axpy(dsj, &k[at..][..w], dqi);
-                        axpy(dsj, qi, &mut dk[at..][..w]);
-                        axpy(pj, goi, &mut dv[at..][..w]);
-                    }
-                }
+    /// The softmax's backward in place: `ds` holds dP `[tq, tk]` and becomes
+    /// `dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij) scale` (zero above the causal diagonal).
+    fn softmax_backward_rows(p: &[f32], ds: &mut [f32], tq: usize, tk: usize, scale: f32) {
+        for i in 0..tq {
+            let seen = i + tk - tq + 1;
+            let (row, dsr) = (&p[i * tk..][..seen], &mut ds[i * tk..][..tk]);
+            let mut r = 0.0;
+            for (dsj, &pj) in dsr[..seen].iter().zip(row) {
+                r += pj * *dsj;
             }
+            for (dsj, &pj) in dsr[..seen].iter_mut().zip(row) {
+                *dsj = pj * (*dsj - r) * scale;
+            }
+            dsr[seen..].fill(0.0);
         }
     }
 }
