@@ -197,6 +197,24 @@ fn adamw_reference<B: Backend, const D: usize>(
     [decayed - delta.mul_scalar(s.lr), m, v]
 }
 
+/// The sum of the squares of `x`'s elements, as a one-element tensor (what gradient clipping
+/// needs): on flex one parallel pass (each part's sum in f32, the parts' in f64, in order), on
+/// every other backend burn's `powi(2).sum()`.
+pub fn sum_of_squares<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
+    if is::<B, Flex>() {
+        let xp = primitive::<D>(same(x.clone()));
+        if let Some(xs) = f32s(&xp) {
+            let [partial] = par::outputs(xs.len().div_ceil(PART), [xs.len().div_ceil(PART)], [1], |i, [sum]| {
+                let part = &xs[i * PART..][..PART.min(xs.len() - i * PART)];
+                sum[0] = squares_kernel(part);
+            });
+            let total = partial.iter().map(|&s| s as f64).sum::<f64>() as f32;
+            return same(float::<Flex, 1>(flex(vec![total], [1])));
+        }
+    }
+    x.powi_scalar(2).sum()
+}
+
 /// burn's attention on the same packing: what every backend other than flex runs, and what the
 /// kernels are tested against.
 fn attention_reference<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
@@ -905,6 +923,12 @@ fn head_product(
 }
 
 multiversion! {
+    fn squares_kernel(x: &[f32]) -> f32 {
+        dot(x, x)
+    }
+}
+
+multiversion! {
     /// Scaled causal softmax of each row of the scores `p` `[tq, tk]` in place: query `i` sees
     /// keys `0..=i + tk - tq`; the rest become zero.
     fn softmax_rows(p: &mut [f32], tq: usize, tk: usize, scale: f32) {
@@ -1315,6 +1339,16 @@ mod tests {
                 let [q, ..] = adamw(theirs.clone(), theirs.clone(), None, step);
                 assert_eq!(p.to_data(), q.to_data());
             }
+        }
+    }
+
+    #[test]
+    fn sum_of_squares_matches_burns() {
+        for n in [0, 1, 17, 3 * PART + 5] {
+            let x = random::<Flex, 1>([n], 3);
+            let ours = sum_of_squares(x.clone()).into_scalar();
+            let theirs = x.powi_scalar(2).sum().into_scalar();
+            assert!((ours - theirs).abs() <= 1e-5 * theirs.abs().max(1.0), "{n}: {ours} vs {theirs}");
         }
     }
 
