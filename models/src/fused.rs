@@ -568,29 +568,63 @@ unsafe fn gemm_parts(
                     std::ptr::copy_nonoverlapping(bias.as_ptr().add(col0), at.add(r * n), cols);
                 }
             }
-            gemm::gemm(
-                rows,
-                cols,
-                k,
+            gemm_once(
                 at,
-                1,
                 n as isize,
                 bias.is_some(),
                 lhs_ptr.get().offset(row0 as isize * lhs_rs),
-                lhs_cs,
-                lhs_rs,
+                [lhs_rs, lhs_cs],
                 rhs_ptr.get().offset(col0 as isize * rhs_cs),
-                rhs_cs,
-                rhs_rs,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                [rhs_rs, rhs_cs],
+                [rows, k, cols],
             );
         }
     });
+}
+
+/// `dst (+)= lhs rhs` on the calling thread, through gemm: `lhs` `[m, k]` and `rhs` `[k, n]` read
+/// through (row, column) strides, `dst` row-major with row stride `dst_rs`, read (and added to)
+/// only when `read_dst`, otherwise overwritten without being read.
+///
+/// # Safety
+/// Every element the strides reach must lie inside its allocation, `dst` must not alias the
+/// operands, and it must be initialised when `read_dst`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_once(
+    dst: *mut f32,
+    dst_rs: isize,
+    read_dst: bool,
+    lhs: *const f32,
+    [lhs_rs, lhs_cs]: [isize; 2],
+    rhs: *const f32,
+    [rhs_rs, rhs_cs]: [isize; 2],
+    [m, k, n]: [usize; 3],
+) {
+    // SAFETY: forwarded from the caller; gemm computes dst := alpha dst + beta lhs rhs, with
+    // alpha taken as zero (dst not loaded) when `read_dst` is false.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            read_dst,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// Sums of the columns of a row-major matrix with `n` columns: each part's rows summed on its
@@ -898,26 +932,15 @@ fn head_product(
     // SAFETY: every element the strides reach lies inside the slices (checked above), and `dst`
     // is exclusively borrowed; with `read_dst` false gemm overwrites dst.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        gemm_once(
             dst.as_mut_ptr(),
-            1,
             dst_rs as isize,
             false,
             lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
+            [lhs_rs as isize, lhs_cs as isize],
             rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+            [rhs_rs as isize, rhs_cs as isize],
+            [m, k, n],
         );
     }
 }
