@@ -61,9 +61,10 @@ pub fn for_each(parts: usize, task: impl Fn(usize) + Sync) {
     }
 }
 
-/// How many threads work in [`for_each`], the caller included.
+/// How many threads a [`for_each`] call made here would use, the caller included (one inside a
+/// task, where calls run inline).
 pub fn threads() -> usize {
-    pool().helpers.len() + 1
+    if IN_TASK.get() { 1 } else { pool().helpers.len() + 1 }
 }
 
 /// Runs `task(i, parts)` for every `i` in `0..count` as [`for_each`] does, where `parts[j]` is
