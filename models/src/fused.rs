@@ -18,7 +18,12 @@
 //! The kernels are plain loops over contiguous `f32` rows, compiled three times (AVX-512, AVX2 +
 //! FMA, baseline) and picked by the CPU at run time, like flex's own matrix products; products go
 //! to the `gemm` crate that flex uses. `erf` and `exp` are polynomial approximations (errors below
-//! 1e-6, tested) that vectorize.
+//! 1e-6, tested) that vectorize. Each kernel's work is cut into parts by shape alone and spread
+//! over the cores by [`par`], so results do not depend on the thread count.
+//!
+//! Beside the model's ops: the AdamW update ([`adamw`], bit for bit burn's) and the squared norm
+//! gradient clipping needs ([`sum_of_squares`]), which were most of what the training step still
+//! ran serially.
 
 use std::any::Any;
 use std::mem::MaybeUninit;
@@ -108,9 +113,9 @@ fn layer_norm_reference<B: Backend, const D: usize>(
 }
 
 /// `x W + b` over rows, what burn's `linear` computes: `x` `[n, i]`, `weight` `[i, o]`, `bias`
-/// `[o]`. The products go to the `gemm` crate directly, threaded when large (flex's are
-/// single-threaded without its `rayon` feature, whose elementwise paths cost more than they gain
-/// at these sizes), with the bias added in the product.
+/// `[o]`. The products go to the `gemm` crate directly, split among the cores from 2^20
+/// multiply-adds (flex's are single-threaded without its `rayon` feature, whose elementwise paths
+/// cost more than they gain at these sizes), with the bias added in the product.
 pub fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
     let ([n, i], [wi, o]) = (x.dims(), weight.dims());
     assert_eq!(i, wi, "linear: input width {i}, weight [{wi}, {o}]");

@@ -218,11 +218,14 @@ impl Drop for Retire {
 fn pool() -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let threads = std::env::var("LAB_THREADS")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n >= 1)
-            .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = match std::env::var("LAB_THREADS") {
+            Err(_) => cores,
+            Ok(v) => v.trim().parse::<usize>().ok().filter(|&n| n >= 1).unwrap_or_else(|| {
+                eprintln!("warning: LAB_THREADS={v:?} is not a positive integer; using {cores} threads");
+                cores
+            }),
+        };
         // The pool lives as long as the process; its helpers are spawned once it has its
         // address, and each learns its own handle from the spawn.
         let pool: &'static mut Pool = Box::leak(Box::new(Pool {
