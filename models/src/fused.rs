@@ -643,8 +643,14 @@ fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
             axpy(1.0, row, sums);
         }
     });
-    let mut sums = vec![0.0f32; n];
-    for part in partial.chunks_exact(n) {
+    add_parts(&partial, n)
+}
+
+/// The sum of the parts' partial sums, `partial` holding one row of `width` per part, added in
+/// part order (so the result does not depend on which thread computed which part).
+fn add_parts(partial: &[f32], width: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f32; width];
+    for part in partial.chunks_exact(width) {
         axpy(1.0, part, &mut sums);
     }
     sums
@@ -786,11 +792,8 @@ fn layer_norm_backward(g: &[f32], normalized: &[f32], rstd: &[f32], gamma: &[f32
             layer_norm_backward_kernel(&g[at..], &normalized[at..], rows, gamma, dx, dgamma, dbeta);
         })
     };
-    let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
-    for part in partial.chunks_exact(2 * d) {
-        axpy(1.0, &part[..d], &mut dgamma);
-        axpy(1.0, &part[d..], &mut dbeta);
-    }
+    let mut dgamma = add_parts(&partial, 2 * d);
+    let dbeta = dgamma.split_off(d);
     (dx, dgamma, dbeta)
 }
 

@@ -10,6 +10,13 @@ fn fails(cmd: &mut Command) -> String {
     stderr
 }
 
+/// `trainer train --quiet --config CONFIG --out OUT`.
+fn train(config: &std::path::Path, out: &std::path::Path) -> Command {
+    let mut cmd = Command::cargo_bin("trainer").unwrap();
+    cmd.args(["train", "--quiet", "--config"]).arg(config).arg("--out").arg(out);
+    cmd
+}
+
 const CONFIG: &str = r#"
 [task]
 task = "path-star"
@@ -61,14 +68,7 @@ fn a_short_run_writes_a_complete_run_directory() {
     let path = dir.path().join("c.toml");
     std::fs::write(&path, CONFIG).unwrap();
     let run = dir.path().join("run");
-    Command::cargo_bin("trainer")
-        .unwrap()
-        .args(["train", "--quiet", "--config"])
-        .arg(&path)
-        .arg("--out")
-        .arg(&run)
-        .assert()
-        .success();
+    train(&path, &run).assert().success();
     for file in
         ["config.toml", "command.txt", "metrics.jsonl", "eval.json", "failures.txt", "checkpoints/step_000006.json"]
     {
@@ -113,15 +113,7 @@ fn results_do_not_depend_on_the_thread_count() {
     std::fs::write(&path, config).unwrap();
     let run = |threads: &str| {
         let out = dir.path().join(format!("run-{threads}"));
-        Command::cargo_bin("trainer")
-            .unwrap()
-            .env("LAB_THREADS", threads)
-            .args(["train", "--quiet", "--config"])
-            .arg(&path)
-            .arg("--out")
-            .arg(&out)
-            .assert()
-            .success();
+        train(&path, &out).env("LAB_THREADS", threads).assert().success();
         // Every logged loss and gradient norm to the last digit, and the evaluation of the final
         // weights. (Checkpoint files differ byte-wise between any two processes: they hold
         // parameter ids drawn at random.)
