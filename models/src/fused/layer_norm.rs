@@ -1,0 +1,221 @@
+//! LayerNorm over the last dimension: its dispatch, burn's LayerNorm (what every backend but the
+//! training one runs, plain flex included, which has a fused forward of its own), its autodiff op
+//! with the hand-written backward, and the row-wise kernels. The forward pass keeps each row's
+//! normalised values and `1 / sqrt(var + eps)` for the backward pass.
+
+use std::mem::MaybeUninit;
+
+use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::flex::FlexTensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use super::kernels::{add_parts, dot, multiversion, rows_per_part, squared_deviations, sum};
+use super::{Ad, f32s, flex, float, is, record, same, values};
+use crate::par;
+
+/// LayerNorm over the last dimension, `(x - mean) / sqrt(var + eps) * gamma + beta` with the
+/// biased variance, as burn's `LayerNorm` computes it; `x` `[..., d]`, `gamma` and `beta` `[d]`.
+pub fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> Tensor<B, D> {
+    if is::<B, Ad>() {
+        return same(layer_norm_autodiff::<D>(same(x), same(gamma), same(beta), epsilon));
+    }
+    // Plain flex has a fused forward of its own.
+    layer_norm_reference(x, gamma, beta, epsilon)
+}
+
+/// burn's LayerNorm, on every backend but the training one.
+pub(super) fn layer_norm_reference<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> Tensor<B, D> {
+    let out = B::layer_norm(
+        x.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        Some(beta.into_primitive().tensor()),
+        epsilon,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The autodiff op.
+
+/// LayerNorm's backward: the normalised input, each row's `1 / sqrt(var + eps)`, and gamma.
+#[derive(Debug)]
+struct LayerNormOp;
+
+#[derive(Clone, Debug)]
+struct LayerNormState {
+    normalized: Vec<f32>,
+    rstd: Vec<f32>,
+    gamma: FlexTensor,
+    dims: Vec<usize>,
+}
+
+impl Backward<Flex, 3> for LayerNormOp {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let s = &ops.state;
+        let gamma = values(&s.gamma);
+        let g = values(&grad);
+        let (dx, dgamma, dbeta) = layer_norm_backward(g, &s.normalized, &s.rstd, gamma);
+        let d = gamma.len();
+        let [px, pg, pb] = ops.parents;
+        for (parent, value, dims) in [(px, dx, s.dims.clone()), (pg, dgamma, vec![d]), (pb, dbeta, vec![d])] {
+            if let Some(node) = parent {
+                grads.register::<Flex>(node.id, flex(value, dims));
+            }
+        }
+    }
+}
+
+fn layer_norm_autodiff<const D: usize>(
+    x: Tensor<Ad, D>,
+    gamma: Tensor<Ad, 1>,
+    beta: Tensor<Ad, 1>,
+    epsilon: f64,
+) -> Tensor<Ad, D> {
+    let dims = x.dims();
+    let (x, gamma, beta) =
+        (x.into_primitive().tensor(), gamma.into_primitive().tensor(), beta.into_primitive().tensor());
+    let (xc, gc, bc) = (x.primitive.to_contiguous(), gamma.primitive.to_contiguous(), beta.primitive.to_contiguous());
+    let (Some(xs), Some(gs), Some(bs)) = (f32s(&xc), f32s(&gc), f32s(&bc)) else {
+        return layer_norm_reference(float(x), float(gamma), float(beta), epsilon);
+    };
+    let (out, normalized, rstd) = layer_norm_forward(xs, gs, bs, epsilon as f32);
+    let out = flex(out, dims);
+    let op = LayerNormOp.prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()]);
+    record(op.compute_bound().stateful(), LayerNormState { normalized, rstd, gamma: gc, dims: dims.to_vec() }, out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernels, on contiguous f32 rows.
+
+fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let d = gamma.len();
+    let rows = x.len() / d;
+    let per = rows_per_part(d);
+    // SAFETY: the kernel writes every element of its parts (all of a row's values and its rstd).
+    let [out, normalized, rstd] = unsafe {
+        par::outputs_uninit(
+            rows.div_ceil(per),
+            [rows * d, rows * d, rows],
+            [per * d, per * d, per],
+            |i, [out, n, r]| {
+                layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, out, n, r);
+            },
+        )
+    };
+    (out, normalized, rstd)
+}
+
+fn layer_norm_backward(g: &[f32], normalized: &[f32], rstd: &[f32], gamma: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let d = gamma.len();
+    let rows = rstd.len();
+    let per = rows_per_part(d);
+    let parts = rows.div_ceil(per);
+    // Each part's sums for dgamma and dbeta, side by side.
+    // SAFETY: the kernel writes every element of `dx`'s part; the sums start zeroed.
+    let [dx, partial] = unsafe {
+        par::outputs_uninit(parts, [rows * d, parts * 2 * d], [per * d, 2 * d], |i, [dx, sums]| {
+            let (rows, at) = (&rstd[i * per..][..per.min(rows - i * per)], i * per * d);
+            let (dgamma, dbeta) = par::zero(sums).split_at_mut(d);
+            layer_norm_backward_kernel(&g[at..], &normalized[at..], rows, gamma, dx, dgamma, dbeta);
+        })
+    };
+    let mut dgamma = add_parts(&partial, 2 * d);
+    let dbeta = dgamma.split_off(d);
+    (dx, dgamma, dbeta)
+}
+
+multiversion! {
+    fn layer_norm_forward_kernel(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        out: &mut [MaybeUninit<f32>],
+        normalized: &mut [MaybeUninit<f32>],
+        rstd: &mut [MaybeUninit<f32>],
+    ) {
+        let d = gamma.len();
+        for r in 0..rstd.len() {
+            let xr = &x[r * d..][..d];
+            let mean = sum(xr) / d as f32;
+            let var = squared_deviations(xr, mean) / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            rstd[r].write(inv);
+            let (or, nr) = (&mut out[r * d..][..d], &mut normalized[r * d..][..d]);
+            for i in 0..d {
+                let n = (xr[i] - mean) * inv;
+                nr[i].write(n);
+                or[i].write(n * gamma[i] + beta[i]);
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn layer_norm_backward_kernel(
+        g: &[f32],
+        normalized: &[f32],
+        rstd: &[f32],
+        gamma: &[f32],
+        dx: &mut [MaybeUninit<f32>],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+    ) {
+        // dx = rstd (a - mean(a) - x^ mean(a x^)) with a = g gamma; dgamma = sum g x^; dbeta = sum g.
+        let d = gamma.len();
+        let mut a = vec![0.0f32; d];
+        for r in 0..rstd.len() {
+            let (gr, nr) = (&g[r * d..][..d], &normalized[r * d..][..d]);
+            for i in 0..d {
+                a[i] = gr[i] * gamma[i];
+                dgamma[i] += gr[i] * nr[i];
+                dbeta[i] += gr[i];
+            }
+            let m1 = sum(&a) / d as f32;
+            let m2 = dot(&a, nr) / d as f32;
+            let dxr = &mut dx[r * d..][..d];
+            for i in 0..d {
+                dxr[i].write(rstd[r] * (a[i] - m1 - nr[i] * m2));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fused::tests::{close, random};
+
+    #[test]
+    fn layer_norm_matches_burns_forward_and_gradients() {
+        let x = random::<Ad, 3>([3, 5, 16], 8).require_grad();
+        let gamma = random::<Ad, 1>([16], 9).require_grad();
+        let beta = random::<Ad, 1>([16], 10).require_grad();
+        let w = random::<Ad, 3>([3, 5, 16], 11);
+        let fused = layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        let reference = layer_norm_reference(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        close(fused.clone(), reference.clone());
+        let (g1, g2) = ((fused * w.clone()).sum().backward(), (reference * w).sum().backward());
+        close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+        close(gamma.grad(&g1).unwrap(), gamma.grad(&g2).unwrap());
+        close(beta.grad(&g1).unwrap(), beta.grad(&g2).unwrap());
+    }
+}
