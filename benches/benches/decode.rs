@@ -13,7 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use burn::tensor::backend::Backend;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eval::decode::{greedy, greedy_uncached};
-use eval::on_device;
+use lab_core::on_device;
 use models::{Gpt, GptConfig};
 
 fn bench_model<B: Backend>(c: &mut Criterion, on: &str, device: &B::Device) {
@@ -37,7 +37,7 @@ fn bench_model<B: Backend>(c: &mut Criterion, on: &str, device: &B::Device) {
 }
 
 fn decoding(c: &mut Criterion) {
-    eval::alloc::keep_freed_memory();
+    lab_core::alloc::keep_freed_memory();
     for device in benches::devices() {
         let on = device.name();
         on_device!(device, "benchmark", |B, dev| {

@@ -14,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use burn::tensor::backend::AutodiffBackend;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use eval::{Batch, on_device};
+use lab_core::{Batch, on_device};
 use models::GptConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -60,7 +60,7 @@ fn bench_config<B: AutodiffBackend>(
 }
 
 fn train_steps(c: &mut Criterion) {
-    eval::alloc::keep_freed_memory();
+    lab_core::alloc::keep_freed_memory();
     for device in benches::devices() {
         let on = device.name();
         on_device!(autodiff device, "benchmark", |B, dev| {

@@ -1,6 +1,6 @@
 //! Benchmarks live in `benches/`; this library holds what they share: which backends to run on.
 
-use eval::Device;
+use lab_core::Device;
 
 /// The backends a benchmark runs on: `LAB_BENCH_DEVICES` (comma-separated `--device` names, e.g.
 /// `flex,wgpu-cpu`) or, by default, flex and every GPU backend this build has (`--features wgpu`

@@ -1,5 +1,5 @@
 //! The sweep manifest: the contract between `trainer sweep`, which writes it, and
-//! `eval compare` / `eval plot`, which read it (this crate never links the trainer).
+//! `eval compare` / `eval plot`, which read it.
 //!
 //! A sweep directory holds `manifest.json`, the sweep file it was expanded from (`sweep.toml`),
 //! one run directory per run (named as in the manifest) with its log beside it (`<name>.log`),
@@ -93,7 +93,7 @@ impl Manifest {
     /// Writes `dir/manifest.json` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self)? + "\n";
-        run_dir::write_atomic(&dir.join("manifest.json"), json.as_bytes())
+        run_dir::write_atomic(&dir.join("manifest.json"), json.as_bytes()).map(|_| ())
     }
 }
 
@@ -105,13 +105,6 @@ pub fn finished(dir: &Path, steps: u64) -> bool {
 /// Whether the run in `dir` has written any complete checkpoint (it can be resumed).
 pub fn started(dir: &Path) -> bool {
     run_dir::checkpoints(dir).is_ok_and(|c| !c.is_empty())
-}
-
-/// The metrics of the run's `eval.json`, if it holds the evaluation of step `steps`.
-pub fn final_metrics(dir: &Path, steps: u64) -> Option<BTreeMap<String, f64>> {
-    let text = std::fs::read_to_string(dir.join("eval.json")).ok()?;
-    let file: run_dir::EvalFile = serde_json::from_str(&text).ok()?;
-    (file.step == steps).then(|| file.report.metrics().into_iter().collect())
 }
 
 #[cfg(test)]

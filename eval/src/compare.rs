@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::run_dir::EvalFile;
-use crate::sweep::{Manifest, finished};
+use crate::files::EvalFile;
+use lab_core::sweep::{Manifest, finished};
 
 /// The metrics shown when none are asked for (those that no run has are left out).
 pub const DEFAULT_METRICS: [&str; 10] = [
@@ -293,8 +293,8 @@ pub fn compare(dir: &Path, by: &[String], metrics: &[String]) -> Result<(Table, 
     }
     let table = aggregate(&runs, by, metrics, unfinished)?;
     let (md, csv) = (dir.join("compare.md"), dir.join("compare.csv"));
-    crate::run_dir::write_atomic(&md, table.markdown().as_bytes())?;
-    crate::run_dir::write_atomic(&csv, table.csv().as_bytes())?;
+    lab_core::run_dir::write_atomic(&md, table.markdown().as_bytes())?;
+    lab_core::run_dir::write_atomic(&csv, table.csv().as_bytes())?;
     Ok((table, md, csv))
 }
 

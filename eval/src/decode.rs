@@ -6,8 +6,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use models::Gpt;
 use rand_chacha::ChaCha8Rng;
 
-use crate::batch::Batch;
 use crate::sample::Sampling;
+use lab_core::Batch;
 
 fn argmax_rows<B: Backend>(logits: Tensor<B, 3>) -> (Vec<i64>, usize) {
     let [_, t, _] = logits.dims();

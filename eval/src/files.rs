@@ -1,74 +1,26 @@
-//! Reading a run directory written by the trainer. The contract between the two is this file:
-//! `checkpoints/step_NNNNNN.mpk` (weights) beside `checkpoints/step_NNNNNN.json`
-//! ([`CheckpointMeta`], written last, so its presence marks a complete checkpoint), and the
-//! `[eval]` table of `config.toml` ([`crate::EvalOptions`]).
+//! What the evaluator reads from and writes into a run directory (whose layout is
+//! `lab_core::run_dir`'s): the `[eval]` options of `config.toml`, the training's own `eval.json`
+//! and `failures.txt`, and the reports of re-evaluations under `evals/`, one per thing scored, so
+//! that `eval RUN --test-file F` never overwrites what the training wrote.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use models::GptConfig;
+use lab_core::overrides::{apply_override, one_line};
+use lab_core::run_dir::{self, write_atomic};
 use serde::{Deserialize, Serialize};
-use tasks::TaskSpec;
-use tasks::dataset::DataSpec;
+use sha2::{Digest, Sha256};
 
-use crate::EvalOptions;
-
-/// The sidecar of a checkpoint: everything needed to rebuild and evaluate the model.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckpointMeta {
-    /// Optimizer steps taken when the checkpoint was written.
-    pub step: u64,
-    /// The model's shape.
-    pub model: GptConfig,
-    /// The task.
-    pub task: TaskSpec,
-    /// Where the run's data came from.
-    pub data: DataSpec,
-    /// The objective's name (`ntp`, `teacherless`, ...).
-    pub objective: String,
-    /// Whether evaluation should also decode teacherless (the objective trains that way).
-    pub teacherless: bool,
-}
-
-/// File stem of the checkpoint at `step` (weights at `<stem>.mpk`, sidecar at `<stem>.json`).
-pub fn checkpoint_stem(run: &Path, step: u64) -> PathBuf {
-    run.join("checkpoints").join(format!("step_{step:06}"))
-}
-
-/// The complete checkpoints of a run, oldest first.
-pub fn checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let dir = run.join("checkpoints");
-    if !dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name();
-        let name = name.to_string_lossy();
-        if let Some(step) = name.strip_prefix("step_").and_then(|s| s.strip_suffix(".json")) {
-            if let Ok(step) = step.parse::<u64>() {
-                found.push((step, checkpoint_stem(run, step)));
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-/// Reads a checkpoint's sidecar.
-pub fn read_meta(stem: &Path) -> Result<CheckpointMeta> {
-    let path = stem.with_extension("json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a lab checkpoint sidecar", path.display()))
-}
+use crate::{EvalOptions, EvalReport};
 
 /// The `[eval]` options of a run's `config.toml` (defaults when the table is absent), with
 /// `--set key=value` overrides applied (keys relative to `[eval]`, e.g. `pass_at_k.samples=128`).
 pub fn eval_options(run: &Path, overrides: &[String]) -> Result<EvalOptions> {
     let path = run.join("config.toml");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut table: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("parsing {}: {}", path.display(), one_line(&e.to_string())))?;
     let mut eval = match table.remove("eval") {
         Some(toml::Value::Table(t)) => t,
         Some(_) => bail!("[eval] of {} is not a table", path.display()),
@@ -77,65 +29,93 @@ pub fn eval_options(run: &Path, overrides: &[String]) -> Result<EvalOptions> {
     for o in overrides {
         apply_override(&mut eval, o)?;
     }
-    let options: EvalOptions =
-        toml::Value::Table(eval).try_into().with_context(|| format!("the [eval] options of {}", path.display()))?;
+    let options: EvalOptions = toml::Value::Table(eval)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("the [eval] options: {}", one_line(&e.to_string())))?;
     options.validate().map_err(anyhow::Error::msg)?;
     Ok(options)
 }
 
-/// Applies one `--set key=value` to a TOML table: dotted keys reach into sections (created when
-/// absent), and the value is read as TOML (a bare word that is not TOML is taken as a string).
-pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
-    let (key, raw) = assignment
-        .split_once('=')
-        .with_context(|| format!("--set {assignment:?}: expected key=value, e.g. optimizer.lr=3e-4"))?;
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let parts: Vec<&str> = key.trim().split('.').collect();
-    let (last, path) = parts.split_last().expect("split gives at least one part");
-    let mut node = table;
-    for p in path {
-        node = node
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .with_context(|| format!("--set {key}: {p} is not a section"))?;
-    }
-    node.insert(last.to_string(), value);
-    Ok(())
+/// What an evaluation scored: which test examples, and how many of how many.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scored {
+    /// `test split` (the run's own) or the path of the test file given.
+    pub test: String,
+    /// Examples scored (the first ones of the test set).
+    pub examples: usize,
+    /// Examples the test set holds.
+    pub of: usize,
 }
 
-/// The latest complete checkpoint of a run, or an error that says why there is none.
-pub fn latest(run: &Path) -> Result<(u64, PathBuf)> {
-    if !run.is_dir() {
-        bail!("{} is not a run directory", run.display());
+impl Scored {
+    /// One line for people: "2000 of 20000 examples of F".
+    pub fn describe(&self) -> String {
+        let all = if self.examples == self.of { " (all)" } else { " (eval.examples; --examples 0 scores all)" };
+        format!("{} of {} examples of {}{all}", self.examples, self.of, self.test)
     }
-    checkpoints(run)?.pop().with_context(|| format!("{} holds no complete checkpoint yet", run.display()))
 }
 
-/// `eval.json` as written into a run directory.
+/// An evaluation report as written to disk (`eval.json`, or a re-evaluation under `evals/`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalFile {
     /// The checkpoint's step.
     pub step: u64,
+    /// What was scored (absent in reports written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored: Option<Scored>,
     /// The report.
     #[serde(flatten)]
-    pub report: crate::EvalReport,
+    pub report: EvalReport,
 }
 
-/// Writes `eval.json` and `failures.txt` into the run directory, each atomically.
-pub fn write_report(run: &Path, step: u64, report: &crate::EvalReport) -> Result<()> {
-    let json = serde_json::to_string_pretty(&EvalFile { step, report: report.clone() })? + "\n";
-    write_atomic(&run.join("eval.json"), json.as_bytes())?;
-    write_atomic(&run.join("failures.txt"), report.failures_text().as_bytes())
+/// Writes the training's `eval.json` and `failures.txt` into the run directory, each atomically.
+pub fn write_report(run: &Path, step: u64, scored: &Scored, report: &EvalReport) -> Result<()> {
+    let file = EvalFile { step, scored: Some(scored.clone()), report: report.clone() };
+    write_atomic(&run.join("eval.json"), (serde_json::to_string_pretty(&file)? + "\n").as_bytes())?;
+    write_atomic(&run.join("failures.txt"), report.failures_text().as_bytes())?;
+    Ok(())
 }
 
-/// Writes a file by writing a temporary file beside it and renaming it into place, so that a
-/// killed process never leaves a half-written file under the real name.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
+/// The name of a re-evaluation's report: the step, what was scored (`test` for the run's own
+/// split, else the test file's stem) and, when the options differ from the run's `[eval]`, a
+/// short hash of them: `step_000400-deg_2_path_5_nodes_50_test_20000`.
+pub fn reevaluation_name(
+    step: u64,
+    test_file: Option<&Path>,
+    options: &EvalOptions,
+    run_options: &EvalOptions,
+) -> String {
+    let what = test_file.and_then(|f| f.file_stem()).map_or("test".to_string(), |s| {
+        s.to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+            .collect()
+    });
+    let mut name = format!("step_{step:06}-{what}");
+    if options != run_options {
+        let json = serde_json::to_string(options).expect("options serialise");
+        let hash = Sha256::digest(json.as_bytes());
+        name.push_str(&format!("-opts-{}", hash.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>()));
+    }
+    name
+}
+
+/// Writes a re-evaluation's report as `evals/<name>.json` and `evals/<name>-failures.txt`;
+/// returns the two paths.
+pub fn write_reevaluation(run: &Path, name: &str, file: &EvalFile) -> Result<(PathBuf, PathBuf)> {
+    let dir = run.join(run_dir::EVALS);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = dir.join(format!("{name}.json"));
+    let failures = dir.join(format!("{name}-failures.txt"));
+    write_atomic(&json, (serde_json::to_string_pretty(file)? + "\n").as_bytes())?;
+    write_atomic(&failures, file.report.failures_text().as_bytes())?;
+    Ok((json, failures))
+}
+
+/// The metrics of the run's `eval.json`, if it holds the evaluation of step `steps`.
+pub fn final_metrics(dir: &Path, steps: u64) -> Option<BTreeMap<String, f64>> {
+    let text = std::fs::read_to_string(dir.join("eval.json")).ok()?;
+    let file: EvalFile = serde_json::from_str(&text).ok()?;
+    (file.step == steps).then(|| file.report.metrics().into_iter().collect())
 }

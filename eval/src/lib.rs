@@ -4,31 +4,26 @@
 //! tasks, diversity and creativity for the creative tasks, and pass@k from sampled generations
 //! for every task.
 //!
-//! The crate never links the trainer: it reads a run directory through the types of `tasks`
-//! (task and data specs) and `models` (model config, checkpoints). The trainer calls
+//! The crate never links the trainer: it reads a run directory through `lab_core::run_dir` (the
+//! layout and sidecars both sides share) and the types of `tasks` and `models`. The trainer calls
 //! [`evaluate`] at its eval steps; `cargo run -p eval -- RUN_DIR` does the same afterwards.
 
-pub mod alloc;
-pub mod batch;
 pub mod compare;
 pub mod creativity;
 pub mod decode;
-pub mod device;
+pub mod files;
 pub mod pass_at_k;
 pub mod plot;
 pub mod report;
-pub mod run_dir;
 pub mod sample;
-pub mod sweep;
 
-pub use batch::Batch;
 pub use creativity::{Diversity, TrainingTargets};
-pub use device::Device;
 pub use pass_at_k::PassAtK;
 pub use report::{DistancePoint, EvalReport, Failure, PathStarDiagnostics, Scores};
 pub use sample::Sampling;
 
 use burn::tensor::backend::Backend;
+use lab_core::Batch;
 use models::Gpt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -154,6 +149,9 @@ impl EvalOptions {
     pub fn validate(&self) -> Result<(), String> {
         self.diversity.sampling.validate().map_err(|e| format!("eval.diversity.sampling: {e}"))?;
         self.pass_at_k.sampling.validate().map_err(|e| format!("eval.pass_at_k.sampling: {e}"))?;
+        if self.batch_size == 0 {
+            return Err("eval.batch_size must be at least 1".into());
+        }
         if self.diversity.samples == 0 {
             return Err("eval.diversity.samples must be at least 1".into());
         }
@@ -195,7 +193,7 @@ pub fn evaluate<B: Backend>(
         "the examples need more positions than the model has; check with needed_positions first"
     );
     let device = model_device(model);
-    let batch_size = options.batch_size.max(1);
+    let batch_size = options.batch_size;
 
     let mut forced = Vec::with_capacity(n);
     let mut dollar = Vec::new();

@@ -1,5 +1,6 @@
-//! `eval RUN_DIR`: evaluates a run's latest checkpoint (or `--step N`) on its test split,
-//! writes `eval.json` and `failures.txt` into the run directory and prints the table.
+//! `eval RUN_DIR`: evaluates a run's latest checkpoint (or `--step N`) on its test split (or
+//! `--test-file F`), writes the report into `RUN_DIR/evals/` under a name that says what was
+//! scored (the training's own `eval.json` is never overwritten) and prints the table.
 //!
 //! `--set key=value` changes the run's `[eval]` options for this evaluation, e.g.
 //! `--set pass_at_k.sampling.temperature=0.7 --set diversity.samples=8`.
@@ -11,11 +12,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use eval::{Device, on_device, run_dir};
+use eval::files;
+use lab_core::run_dir::{self, Direction};
+use lab_core::{Device, on_device};
 
-/// mimalloc keeps freed tensor buffers for reuse (see `eval::alloc`).
+/// mimalloc keeps freed tensor buffers for reuse (see `lab_core::alloc`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -68,6 +71,18 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         metrics: Vec<String>,
     },
+    /// Export a checkpoint's GPT as safetensors with nanoGPT's state-dict names
+    /// (`transformer.h.0.attn.c_attn.weight`, ...), for `safetensors.torch.load_file`.
+    Export {
+        /// The run directory.
+        run: PathBuf,
+        /// This checkpoint instead of the latest.
+        #[arg(long)]
+        step: Option<u64>,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Draw the standard figures (training loss, accuracy per position teacher-forced vs
     /// free-running, pass@k, creativity, MI bound) of a run or sweep directory into DIR/plots/,
     /// as PNG and SVG.
@@ -84,6 +99,17 @@ fn run(cli: Cli) -> Result<()> {
         println!("wrote {} and {}", md.display(), csv.display());
         return Ok(());
     }
+    if let Some(Cmd::Export { run, step, out }) = &cli.cmd {
+        let checkpoint = match step {
+            Some(step) => run_dir::at_step(run, *step)?,
+            None => run_dir::latest(run)?,
+        };
+        let model = run_dir::load_gpt::<burn::backend::Flex>(&checkpoint, &burn::backend::flex::FlexDevice)?;
+        models::export::export_safetensors(&model, &checkpoint.meta.model, out)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+        println!("wrote {} (step {} of {}, nanoGPT names)", out.display(), checkpoint.step, run.display());
+        return Ok(());
+    }
     if let Some(Cmd::Plot { dir }) = &cli.cmd {
         for file in eval::plot::plot(dir)? {
             println!("wrote {}", file.display());
@@ -91,19 +117,27 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let run = cli.run.clone().expect("clap requires a run directory without a subcommand");
-    let (step, stem) = match cli.step {
-        Some(step) => (step, run_dir::checkpoint_stem(&run, step)),
+    let checkpoint = match cli.step {
+        Some(step) => run_dir::at_step(&run, step)?,
         None => run_dir::latest(&run)?,
     };
-    let meta = run_dir::read_meta(&stem)?;
-    if meta.objective == "reverse-lm" {
+    let (step, meta) = (checkpoint.step, &checkpoint.meta);
+    if meta.reads == Direction::Reverse {
         anyhow::bail!(
-            "{} trained a right-to-left LM (objective reverse-lm): it reads sequences backwards, so forward decoding \
+            "{} trained a right-to-left LM (objective {}): it reads sequences backwards, so forward decoding \
              does not measure it; it is a summariser for objective.kind = \"fsp-summary\"",
+            run.display(),
+            meta.objective
+        );
+    }
+    if let Some(problem) = meta.health.as_ref().and_then(|h| h.problem()) {
+        anyhow::bail!(
+            "checkpoint step {step} of {} is not a good checkpoint: {problem}; its scores would be meaningless",
             run.display()
         );
     }
-    let mut options = run_dir::eval_options(&run, &cli.set)?;
+    let run_options = files::eval_options(&run, &[])?;
+    let mut options = files::eval_options(&run, &cli.set)?;
     options.teacherless |= meta.teacherless;
     if let Some(n) = cli.examples {
         options.examples = n;
@@ -116,6 +150,12 @@ fn run(cli: Cli) -> Result<()> {
     // creative tasks from novel ones.
     let creative = meta.task.build()?.is_creative();
     let loaded = data.load(&meta.task, creative)?;
+    if loaded.test.is_empty() {
+        anyhow::bail!(
+            "{} holds no test examples: nothing to score",
+            cli.test_file.as_ref().map_or("the run's test split".into(), |f| f.display().to_string())
+        );
+    }
     let train = eval::TrainingTargets::new(loaded.task.as_ref(), &loaded.train);
     let needed = eval::needed_positions(loaded.task.as_ref(), &loaded.test);
     if needed > meta.model.max_seq_len {
@@ -125,19 +165,28 @@ fn run(cli: Cli) -> Result<()> {
         );
     }
     let report = on_device!(cli.device, "eval", |B, device| {
-        let model = models::checkpoint::load_model::<B>(&meta.model, &stem, &device)
-            .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;
+        let model = run_dir::load_gpt::<B>(&checkpoint, &device)?;
         anyhow::Ok(eval::evaluate(&model, loaded.task.as_ref(), &loaded.test, &train, &options))
     })?;
-    run_dir::write_report(&run, step, &report)?;
-    println!("{} at step {step}, {}", run.display(), meta.objective);
-    print!("{}", report.table());
-    println!("wrote {} and {}", run.join("eval.json").display(), run.join("failures.txt").display());
+    let total = loaded.test.len();
+    let scored = files::Scored {
+        test: cli.test_file.as_ref().map_or("the run's test split".into(), |f| f.display().to_string()),
+        examples: if options.examples == 0 { total } else { options.examples.min(total) },
+        of: total,
+    };
+    // A re-evaluation never overwrites the training's eval.json: it gets a report of its own,
+    // named after the step, the test set and (when they differ from the run's) the options.
+    let name = files::reevaluation_name(step, cli.test_file.as_deref(), &options, &run_options);
+    let file = files::EvalFile { step, scored: Some(scored.clone()), report };
+    let (json, failures) = files::write_reevaluation(&run, &name, &file)?;
+    println!("{} at step {step}, {}: scored {}", run.display(), meta.objective, scored.describe());
+    print!("{}", file.report.table());
+    println!("wrote {} and {}", json.display(), failures.display());
     Ok(())
 }
 
 fn main() -> ExitCode {
-    eval::alloc::keep_freed_memory();
+    lab_core::alloc::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -470,8 +470,9 @@ pub fn plot(dir: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::EvalFile;
     use crate::report::{EvalReport, Scores};
-    use crate::run_dir::{EvalFile, checkpoint_stem};
+    use lab_core::run_dir::checkpoint_stem;
 
     /// A finished run written by hand: config, final checkpoint sidecar (its presence is what
     /// "finished" means), metrics and eval.json.
@@ -499,7 +500,7 @@ mod tests {
             pass_at_k: Some(crate::PassAtK::new(&[1, 3], 4, "temperature 1".into())),
             failures: vec![],
         };
-        let json = serde_json::to_string(&EvalFile { step: 20, report }).unwrap();
+        let json = serde_json::to_string(&EvalFile { step: 20, scored: None, report }).unwrap();
         std::fs::write(run.join("eval.json"), json).unwrap();
     }
 

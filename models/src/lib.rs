@@ -6,6 +6,7 @@
 //! and take its hidden states as input).
 
 pub mod checkpoint;
+pub mod export;
 pub mod fused;
 pub mod gpt;
 pub mod par;

@@ -25,7 +25,7 @@ fn run(dir: &Path, config: &str, extra: &[String]) -> (EvalReport, HashMap<Strin
     overrides.extend_from_slice(extra);
     let config = RunConfig::load(&path, &overrides).unwrap();
     let out = dir.join(path.file_stem().unwrap());
-    let options = TrainOptions { progress: false, stop_after: None };
+    let options = TrainOptions { progress: false, stop_after: None, ..Default::default() };
     let outcome = trainer::train::<B>(&config, &out, false, &FlexDevice, &options).unwrap();
     let report = outcome.report.expect("the last step evaluates");
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();

@@ -17,7 +17,7 @@ fn run(config: &str, overrides: &[&str]) -> EvalReport {
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     let config = RunConfig::load(&path, &overrides).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let options = TrainOptions { progress: false, stop_after: None };
+    let options = TrainOptions { progress: false, stop_after: None, ..Default::default() };
     let outcome = trainer::train::<B>(&config, &dir.path().join("run"), false, &FlexDevice, &options).unwrap();
     let report = outcome.report.expect("the last step evaluates");
     eprintln!("{config:?}\n{}", report.table());

@@ -48,7 +48,7 @@ pass_at_k = {{ prompts = 10, samples = 16, sampling = {{ temperature = 1.0, top_
 }
 
 fn run(config: &RunConfig, out: &Path) -> Value {
-    let options = TrainOptions { progress: false, stop_after: None };
+    let options = TrainOptions { progress: false, stop_after: None, ..Default::default() };
     trainer::train::<B>(config, out, false, &FlexDevice, &options).unwrap();
     serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap()
 }

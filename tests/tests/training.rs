@@ -48,7 +48,7 @@ examples = 50
 }
 
 fn quiet() -> TrainOptions {
-    TrainOptions { progress: false, stop_after: None }
+    TrainOptions { progress: false, stop_after: None, ..Default::default() }
 }
 
 fn metrics(run: &Path) -> String {
@@ -79,7 +79,7 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
     trainer::train::<B>(&config, &whole, false, &FlexDevice, &quiet()).unwrap();
     // "Killed" at step 15: after the checkpoint at 10 and five more logged steps.
-    let stopped = TrainOptions { progress: false, stop_after: Some(15) };
+    let stopped = TrainOptions { progress: false, stop_after: Some(15), ..Default::default() };
     trainer::train::<B>(&config, &split, false, &FlexDevice, &stopped).unwrap();
     assert!(metrics(&split).contains("\"step\":15"));
     let saved: RunConfig = toml::from_str(&std::fs::read_to_string(split.join("config.toml")).unwrap()).unwrap();
@@ -115,7 +115,7 @@ fn objectives_with_heads_resume_exactly() {
         let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
         trainer::train::<B>(&config, &whole, false, &FlexDevice, &quiet()).unwrap();
         assert!(whole.join("checkpoints/step_000010-heads.mpk").is_file(), "{kind}: no heads saved");
-        let stopped = TrainOptions { progress: false, stop_after: Some(15) };
+        let stopped = TrainOptions { progress: false, stop_after: Some(15), ..Default::default() };
         trainer::train::<B>(&config, &split, false, &FlexDevice, &stopped).unwrap();
         trainer::train::<B>(&config, &split, true, &FlexDevice, &quiet()).unwrap();
         assert_eq!(metrics(&whole), metrics(&split), "{kind}");
@@ -194,7 +194,7 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_last_checkpoint() {
     let err = format!("{:#}", trainer::train::<B>(&config, &run, false, &FlexDevice, &quiet()).unwrap_err());
     assert!(err.contains("the loss became"), "{err}");
     assert!(err.contains("keeps its last good checkpoint"), "{err}");
-    let checkpoints = eval::run_dir::checkpoints(&run).unwrap();
+    let checkpoints = lab_core::run_dir::checkpoints(&run).unwrap();
     let last = checkpoints.last().map(|c| c.0).unwrap_or(0);
     assert!(err.contains(&format!("(step {last})")), "{err}");
 }

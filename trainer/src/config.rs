@@ -39,6 +39,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use eval::EvalOptions;
+use lab_core::overrides::one_line;
 use models::GptConfig;
 use serde::{Deserialize, Serialize};
 use tasks::TaskSpec;
@@ -286,12 +287,20 @@ impl RunConfig {
     /// value that is not valid TOML is taken as a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        RunConfig::parse(&text, overrides, &path.display().to_string())
+    }
+
+    /// Parses a config's text (read from `origin`, for messages) and applies overrides. Every
+    /// error is one line that names the line and column, or the key.
+    pub fn parse(text: &str, overrides: &[String], origin: &str) -> Result<RunConfig> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("parsing {origin}: {}", one_line(&e.to_string())))?;
         for o in overrides {
-            eval::run_dir::apply_override(&mut table, o)?;
+            lab_core::overrides::apply_override(&mut table, o)?;
         }
-        let config: RunConfig =
-            toml::Value::Table(table).try_into().with_context(|| format!("invalid config {}", path.display()))?;
+        let config: RunConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid config {origin}: {}", one_line(&e.to_string())))?;
         config.validate()?;
         Ok(config)
     }
@@ -328,6 +337,8 @@ impl RunConfig {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const MINIMAL: &str =
@@ -391,5 +402,60 @@ mod tests {
         assert!(ModelSection { vocab_size: Some(3), ..Default::default() }.resolve(54, 31).is_err());
         assert!(ModelSection { max_seq_len: Some(8), ..Default::default() }.resolve(54, 31).is_err());
         assert!(ModelSection { n_heads: Some(5), ..Default::default() }.resolve(54, 31).is_err());
+    }
+
+    /// Cases per property: `PROPTEST_CASES` when set (the long run:
+    /// `PROPTEST_CASES=1000000 cargo test -p trainer --release never_panic`), else 50,000, so
+    /// that the loader meets 10^5 cases in the default suite.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000)
+    }
+
+    /// The configs the lab ships, as mutation seeds.
+    fn shipped() -> &'static [String] {
+        static SHIPPED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        SHIPPED.get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/path-star");
+            ["ntp.toml", "mi.toml", "fsp-summary.toml"]
+                .iter()
+                .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
+                .collect()
+        })
+    }
+
+    fn assert_one_line(result: Result<RunConfig>) -> Result<(), TestCaseError> {
+        if let Err(e) = result {
+            let msg = format!("{e:#}");
+            prop_assert!(!msg.contains('\n') && !msg.is_empty(), "{}", msg);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes never panic the config loader: a config or a one-line error.
+        #[test]
+        fn arbitrary_configs_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            assert_one_line(RunConfig::parse(&String::from_utf8_lossy(&bytes), &[], "fuzz.toml"))?;
+        }
+
+        /// Shipped configs with a byte changed, inserted or cut, and an arbitrary override, never
+        /// panic the loader.
+        #[test]
+        fn mutated_configs_never_panic(
+            which in 0usize..3, at in 0usize..4000, byte in any::<u8>(), how in 0u8..4, set in "[a-z_.]{1,20}=[ -~]{0,12}"
+        ) {
+            let mut bytes = shipped()[which].clone().into_bytes();
+            let at = at % bytes.len();
+            match how {
+                0 => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                2 => bytes.truncate(at),
+                _ => {}
+            }
+            let overrides = if how == 3 { vec![set] } else { vec![] };
+            assert_one_line(RunConfig::parse(&String::from_utf8_lossy(&bytes), &overrides, "fuzz.toml"))?;
+        }
     }
 }

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use eval::{Device, on_device};
+use lab_core::{Device, on_device};
 use sha2::{Digest, Sha256};
 use trainer::{RunConfig, TrainOptions};
 
-/// mimalloc keeps freed tensor buffers for reuse (see `eval::alloc`).
+/// mimalloc keeps freed tensor buffers for reuse (see `lab_core::alloc`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -32,8 +32,10 @@ enum Cmd {
         /// The config file (TOML), e.g. configs/path-star/ntp.toml.
         #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
         config: Option<PathBuf>,
-        /// Override a config value: --set optimizer.lr=3e-4 (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "resume")]
+        /// Override a config value: --set optimizer.lr=3e-4 (repeatable). With --resume only
+        /// optimizer.* and schedule.* keys (e.g. a lower learning rate after a divergence, or
+        /// more steps); they are recorded in the run's config.toml and command.txt.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
         /// Run directory [default: runs/<date>-<task>-<objective>-<config hash>].
         #[arg(long, conflicts_with = "resume")]
@@ -51,8 +53,8 @@ enum Cmd {
     Sweep {
         /// The sweep file (TOML), e.g. configs/sweeps/pitfalls.toml.
         file: PathBuf,
-        /// Runs at a time (each trainer process uses one core on the CPU backend).
-        #[arg(long, default_value_t = 2)]
+        /// Runs at a time (the cores are shared among them on the CPU backend).
+        #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         jobs: usize,
         /// Sweep directory [default: runs/sweeps/<name>].
         #[arg(long)]
@@ -162,30 +164,27 @@ fn run(cli: Cli) -> Result<()> {
             return sweep(&file, jobs, out.as_deref(), slurm, dry_run, device);
         }
     };
-    let (config, run, resuming) = match resume {
+    let (config, run, resuming, resume_overrides) = match resume {
         Some(run) => {
             let path = run.join("config.toml");
             if !path.is_file() {
                 bail!("{} is not a run directory (no config.toml)", run.display());
             }
-            (RunConfig::load(&path, &[])?, run, true)
+            // What a resumed run may change: how it is optimised from here on, never what it
+            // trains (task, data, model, objective, seeds).
+            if let Some(bad) = overrides.iter().find(|o| !(o.starts_with("optimizer.") || o.starts_with("schedule."))) {
+                bail!("--resume accepts only optimizer.* and schedule.* overrides (got --set {bad})");
+            }
+            (RunConfig::load(&path, &overrides)?, run, true, overrides)
         }
         None => {
             let path = config.expect("clap requires --config without --resume");
             let config = RunConfig::load(&path, &overrides)?;
             let run = out.unwrap_or_else(|| default_run_dir(&config));
-            (config, run, false)
+            (config, run, false, Vec::new())
         }
     };
-    let options = TrainOptions { progress: !quiet, stop_after: None };
-    if !resuming {
-        std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
-        std::fs::write(run.join("command.txt"), command_line(device)).context("writing command.txt")?;
-    } else {
-        let mut text = std::fs::read_to_string(run.join("command.txt")).unwrap_or_default();
-        text.push_str(&format!("resumed: {}", command_line(device)));
-        std::fs::write(run.join("command.txt"), text).context("writing command.txt")?;
-    }
+    let options = TrainOptions { progress: !quiet, stop_after: None, command: command_line(device), resume_overrides };
     println!("{} {}", if resuming { "resuming" } else { "training in" }, run.display());
     let outcome =
         on_device!(autodiff device, "trainer", |B, dev| trainer::train::<B>(&config, &run, resuming, &dev, &options))?;
@@ -205,7 +204,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: bool, device: Device) -> Result<()> {
-    use eval::sweep::RunStatus;
+    use lab_core::sweep::RunStatus;
 
     let mut plan = trainer::sweep::Plan::load(file, out)?;
     if device != Device::Flex {
@@ -264,7 +263,7 @@ fn mi(run: &Path, options: &trainer::mi_analysis::MiAnalysisOptions, device: Dev
     println!("{} at step {}", run.display(), analysis.step);
     print!("{}", analysis.table());
     let path = run.join("mi_analysis.json");
-    eval::run_dir::write_atomic(&path, (serde_json::to_string_pretty(&analysis)? + "\n").as_bytes())?;
+    lab_core::run_dir::write_atomic(&path, (serde_json::to_string_pretty(&analysis)? + "\n").as_bytes())?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -282,7 +281,7 @@ fn probe(run: &std::path::Path, examples: usize, device: Device) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    eval::alloc::keep_freed_memory();
+    lab_core::alloc::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

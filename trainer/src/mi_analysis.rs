@@ -25,9 +25,8 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use eval::Batch;
-use eval::run_dir;
-use models::checkpoint::load_model;
+use lab_core::Batch;
+use lab_core::run_dir;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -185,15 +184,15 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
     }
     let config = RunConfig::load(&run.join("config.toml"), &[])
         .with_context(|| format!("{} is not a run directory", run.display()))?;
-    let (step, stem) = run_dir::latest(run)?;
-    let meta = run_dir::read_meta(&stem)?;
-    if meta.objective == "reverse-lm" {
+    let checkpoint = run_dir::latest(run)?;
+    let (step, meta) = (checkpoint.step, &checkpoint.meta);
+    if meta.reads == run_dir::Direction::Reverse {
         bail!("{} is a right-to-left LM: its states summarise the past, not the future", run.display());
     }
     let loaded = config.data.load(&config.task, true)?;
     let task = loaded.task;
     let pad = task.vocab().dummy();
-    let gpt = load_model::<B>(&meta.model, &stem, device)?.valid();
+    let gpt = run_dir::load_gpt::<B>(&checkpoint, device)?.valid();
     let d = meta.model.d_model;
 
     // The bilinear score is a product of three maps; at GPT-2's 0.02 its gradients start

@@ -11,9 +11,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use eval::Batch;
-use eval::run_dir;
-use models::checkpoint::load_model;
+use lab_core::Batch;
+use lab_core::run_dir;
 use tasks::Example;
 
 use crate::RunConfig;
@@ -35,15 +34,15 @@ pub fn probe_bow<B: AutodiffBackend>(run: &Path, examples: usize, device: &B::De
     let ObjectiveConfig::FspBow(bow) = &config.objective else {
         bail!("the probe reads bag-of-words heads; {} trained {:?}", run.display(), config.objective.name())
     };
-    let (_, stem) = run_dir::latest(run)?;
-    let meta = run_dir::read_meta(&stem)?;
+    let checkpoint = run_dir::latest(run)?;
+    let meta = &checkpoint.meta;
     let loaded = config.data.load(&config.task, false)?;
     let task = loaded.task;
     let test: Vec<&Example> = loaded.test.iter().take(examples).collect();
     let cx = BuildContext::<B> { task: task.as_ref(), train: &[], model: &meta.model, device };
     let objective = config.objective.build::<B>(&cx)?;
-    let gpt = load_model::<B>(&meta.model, &stem, device)?;
-    let Some(Heads::Bow(head)) = crate::train::load_heads(objective.as_ref(), &stem, device)? else {
+    let gpt = run_dir::load_gpt::<B>(&checkpoint, device)?;
+    let Some(Heads::Bow(head)) = crate::train::load_heads(objective.as_ref(), &checkpoint, device)? else {
         unreachable!("fsp-bow builds a bag-of-words head")
     };
 

@@ -33,7 +33,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{Context, Result, bail};
-use eval::sweep::{MANIFEST_VERSION, Manifest, ManifestRun, RunStatus, final_metrics, finished, started};
+use eval::files::final_metrics;
+use lab_core::sweep::{MANIFEST_VERSION, Manifest, ManifestRun, RunStatus, finished, started};
 use serde::Deserialize;
 
 use crate::RunConfig;
@@ -143,6 +144,21 @@ fn substitute(v: &toml::Value, sweep_dir: &str) -> toml::Value {
     }
 }
 
+/// A sweep's or run's name becomes a directory: it must stay one directory inside the sweep's
+/// (no `/`, no `..`, nothing hidden), so only `[A-Za-z0-9._-]`, not starting with a dot.
+fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !ok {
+        bail!(
+            "{what} name {name:?}: a name becomes a directory, so it may hold only letters, digits, `.`, `_` and `-`, and not start with `.`"
+        );
+    }
+    Ok(())
+}
+
 /// A value as it goes into a run name: bare, with anything but `[A-Za-z0-9._]` replaced.
 fn name_value(v: &toml::Value) -> String {
     let raw = match v {
@@ -168,6 +184,7 @@ impl Plan {
     }
 
     fn expand(name: String, file: &Path, dir: PathBuf, sweep: &SweepFile) -> Result<Plan> {
+        check_name("sweep", &name)?;
         if sweep.runs.is_empty() {
             bail!("{}: a sweep needs at least one [[runs]] entry", file.display());
         }
@@ -248,6 +265,7 @@ impl Plan {
         }
         let mut seen = BTreeSet::new();
         for r in &runs {
+            check_name("run", &r.name)?;
             if !seen.insert(r.name.clone()) {
                 bail!("two runs are named {}: give the [[runs]] entries distinct `name`s", r.name);
             }

@@ -1,25 +1,25 @@
 //! The explicit training loop (`forward → loss → backward → clip → AdamW step`), with metrics,
 //! evaluation, atomic checkpoints and exact resume.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::flex::FlexDevice;
 use burn::backend::{Autodiff, Flex};
-use burn::module::AutodiffModule;
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, Optimizer};
-use burn::record::Recorder;
-use burn::tensor::ElementConversion;
-use burn::tensor::backend::AutodiffBackend;
-use eval::run_dir::{self, CheckpointMeta};
-use eval::{Batch, EvalReport};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use eval::EvalReport;
+use eval::files::Scored;
 use indicatif::{ProgressBar, ProgressStyle};
+use lab_core::Batch;
+use lab_core::run_dir::{self, Checkpoint, CheckpointMeta, Direction, Health, MAX_GOOD_WEIGHT, Part};
 use models::GptConfig;
-use models::checkpoint::{LabRecorder, load_model, save_model};
 use serde_json::{Map, Value, json};
 use tasks::Example;
 
@@ -41,6 +41,11 @@ pub struct TrainOptions {
     /// Stop after this many steps as if the process had been killed there (for tests of
     /// `--resume`); checkpoints and metrics are left as a kill would leave them.
     pub stop_after: Option<u64>,
+    /// The command that started this invocation, for `command.txt` and the run's lock.
+    pub command: String,
+    /// `--set` overrides given with `--resume` (already applied to the config): recorded in
+    /// `command.txt`, and the run's `config.toml` is rewritten with them.
+    pub resume_overrides: Vec<String>,
 }
 
 /// What a finished (or stopped) run leaves.
@@ -81,38 +86,57 @@ pub fn train<B: AutodiffBackend>(
 
     let mut resolved = config.clone();
     resolved.model = ModelSection::from_resolved(config.model.preset, &model_config);
-    let meta = |step| CheckpointMeta {
+    let meta = |step, health| CheckpointMeta {
         step,
         model: model_config.clone(),
         task: config.task.clone(),
         data: config.data.clone(),
         objective: config.objective.name().to_string(),
         teacherless: eval_options.teacherless,
+        reads: if objective.decodes_forward() { Direction::Forward } else { Direction::Reverse },
+        files: BTreeMap::new(),
+        health: Some(health),
     };
 
     let opt = &config.optimizer;
     let mut optim = AdamW::new(opt).init::<B, LabModel<B>>();
 
+    // Everything above can fail without a trace on disk; from here on the run directory is
+    // written, under its lock, for the rest of the run.
+    std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
+    let _lock = run_dir::lock(run, &options.command)?;
     let (mut model, start): (LabModel<B>, u64) = if resume {
-        let (step, stem) = run_dir::latest(run)?;
-        let saved = run_dir::read_meta(&stem)?;
-        if saved.model != model_config {
+        let point = run_dir::resume_point(run)?;
+        for why in &point.passed_over {
+            eprintln!("passing over {why}");
+        }
+        let checkpoint = point.checkpoint;
+        if checkpoint.meta.model != model_config {
             bail!("the checkpoint's model differs from the one the run's config resolves to");
         }
-        let gpt = load_model::<B>(&model_config, &stem, device)
-            .with_context(|| format!("loading {}", models::checkpoint::record_path(&stem).display()))?;
-        let model = LabModel { gpt, heads: load_heads(objective.as_ref(), &stem, device)? };
-        let record = Recorder::<B>::load(&LabRecorder::new(), optim_stem(&stem), device)
-            .with_context(|| format!("loading the optimizer state beside {}", stem.display()))?;
-        optim = optim.load_record(record);
-        truncate_metrics(&run.join("metrics.jsonl"), step)?;
-        (model, step)
+        if let Some(to) = run_dir::set_aside_after(run, checkpoint.step)? {
+            eprintln!("resuming from step {}; later checkpoints moved to {}", checkpoint.step, to.display());
+        }
+        let gpt = run_dir::load_gpt::<B>(&checkpoint, device)?;
+        let model = LabModel { gpt, heads: load_heads(objective.as_ref(), &checkpoint, device)? };
+        optim = optim.load_record(run_dir::load_part::<B, _>(&checkpoint, Part::Optim, device)?);
+        truncate_metrics(&run.join("metrics.jsonl"), checkpoint.step)?;
+        let mut text = std::fs::read_to_string(run.join("command.txt")).unwrap_or_default();
+        text.push_str(&format!("resumed at step {}: {}", checkpoint.step, options.command));
+        if !options.resume_overrides.is_empty() {
+            text.push_str(&format!("overrides: {}\n", options.resume_overrides.join(" ")));
+            run_dir::write_atomic(&run.join("config.toml"), resolved.to_toml().as_bytes())?;
+        }
+        run_dir::write_atomic(&run.join("command.txt"), text.as_bytes())?;
+        (model, checkpoint.step)
     } else {
         if !run_dir::checkpoints(run)?.is_empty() {
             bail!("{} already holds checkpoints; continue it with --resume, or choose another --out", run.display());
         }
-        std::fs::create_dir_all(run.join("checkpoints")).with_context(|| format!("creating {}", run.display()))?;
+        std::fs::create_dir_all(run.join(run_dir::CHECKPOINTS))
+            .with_context(|| format!("creating {}", run.display()))?;
         run_dir::write_atomic(&run.join("config.toml"), resolved.to_toml().as_bytes())?;
+        run_dir::write_atomic(&run.join("command.txt"), options.command.as_bytes())?;
         File::create(run.join("metrics.jsonl")).context("creating metrics.jsonl")?;
         let host = BuildContext::<Host> { task: task.as_ref(), train: &train, model: &model_config, device: &HOST };
         let host_objective = config.objective.build::<Host>(&host).context("building the objective on the host")?;
@@ -129,7 +153,6 @@ pub fn train<B: AutodiffBackend>(
     let pad = task.vocab().dummy();
     let mut window = Window::default();
     let mut report = None;
-    let mut last_checkpoint = start;
 
     for step in start..schedule.steps {
         let lr = schedule.lr(opt.lr, step);
@@ -140,12 +163,7 @@ pub fn train<B: AutodiffBackend>(
         let StepStats { loss: value, values, grad_norm } = stats;
         if !value.is_finite() {
             bar.abandon();
-            bail!(
-                "the loss became {value} at step {}; the run stopped and keeps its last good checkpoint (step {last_checkpoint}). \
-                 Lower optimizer.lr or raise schedule.warmup_steps, then start again{}",
-                step + 1,
-                if last_checkpoint > 0 { " or --resume from there" } else { "" }
-            );
+            bail!(diverged(run, &format!("the loss became {value} at step {}", step + 1)));
         }
 
         let done = step + 1;
@@ -161,7 +179,9 @@ pub fn train<B: AutodiffBackend>(
             let options = if last { &eval_options } else { &periodic_options };
             let r = eval::evaluate(&model.gpt.valid(), task.as_ref(), &test, &memory, options);
             write_metrics(&mut metrics, done, r.metrics().into_iter().map(|(k, v)| (k, json!(v))).collect())?;
-            run_dir::write_report(run, done, &r)?;
+            let examples = if options.examples == 0 { test.len() } else { options.examples.min(test.len()) };
+            let scored = Scored { test: "the run's test split".into(), examples, of: test.len() };
+            eval::files::write_report(run, done, &scored, &r)?;
             bar.set_message(format!("loss {value:.4} | free exact {:.3}", r.free.exact));
             report = Some(r);
         } else if done % schedule.log_every == 0 {
@@ -170,8 +190,12 @@ pub fn train<B: AutodiffBackend>(
             bar.set_message(format!("loss {value:.4}{free}"));
         }
         if last || (schedule.checkpoint_every > 0 && done % schedule.checkpoint_every == 0) {
-            save_checkpoint(&model, &optim, run, &meta(done))?;
-            last_checkpoint = done;
+            let health = Health::new(value, max_abs_weight(&model));
+            if let Some(problem) = health.problem() {
+                bar.abandon();
+                bail!(diverged(run, &format!("at step {done} {problem}; that checkpoint was not written")));
+            }
+            save_checkpoint(&model, &optim, run, meta(done, health))?;
         }
         bar.set_position(done);
         if options.stop_after == Some(done) {
@@ -240,54 +264,64 @@ pub fn train_step<B: AutodiffBackend, O: Optimizer<LabModel<B>, B>>(
     (model, StepStats { loss: value, values, grad_norm })
 }
 
-fn optim_stem(stem: &Path) -> PathBuf {
-    let name = stem.file_name().expect("a checkpoint stem has a name").to_string_lossy();
-    stem.with_file_name(format!("{name}-optim"))
+/// The error of a run that diverged: what happened, and the truth about what it can continue
+/// from (its newest checkpoint with a finite loss and finite, bounded weights).
+fn diverged(run: &Path, what: &str) -> String {
+    let advice = "lower optimizer.lr or raise schedule.warmup_steps";
+    match run_dir::resume_point(run) {
+        Ok(point) => format!(
+            "{what}. The run stopped; its last good checkpoint is step {} (finite loss, weights within {MAX_GOOD_WEIGHT:e}). \
+             Continue from there with, e.g., `trainer train --resume {} --set optimizer.lr=...` ({advice}; \
+             --resume accepts optimizer.* and schedule.* overrides), or start again",
+            point.checkpoint.step,
+            run.display()
+        ),
+        Err(_) => format!("{what}. The run stopped before writing a good checkpoint: {advice}, then start it again"),
+    }
 }
 
-/// Writes weights, optimizer state, then the sidecar that marks the checkpoint complete; each
-/// file goes to a temporary name first and is renamed into place.
-/// The objective's heads saved beside the checkpoint `stem` (`None` for objectives without
-/// heads). Built lazily, so the record replaces their initialisers before any draw.
+/// The largest weight magnitude of a model (a NaN anywhere makes it NaN).
+pub fn max_abs_weight<B: Backend, M: Module<B>>(model: &M) -> f64 {
+    struct MaxAbs(f64);
+    impl<B: Backend> ModuleVisitor<B> for MaxAbs {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let m: f64 = param.val().abs().max().into_scalar().elem();
+            self.0 = if m.is_nan() || self.0.is_nan() { f64::NAN } else { self.0.max(m) };
+        }
+    }
+    let mut v = MaxAbs(0.0);
+    model.visit(&mut v);
+    v.0
+}
+
+/// The objective's heads saved with `checkpoint` (`None` for objectives without heads). Built
+/// lazily, so the record replaces their initialisers before any draw.
 pub fn load_heads<B: AutodiffBackend>(
     objective: &dyn Objective<B>,
-    stem: &Path,
+    checkpoint: &Checkpoint,
     device: &B::Device,
 ) -> Result<Option<Heads<B>>> {
     let Some(heads) = objective.init_heads(device) else { return Ok(None) };
-    let heads = heads
-        .load_file(heads_stem(stem), &LabRecorder::new(), device)
-        .with_context(|| format!("loading the objective's heads beside {}", stem.display()))?;
-    Ok(Some(heads))
+    let record = run_dir::load_part::<B, _>(checkpoint, Part::Heads, device)?;
+    Ok(Some(heads.load_record(record)))
 }
 
-/// The heads' record beside a checkpoint: `step_NNNNNN-heads.mpk`.
-fn heads_stem(stem: &Path) -> PathBuf {
-    let name = stem.file_name().expect("a checkpoint stem has a name").to_string_lossy();
-    stem.with_file_name(format!("{name}-heads"))
-}
-
+/// Writes the GPT, the heads and the optimizer state, each under a temporary name renamed into
+/// place, then the sidecar with their sums, which marks the checkpoint complete.
 fn save_checkpoint<B: AutodiffBackend, O: Optimizer<LabModel<B>, B>>(
     model: &LabModel<B>,
     optim: &O,
     run: &Path,
-    meta: &CheckpointMeta,
+    mut meta: CheckpointMeta,
 ) -> Result<()> {
     let stem = run_dir::checkpoint_stem(run, meta.step);
-    let tmp = |s: &Path| s.with_file_name(format!("tmp-{}", s.file_name().unwrap().to_string_lossy()));
-    let file = models::checkpoint::record_path;
-    save_model(&model.gpt, &tmp(&stem)).context("saving the model")?;
-    std::fs::rename(file(&tmp(&stem)), file(&stem))?;
+    let mut files = vec![run_dir::save_part::<B, _>(model.gpt.clone().into_record(), &stem, Part::Model)?];
     if let Some(heads) = &model.heads {
-        let hstem = heads_stem(&stem);
-        heads.clone().save_file(tmp(&hstem), &LabRecorder::new()).context("saving the objective's heads")?;
-        std::fs::rename(file(&tmp(&hstem)), file(&hstem))?;
+        files.push(run_dir::save_part::<B, _>(heads.clone().into_record(), &stem, Part::Heads)?);
     }
-    let ostem = optim_stem(&stem);
-    Recorder::<B>::record(&LabRecorder::new(), optim.to_record(), tmp(&ostem)).context("saving the optimizer")?;
-    std::fs::rename(file(&tmp(&ostem)), file(&ostem))?;
-    let json = serde_json::to_string_pretty(meta)? + "\n";
-    run_dir::write_atomic(&stem.with_extension("json"), json.as_bytes())
+    files.push(run_dir::save_part::<B, _>(optim.to_record(), &stem, Part::Optim)?);
+    meta.files = files.into_iter().collect();
+    run_dir::write_sidecar(&meta, &stem)
 }
 
 /// Drops metric lines written after `step` (a killed run may have logged past its last
@@ -303,7 +337,7 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
             kept.push('\n');
         }
     }
-    run_dir::write_atomic(path, kept.as_bytes())
+    run_dir::write_atomic(path, kept.as_bytes()).map(|_| ())
 }
 
 fn write_metrics(out: &mut File, step: u64, values: Map<String, Value>) -> Result<()> {

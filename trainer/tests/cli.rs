@@ -122,3 +122,133 @@ fn results_do_not_depend_on_the_thread_count() {
     };
     assert_eq!(run("1"), run("3"));
 }
+
+/// `trainer train --quiet --config CONFIG --out OUT` with `sets` as `--set` overrides, in `dir`.
+fn config_with(dir: &std::path::Path, replace: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = CONFIG.to_string();
+    for (from, to) in replace {
+        assert!(text.contains(from), "{from}");
+        text = text.replace(from, to);
+    }
+    let path = dir.join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn latest_step(run: &std::path::Path) -> Option<u64> {
+    lab_core::run_dir::checkpoints(run).unwrap().last().map(|c| c.0)
+}
+
+/// Two trainers on one run directory: the second is refused (and leaves the first's
+/// `command.txt` alone); a killed trainer leaves no lock behind, and its run resumes, with
+/// optimizer and schedule overrides recorded.
+#[test]
+fn a_run_directory_has_one_writer_and_outlives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with(
+        dir.path(),
+        &[("steps = 6", "steps = 100000000"), ("checkpoint_every = 0", "checkpoint_every = 4")],
+    );
+    let run = dir.path().join("run");
+    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("trainer"))
+        .args(["train", "--quiet", "--config"])
+        .arg(&path)
+        .arg("--out")
+        .arg(&run)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while latest_step(&run).is_none() {
+        assert!(started.elapsed().as_secs() < 300, "the first trainer wrote no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let command = std::fs::read_to_string(run.join("command.txt")).unwrap();
+    let err = fails(&mut train(&path, &run));
+    assert!(err.contains("is in use by pid") && err.contains("trainer train"), "{err}");
+    assert_eq!(std::fs::read_to_string(run.join("command.txt")).unwrap(), command);
+    let err = fails(Command::cargo_bin("trainer").unwrap().args(["train", "--quiet", "--resume"]).arg(&run));
+    assert!(err.contains("is in use by pid"), "{err}");
+
+    first.kill().unwrap(); // SIGKILL: no clean-up of any kind
+    first.wait().unwrap();
+    let step = latest_step(&run).unwrap();
+    let resume = |sets: &[String]| {
+        let mut cmd = Command::cargo_bin("trainer").unwrap();
+        cmd.args(["train", "--quiet", "--resume"]).arg(&run);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        cmd
+    };
+    let err = fails(&mut resume(&["model.d_model=64".into()]));
+    assert!(err.contains("only optimizer.* and schedule.*"), "{err}");
+    let sets = [format!("schedule.steps={}", step + 2), "optimizer.lr=0.0005".to_string()];
+    resume(&sets).assert().success();
+    assert_eq!(latest_step(&run), Some(step + 2));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains(&format!("steps = {}", step + 2)) && config.contains("lr = 0.0005"), "{config}");
+    let command = std::fs::read_to_string(run.join("command.txt")).unwrap();
+    assert!(
+        command.contains(&format!("resumed at step {step}")) && command.contains("overrides: schedule.steps="),
+        "{command}"
+    );
+}
+
+/// A damaged checkpoint is passed over on resume, saying so, and the run continues from the
+/// newest intact one.
+#[test]
+fn resume_falls_back_to_the_newest_intact_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with(dir.path(), &[("steps = 6", "steps = 8"), ("checkpoint_every = 0", "checkpoint_every = 4")]);
+    let run = dir.path().join("run");
+    train(&path, &run).assert().success();
+    let file = run.join("checkpoints/step_000008-optim.mpk");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let out =
+        Command::cargo_bin("trainer").unwrap().args(["train", "--quiet", "--resume"]).arg(&run).assert().success();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("passing over checkpoint step 8") && stderr.contains("truncated"), "{stderr}");
+    assert!(stderr.contains("resuming from step 4"), "{stderr}");
+    // The damaged checkpoint is kept aside, and step 8 is written again.
+    assert!(run.join("checkpoints/set-aside-after-000004/step_000008-optim.mpk").is_file());
+    assert_eq!(latest_step(&run), Some(8));
+}
+
+/// A run that diverges stops and tells the truth about what it can continue from; the advised
+/// path (`--resume` with a lower learning rate) works.
+#[test]
+fn a_diverging_run_says_where_it_can_continue_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with(dir.path(), &[("checkpoint_every = 0", "checkpoint_every = 2")]);
+    let run = dir.path().join("from-the-start");
+    let err = fails(train(&path, &run).args(["--set", "optimizer.lr=1e20"]));
+    assert!(err.contains("before writing a good checkpoint"), "{err}");
+    assert_eq!(latest_step(&run), None, "no diverged checkpoint is written");
+
+    let run = dir.path().join("later");
+    train(&path, &run).args(["--set", "schedule.steps=4"]).assert().success();
+    let resume = |lr: &str| {
+        let mut cmd = Command::cargo_bin("trainer").unwrap();
+        cmd.args(["train", "--quiet", "--resume"]).arg(&run).args(["--set", "schedule.steps=12", "--set", lr]);
+        cmd
+    };
+    let err = fails(&mut resume("optimizer.lr=1e20"));
+    assert!(err.contains("last good checkpoint is step 4") && err.contains("--resume"), "{err}");
+    assert_eq!(latest_step(&run), Some(4));
+    resume("optimizer.lr=1e-3").assert().success();
+    assert_eq!(latest_step(&run), Some(12));
+}
+
+/// A start that fails (here: a test file that does not exist) leaves no directory behind.
+#[test]
+fn a_failed_start_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with(dir.path(), &[("test = 20", "test_file = \"missing.txt\"")]);
+    let run = dir.path().join("run");
+    let err = fails(&mut train(&path, &run));
+    assert!(err.contains("missing.txt"), "{err}");
+    assert!(!run.exists());
+}

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use eval::sweep::{Manifest, RunStatus};
+use lab_core::sweep::{Manifest, RunStatus};
 use trainer::sweep::Plan;
 
 const CONFIG: &str = r#"
@@ -143,6 +143,17 @@ fn bad_sweep_files_are_clear_errors() {
     assert!(e.contains("not a sweep file") && e.contains("lr"), "{e}");
     let e = err("[[runs]]\nconfig = \"$DIR/missing.toml\"\n");
     assert!(e.contains("missing.toml"), "{e}");
+    // A name is a directory inside the sweep's: nothing that would write elsewhere.
+    let e = err("seeds = [0]\n[[runs]]\nname = \"../../escaped\"\nconfig = \"$DIR/ntp.toml\"\n");
+    assert!(e.contains("run name \"../../escaped-s0\"") && e.contains("only letters"), "{e}");
+    let e = err("name = \"../up\"\nseeds = [0]\n[[runs]]\nconfig = \"$DIR/ntp.toml\"\n");
+    assert!(e.contains("sweep name \"../up\""), "{e}");
+    assert!(!ws.path().parent().unwrap().join("escaped-s0").exists());
+    // At least one run at a time.
+    let file = sweep_file(ws.path(), GRID_2X2);
+    let out = Command::cargo_bin("trainer").unwrap().args(["sweep", "--jobs", "0"]).arg(&file).assert().failure();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("--jobs") && stderr.contains("0"), "{stderr}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ use anyhow::{Result, bail};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use eval::Batch;
+use lab_core::Batch;
 use models::Gpt;
 use serde::{Deserialize, Serialize};
 

@@ -6,14 +6,14 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
-use eval::run_dir;
+use lab_core::run_dir::{self, Direction};
 use models::{Gpt, GptConfig};
 
-/// Which runs may serve.
+/// Which runs may serve, by the way their model reads (the sidecar's `reads`).
 #[derive(Clone, Copy, Debug)]
 pub enum Serves {
-    /// Only runs of this objective.
-    Objective(&'static str),
+    /// A right-to-left LM (a run of objective `reverse-lm`).
+    ReverseLm,
     /// Any left-to-right LM (every objective but `reverse-lm`).
     ForwardLm,
 }
@@ -28,19 +28,20 @@ pub fn load_frozen<B: Backend>(
     forward: &GptConfig,
     device: &B::Device,
 ) -> Result<Gpt<B>> {
-    let (_, stem) =
+    let checkpoint =
         run_dir::latest(run).with_context(|| format!("{key} = {}: no trained model there", run.display()))?;
-    let meta = run_dir::read_meta(&stem)?;
-    match serves {
-        Serves::Objective(want) if meta.objective != want => {
-            bail!("{key} = {} was trained with objective {:?}, not {want:?}", run.display(), meta.objective)
-        }
-        Serves::ForwardLm if meta.objective == "reverse-lm" => {
-            bail!(
-                "{key} = {} is a right-to-left LM (objective reverse-lm); a left-to-right one is needed",
-                run.display()
-            )
-        }
+    let meta = &checkpoint.meta;
+    match (serves, meta.reads) {
+        (Serves::ReverseLm, Direction::Forward) => bail!(
+            "{key} = {} reads left to right (objective {:?}); a right-to-left LM (objective \"reverse-lm\") is needed",
+            run.display(),
+            meta.objective
+        ),
+        (Serves::ForwardLm, Direction::Reverse) => bail!(
+            "{key} = {} is a right-to-left LM (objective {}); a left-to-right one is needed",
+            run.display(),
+            meta.objective
+        ),
         _ => {}
     }
     if meta.model.vocab_size != forward.vocab_size || meta.model.max_seq_len < forward.max_seq_len {
@@ -53,6 +54,5 @@ pub fn load_frozen<B: Backend>(
             forward.max_seq_len
         );
     }
-    models::checkpoint::load_model::<B>(&meta.model, &stem, device)
-        .with_context(|| format!("loading {key} from {}", stem.display()))
+    run_dir::load_gpt::<B>(&checkpoint, device).with_context(|| format!("loading {key}"))
 }

@@ -12,7 +12,7 @@
 use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use eval::Batch;
+use lab_core::Batch;
 use serde::{Deserialize, Serialize};
 use tasks::Example;
 

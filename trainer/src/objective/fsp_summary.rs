@@ -15,7 +15,7 @@ use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use eval::Batch;
+use lab_core::Batch;
 use models::{Gpt, GptConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -79,7 +79,7 @@ impl<B: AutodiffBackend> FspSummary<B> {
             Some(run) => Some(load_frozen::<B::InnerBackend>(
                 run,
                 "objective.reverse_run",
-                Serves::Objective("reverse-lm"),
+                Serves::ReverseLm,
                 cx.model,
                 cx.device,
             )?),
@@ -164,7 +164,7 @@ mod tests {
     use burn::module::AutodiffModule;
     use burn::optim::GradientsParams;
 
-    use eval::run_dir;
+    use lab_core::run_dir;
 
     use super::super::test_util::*;
     use super::*;
@@ -253,6 +253,7 @@ mod tests {
         std::fs::create_dir_all(stem.parent().unwrap()).unwrap();
         models::checkpoint::save_model(&q, &stem).unwrap();
         let task = context_task();
+        std::fs::write(dir.path().join("config.toml"), "").unwrap();
         let meta = |objective: &str| run_dir::CheckpointMeta {
             step: 5,
             model: config.clone(),
@@ -260,6 +261,9 @@ mod tests {
             data: Default::default(),
             objective: objective.into(),
             teacherless: false,
+            reads: if objective == "reverse-lm" { run_dir::Direction::Reverse } else { run_dir::Direction::Forward },
+            files: Default::default(),
+            health: None,
         };
         let write = |m: run_dir::CheckpointMeta| {
             std::fs::write(stem.with_extension("json"), serde_json::to_string(&m).unwrap()).unwrap()
@@ -268,7 +272,7 @@ mod tests {
         let cx = BuildContext::<B> { task: task.as_ref(), train: &[], model: &config, device: &FlexDevice };
         write(meta("ntp"));
         let err = FspSummary::new(&cfg, &cx).err().unwrap().to_string();
-        assert!(err.contains("not \"reverse-lm\""), "{err}");
+        assert!(err.contains("reads left to right"), "{err}");
         write(meta("reverse-lm"));
         let obj = FspSummary::new(&cfg, &cx).unwrap();
         let m = model(&obj, &config);

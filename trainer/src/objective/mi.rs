@@ -20,7 +20,7 @@ use anyhow::{Result, bail};
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use eval::Batch;
+use lab_core::Batch;
 use models::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
 

@@ -38,7 +38,7 @@ use burn::module::Module;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
-use eval::Batch;
+use lab_core::Batch;
 use models::{Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
 use tasks::{Example, Task};

@@ -9,7 +9,7 @@
 use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use eval::Batch;
+use lab_core::Batch;
 use models::{Block, GptConfig};
 use serde::{Deserialize, Serialize};
 

@@ -12,7 +12,7 @@ use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use eval::Batch;
+use lab_core::Batch;
 use models::{Block, GptConfig, linear_rows};
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,7 @@
 //! Next-token prediction with teacher forcing: the loss on target positions only.
 
 use burn::tensor::backend::AutodiffBackend;
-use eval::Batch;
+use lab_core::Batch;
 
 use super::{LabModel, LossOutput, Objective, masked_cross_entropy};
 

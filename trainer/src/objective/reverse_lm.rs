@@ -5,7 +5,7 @@
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use eval::Batch;
+use lab_core::Batch;
 
 use super::{LabModel, LossOutput, Objective, full_tokens, masked_cross_entropy};
 

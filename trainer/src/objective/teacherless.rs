@@ -3,7 +3,7 @@
 //! from the prompt alone and cannot lean on the true previous token (no Clever-Hans cheat).
 
 use burn::tensor::backend::AutodiffBackend;
-use eval::Batch;
+use lab_core::Batch;
 
 use super::{LabModel, LossOutput, Objective, masked_cross_entropy};
 

@@ -1,0 +1,657 @@
+//! The run directory: the contract between the trainer, which writes it, and the evaluator, the
+//! sweep and the analyses, which read it. Every path of the layout is named here and nowhere else.
+//!
+//! ```text
+//! RUN/
+//!   .lock                          held (flock) by the process writing the run, for its whole life
+//!   config.toml  command.txt  metrics.jsonl  eval.json  failures.txt
+//!   checkpoints/step_NNNNNN.mpk         the GPT
+//!               step_NNNNNN-heads.mpk   the objective's heads (if it has any)
+//!               step_NNNNNN-optim.mpk   the optimizer state
+//!               step_NNNNNN.json        the sidecar (CheckpointMeta), written last
+//!   evals/<what was scored>.json        re-evaluations (`eval RUN`), one report each
+//! ```
+//!
+//! A checkpoint is complete when its sidecar exists; it is intact when every file the sidecar
+//! lists has the size and SHA-256 recorded there; it is good when the loss at its step was finite
+//! and its weights finite and bounded ([`Health`]). Every file is written under a temporary name
+//! and renamed into place, so a killed process never leaves a half-written file under a real name.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::record::{Record, Recorder, RecorderError};
+use burn::tensor::backend::Backend;
+use models::GptConfig;
+use models::checkpoint::LabRecorder;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tasks::TaskSpec;
+use tasks::dataset::DataSpec;
+
+use crate::overrides::one_line;
+
+/// The checkpoints' folder inside a run directory.
+pub const CHECKPOINTS: &str = "checkpoints";
+/// The lock file inside a run directory.
+pub const LOCK_FILE: &str = ".lock";
+/// The re-evaluations' folder inside a run directory.
+pub const EVALS: &str = "evals";
+
+/// A weight larger than this in magnitude means the run diverged: the lab's models start with
+/// weights of about 0.02 and trained ones stay within tens.
+pub const MAX_GOOD_WEIGHT: f64 = 1e4;
+
+/// File stem of the checkpoint at `step` (the GPT at `<stem>.mpk`, sidecar at `<stem>.json`).
+pub fn checkpoint_stem(run: &Path, step: u64) -> PathBuf {
+    run.join(CHECKPOINTS).join(format!("step_{step:06}"))
+}
+
+/// The sidecar of the checkpoint `stem`.
+pub fn sidecar_path(stem: &Path) -> PathBuf {
+    stem.with_extension("json")
+}
+
+/// The record files of a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The GPT: `step_NNNNNN.mpk`.
+    Model,
+    /// The objective's heads: `step_NNNNNN-heads.mpk`.
+    Heads,
+    /// The optimizer state: `step_NNNNNN-optim.mpk`.
+    Optim,
+}
+
+impl Part {
+    /// The stem burn's recorders take for this part (they add `.mpk`).
+    pub fn stem(self, stem: &Path) -> PathBuf {
+        let suffix = match self {
+            Part::Model => "",
+            Part::Heads => "-heads",
+            Part::Optim => "-optim",
+        };
+        let name = stem.file_name().expect("a checkpoint stem has a name").to_string_lossy();
+        stem.with_file_name(format!("{name}{suffix}"))
+    }
+
+    /// The file this part is written to.
+    pub fn file(self, stem: &Path) -> PathBuf {
+        self.stem(stem).with_extension("mpk")
+    }
+}
+
+/// The size and SHA-256 of a file, as a sidecar records them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSum {
+    /// Length in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the contents, lowercase hex.
+    pub sha256: String,
+}
+
+impl FileSum {
+    /// The sum of some bytes.
+    pub fn of_bytes(bytes: &[u8]) -> FileSum {
+        FileSum { bytes: bytes.len() as u64, sha256: hex(&Sha256::digest(bytes)) }
+    }
+
+    /// The sum of a file, read in blocks.
+    pub fn of_file(path: &Path) -> Result<FileSum> {
+        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bytes = 0u64;
+        loop {
+            let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        Ok(FileSum { bytes, sha256: hex(&hasher.finalize()) })
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Which way a checkpoint's model reads sequences.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// Left to right: a language model that forward decoding measures.
+    #[default]
+    Forward,
+    /// Right to left (objective `reverse-lm`): a summariser, which forward decoding does not
+    /// measure.
+    Reverse,
+}
+
+/// The state of the training at a checkpoint's step: what tells a good checkpoint from a
+/// diverged one. Non-finite values are recorded as `null`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// The training loss of the step that produced the checkpoint.
+    pub loss: Option<f64>,
+    /// The largest weight magnitude of the model and its heads.
+    pub max_abs_weight: Option<f64>,
+}
+
+impl Health {
+    /// The health of a step with this loss and largest weight magnitude.
+    pub fn new(loss: f64, max_abs_weight: f64) -> Health {
+        let finite = |x: f64| x.is_finite().then_some(x);
+        Health { loss: finite(loss), max_abs_weight: finite(max_abs_weight) }
+    }
+
+    /// Finite loss, finite weights, none above [`MAX_GOOD_WEIGHT`].
+    pub fn is_good(&self) -> bool {
+        self.loss.is_some() && self.max_abs_weight.is_some_and(|w| w <= MAX_GOOD_WEIGHT)
+    }
+
+    /// Why the checkpoint is not good, in words (`None` when it is).
+    pub fn problem(&self) -> Option<String> {
+        match (self.loss, self.max_abs_weight) {
+            (None, _) => Some("its loss was not finite".into()),
+            (_, None) => Some("its weights are not finite".into()),
+            (_, Some(w)) if w > MAX_GOOD_WEIGHT => {
+                Some(format!("its weights diverged (largest |weight| {w:.3e} > {MAX_GOOD_WEIGHT:e})"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The sidecar of a checkpoint: everything needed to rebuild, check and evaluate the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointMeta {
+    /// Optimizer steps taken when the checkpoint was written.
+    pub step: u64,
+    /// The model's shape.
+    pub model: GptConfig,
+    /// The task.
+    pub task: TaskSpec,
+    /// Where the run's data came from.
+    pub data: DataSpec,
+    /// The objective's name (`ntp`, `teacherless`, ...), for people and tables; what the
+    /// objective means for readers of the checkpoint is in `reads` and `teacherless`.
+    pub objective: String,
+    /// Whether evaluation should also decode teacherless (the objective trains that way).
+    pub teacherless: bool,
+    /// Which way the model reads sequences (`reverse` for a right-to-left LM).
+    #[serde(default)]
+    pub reads: Direction,
+    /// Size and SHA-256 of each record file of the checkpoint, by file name. Empty in sidecars
+    /// written before checksums existed; those checkpoints load unverified.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileSum>,
+    /// Loss and weight magnitude at this step (absent in older sidecars).
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+impl CheckpointMeta {
+    /// Parses a sidecar. Sidecars written before `reads` existed name a right-to-left LM only by
+    /// its objective, `reverse-lm`: that is read here, once, so no other code compares names.
+    pub fn parse(text: &str) -> Result<CheckpointMeta, String> {
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not JSON ({})", one_line(&e.to_string())))?;
+        if let Some(map) = value.as_object_mut() {
+            if !map.contains_key("reads") && map.get("objective").and_then(|o| o.as_str()) == Some("reverse-lm") {
+                map.insert("reads".into(), "reverse".into());
+            }
+        }
+        // serde names the offending key, which may hold any character: one line all the same.
+        serde_json::from_value(value)
+            .map_err(|e| format!("not a lab checkpoint sidecar ({})", one_line(&e.to_string())))
+    }
+
+    /// Whether the checkpoint's health says it is good; sidecars without a record count as good.
+    pub fn is_good(&self) -> bool {
+        self.health.as_ref().is_none_or(Health::is_good)
+    }
+}
+
+/// A complete checkpoint: its step, stem and sidecar.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// File stem (see [`checkpoint_stem`]).
+    pub stem: PathBuf,
+    /// The sidecar.
+    pub meta: CheckpointMeta,
+}
+
+impl Checkpoint {
+    /// Reads the sidecar at `stem` (not yet verifying the files).
+    pub fn read(stem: &Path) -> Result<Checkpoint> {
+        let path = sidecar_path(stem);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let meta = CheckpointMeta::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Checkpoint { step: meta.step, stem: stem.to_path_buf(), meta })
+    }
+
+    /// Checks every file the sidecar lists against its recorded size and SHA-256.
+    pub fn verify(&self) -> Result<()> {
+        let dir = self.stem.parent().expect("a checkpoint stem has a folder");
+        for (name, want) in &self.meta.files {
+            let path = dir.join(name);
+            let have = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(_) => bail!("checkpoint step {}: {} is missing", self.step, path.display()),
+            };
+            if have != want.bytes {
+                bail!(
+                    "checkpoint step {}: {} is truncated or damaged ({have} bytes, its sidecar says {})",
+                    self.step,
+                    path.display(),
+                    want.bytes
+                );
+            }
+            if FileSum::of_file(&path)?.sha256 != want.sha256 {
+                bail!(
+                    "checkpoint step {}: {} has changed since it was written (its SHA-256 differs from the sidecar's)",
+                    self.step,
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The file of one part.
+    pub fn file(&self, part: Part) -> PathBuf {
+        part.file(&self.stem)
+    }
+}
+
+/// The complete checkpoints of a run (a sidecar exists), oldest first.
+pub fn checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = run.join(CHECKPOINTS);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry.with_context(|| format!("reading {}", dir.display()))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(step) = name.strip_prefix("step_").and_then(|s| s.strip_suffix(".json")) {
+            if let Ok(step) = step.parse::<u64>() {
+                found.push((step, checkpoint_stem(run, step)));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn ensure_run(run: &Path) -> Result<()> {
+    if !run.join("config.toml").is_file() {
+        bail!("{} is not a run directory (no config.toml)", run.display());
+    }
+    Ok(())
+}
+
+/// The checkpoint at `step`, verified; the error lists the steps there are.
+pub fn at_step(run: &Path, step: u64) -> Result<Checkpoint> {
+    ensure_run(run)?;
+    let all = checkpoints(run)?;
+    if !all.iter().any(|&(s, _)| s == step) {
+        let steps: Vec<String> = all.iter().map(|(s, _)| s.to_string()).collect();
+        bail!(
+            "{} has no complete checkpoint at step {step} (it has: {})",
+            run.display(),
+            if steps.is_empty() { "none".into() } else { steps.join(", ") }
+        );
+    }
+    let checkpoint = Checkpoint::read(&checkpoint_stem(run, step))?;
+    checkpoint.verify()?;
+    Ok(checkpoint)
+}
+
+/// The latest complete checkpoint, verified. A damaged one is an error that names the newest
+/// intact checkpoint to evaluate instead (`--step N`).
+pub fn latest(run: &Path) -> Result<Checkpoint> {
+    ensure_run(run)?;
+    let all = checkpoints(run)?;
+    let Some((_, stem)) = all.last() else { bail!("{} holds no complete checkpoint yet", run.display()) };
+    let checkpoint = Checkpoint::read(stem)?;
+    if let Err(e) = checkpoint.verify() {
+        let intact =
+            all.iter().rev().skip(1).find_map(|(_, s)| Checkpoint::read(s).ok().filter(|c| c.verify().is_ok()));
+        match intact {
+            Some(c) => bail!("{e:#}; the newest intact checkpoint is step {} (--step {})", c.step, c.step),
+            None => bail!("{e:#}; no intact checkpoint is left"),
+        }
+    }
+    Ok(checkpoint)
+}
+
+/// Where a run resumes: its newest checkpoint that is intact and good, and why each newer one
+/// was passed over.
+#[derive(Debug)]
+pub struct ResumePoint {
+    /// The checkpoint to resume from.
+    pub checkpoint: Checkpoint,
+    /// One line per newer checkpoint passed over.
+    pub passed_over: Vec<String>,
+}
+
+/// The newest checkpoint of `run` that is intact and good, or an error saying why there is none.
+pub fn resume_point(run: &Path) -> Result<ResumePoint> {
+    ensure_run(run)?;
+    let all = checkpoints(run)?;
+    if all.is_empty() {
+        bail!("{} holds no complete checkpoint to resume from; start it again", run.display());
+    }
+    let mut passed_over = Vec::new();
+    for (step, stem) in all.iter().rev() {
+        let checkpoint = match Checkpoint::read(stem) {
+            Ok(c) => c,
+            Err(e) => {
+                passed_over.push(format!("step {step}: {e:#}"));
+                continue;
+            }
+        };
+        if let Err(e) = checkpoint.verify() {
+            passed_over.push(format!("{e:#}"));
+            continue;
+        }
+        if let Some(problem) = checkpoint.meta.health.as_ref().and_then(Health::problem) {
+            passed_over.push(format!("checkpoint step {step}: {problem}"));
+            continue;
+        }
+        return Ok(ResumePoint { checkpoint, passed_over });
+    }
+    bail!("{} has no intact, good checkpoint to resume from: {}", run.display(), passed_over.join("; "))
+}
+
+/// Moves the checkpoints after `step` into `checkpoints/set-aside-after-NNNNNN/` (a resume from an
+/// earlier checkpoint writes those steps again; nothing is deleted). Returns the folder, if any
+/// checkpoint was moved.
+pub fn set_aside_after(run: &Path, step: u64) -> Result<Option<PathBuf>> {
+    let dir = run.join(CHECKPOINTS);
+    let mut moved = None;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(s) = name.strip_prefix("step_").and_then(|s| s.get(..6)).and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        if s > step && entry.path().is_file() {
+            let to = dir.join(format!("set-aside-after-{step:06}"));
+            std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+            std::fs::rename(entry.path(), to.join(&name)).with_context(|| format!("moving {name}"))?;
+            moved = Some(to);
+        }
+    }
+    Ok(moved)
+}
+
+/// Writes a file under a temporary name beside it and renames it into place; returns its sum.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<FileSum> {
+    let tmp = temporary(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))?;
+    Ok(FileSum::of_bytes(bytes))
+}
+
+/// The temporary name a file is written under before it is renamed to `path`.
+pub fn temporary(path: &Path) -> PathBuf {
+    let name = path.file_name().expect("a file path has a name").to_string_lossy();
+    path.with_file_name(format!("tmp-{name}"))
+}
+
+/// Renames a file written under [`temporary`]`(dest)` into place and returns its sum (read
+/// before the rename, so the sum is of exactly what was written).
+pub fn commit_temporary(dest: &Path) -> Result<FileSum> {
+    let tmp = temporary(dest);
+    let sum = FileSum::of_file(&tmp)?;
+    std::fs::rename(&tmp, dest).with_context(|| format!("renaming {} into place", dest.display()))?;
+    Ok(sum)
+}
+
+/// Writes a checkpoint's sidecar (last, after its files: its presence marks the checkpoint
+/// complete).
+pub fn write_sidecar(meta: &CheckpointMeta, stem: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(meta)? + "\n";
+    write_atomic(&sidecar_path(stem), json.as_bytes()).map(|_| ())
+}
+
+/// Writes one part of the checkpoint `stem` (under its temporary name, then renamed into place)
+/// and returns its file name and sum, for the sidecar.
+pub fn save_part<B: Backend, R: Record<B>>(record: R, stem: &Path, part: Part) -> Result<(String, FileSum)> {
+    let file = part.file(stem);
+    let tmp_stem = temporary(&part.stem(stem));
+    Recorder::<B>::record(&LabRecorder::new(), record, tmp_stem)
+        .with_context(|| format!("writing {}", file.display()))?;
+    let sum = commit_temporary(&file)?;
+    Ok((file.file_name().expect("a part has a file name").to_string_lossy().into_owned(), sum))
+}
+
+/// Reads one part of a checkpoint (verify the checkpoint first).
+pub fn load_part<B: Backend, R: Record<B>>(checkpoint: &Checkpoint, part: Part, device: &B::Device) -> Result<R> {
+    Recorder::<B>::load(&LabRecorder::new(), part.stem(&checkpoint.stem), device)
+        .map_err(|e| unreadable(checkpoint, part, e))
+}
+
+/// The checkpoint's GPT, of the shape its sidecar records.
+pub fn load_gpt<B: Backend>(checkpoint: &Checkpoint, device: &B::Device) -> Result<models::Gpt<B>> {
+    models::checkpoint::load_model::<B>(&checkpoint.meta.model, &checkpoint.stem, device)
+        .map_err(|e| unreadable(checkpoint, Part::Model, e))
+}
+
+/// A file burn cannot read gets the lab's message, not the decoder's (burn's says "the format
+/// changed since 0.14" for any truncated file).
+fn unreadable(checkpoint: &Checkpoint, part: Part, error: RecorderError) -> anyhow::Error {
+    let file = checkpoint.file(part);
+    match error {
+        RecorderError::FileNotFound(_) => {
+            anyhow::anyhow!("checkpoint step {}: {} is missing", checkpoint.step, file.display())
+        }
+        _ => anyhow::anyhow!(
+            "checkpoint step {}: {} could not be read: it is truncated, damaged, or not a lab checkpoint of this model",
+            checkpoint.step,
+            file.display()
+        ),
+    }
+}
+
+/// The exclusive right to write a run directory, held until dropped. It is the operating
+/// system's advisory lock (`flock`) on `RUN/.lock`: it dies with its process, so a killed run
+/// never leaves a stale lock; the file itself stays and names the last holder.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+/// Takes the lock of `run` (which must exist) for `holder` (e.g. the command line), or says who
+/// holds it.
+pub fn lock(run: &Path, holder: &str) -> Result<RunLock> {
+    let path = run.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let who = text.lines().next().unwrap_or("another process").to_string();
+            bail!(
+                "{} is in use by {who}: two processes writing one run would mix their metrics and checkpoints; \
+                 wait for it to finish, or choose another directory",
+                run.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0).with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "pid {} ({})", std::process::id(), holder.replace('\n', " "))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(RunLock { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(step: u64) -> CheckpointMeta {
+        let task = TaskSpec::default_of("path-star").unwrap();
+        CheckpointMeta {
+            step,
+            model: GptConfig::tiny(54, 32),
+            data: DataSpec::default(),
+            task,
+            objective: "ntp".into(),
+            teacherless: false,
+            reads: Direction::Forward,
+            files: BTreeMap::new(),
+            health: Some(Health::new(1.0, 0.5)),
+        }
+    }
+
+    /// A fake run directory with checkpoints whose one record file holds `step` as text.
+    fn run_with(steps: &[u64]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), "").unwrap();
+        std::fs::create_dir_all(dir.path().join(CHECKPOINTS)).unwrap();
+        for &s in steps {
+            let stem = checkpoint_stem(dir.path(), s);
+            let file = Part::Model.file(&stem);
+            std::fs::write(temporary(&file), format!("weights of step {s}")).unwrap();
+            let sum = commit_temporary(&file).unwrap();
+            let mut m = meta(s);
+            m.files.insert(file.file_name().unwrap().to_string_lossy().into(), sum);
+            write_sidecar(&m, &stem).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn changed_and_truncated_files_are_caught_by_their_sums() {
+        let run = run_with(&[10, 20]);
+        latest(run.path()).unwrap();
+        let file = Part::Model.file(&checkpoint_stem(run.path(), 20));
+        std::fs::write(&file, "weights of step 2X").unwrap();
+        let err = format!("{:#}", latest(run.path()).unwrap_err());
+        assert!(err.contains("has changed since it was written") && err.contains("--step 10"), "{err}");
+        std::fs::write(&file, "weights").unwrap();
+        let err = format!("{:#}", latest(run.path()).unwrap_err());
+        assert!(err.contains("truncated"), "{err}");
+        // Resuming falls back to the newest intact checkpoint and says why.
+        let point = resume_point(run.path()).unwrap();
+        assert_eq!(point.checkpoint.step, 10);
+        assert!(point.passed_over[0].contains("step 20"), "{:?}", point.passed_over);
+    }
+
+    #[test]
+    fn diverged_checkpoints_are_not_good_and_resume_passes_them_over() {
+        let run = run_with(&[10, 20]);
+        let stem = checkpoint_stem(run.path(), 20);
+        let mut c = Checkpoint::read(&stem).unwrap();
+        c.meta.health = Some(Health::new(2.0, 2e19));
+        write_sidecar(&c.meta, &stem).unwrap();
+        assert!(!c.meta.is_good());
+        let point = resume_point(run.path()).unwrap();
+        assert_eq!(point.checkpoint.step, 10);
+        assert!(point.passed_over[0].contains("diverged"), "{:?}", point.passed_over);
+        assert!(!Health::new(f64::NAN, 1.0).is_good() && !Health::new(1.0, f64::INFINITY).is_good());
+        // Non-finite values are written as null and read back.
+        let json = serde_json::to_string(&Health::new(f64::NAN, 1.0)).unwrap();
+        assert_eq!(serde_json::from_str::<Health>(&json).unwrap(), Health::new(f64::NAN, 1.0));
+        // Set aside, not deleted.
+        let to = set_aside_after(run.path(), 10).unwrap().unwrap();
+        assert!(to.join("step_000020.json").is_file() && to.join("step_000020.mpk").is_file());
+        assert_eq!(checkpoints(run.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn missing_steps_and_empty_runs_say_what_there_is() {
+        let run = run_with(&[10]);
+        let err = format!("{:#}", at_step(run.path(), 7).unwrap_err());
+        assert!(err.contains("step 7") && err.contains("it has: 10"), "{err}");
+        let empty = run_with(&[]);
+        assert!(format!("{:#}", latest(empty.path()).unwrap_err()).contains("no complete checkpoint"));
+        assert!(format!("{:#}", resume_point(empty.path()).unwrap_err()).contains("start it again"));
+    }
+
+    #[test]
+    fn old_reverse_lm_sidecars_read_as_right_to_left() {
+        let mut m = meta(1);
+        m.objective = "reverse-lm".into();
+        let mut value = serde_json::to_value(&m).unwrap();
+        for key in ["reads", "files", "health"] {
+            value.as_object_mut().unwrap().remove(key);
+        }
+        let back = CheckpointMeta::parse(&value.to_string()).unwrap();
+        assert_eq!(back.reads, Direction::Reverse);
+        assert!(back.files.is_empty() && back.health.is_none() && back.is_good());
+    }
+
+    #[test]
+    fn a_run_is_locked_by_one_holder_at_a_time() {
+        let run = tempfile::tempdir().unwrap();
+        let first = lock(run.path(), "trainer train A").unwrap();
+        let err = format!("{:#}", lock(run.path(), "trainer train B").unwrap_err());
+        assert!(err.contains("in use by pid") && err.contains("trainer train A"), "{err}");
+        drop(first);
+        // A lock file left behind (as a killed process leaves it) is no lock.
+        lock(run.path(), "trainer train B").unwrap();
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn valid() -> String {
+            let mut m = meta(3);
+            m.files.insert("step_000003.mpk".into(), FileSum::of_bytes(b"x"));
+            serde_json::to_string_pretty(&m).unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: crate::overrides::tests::cases(), ..ProptestConfig::default() })]
+
+            /// Arbitrary bytes never panic the sidecar parser; errors are one line.
+            #[test]
+            fn arbitrary_sidecars_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                if let Err(e) = CheckpointMeta::parse(&String::from_utf8_lossy(&bytes)) {
+                    prop_assert!(!e.contains('\n'), "{}", e);
+                }
+            }
+
+            /// Valid sidecars with a byte changed, inserted or cut never panic the parser.
+            #[test]
+            fn mutated_sidecars_never_panic(at in 0usize..2000, byte in any::<u8>(), how in 0u8..3) {
+                let mut bytes = valid().into_bytes();
+                let at = at % bytes.len();
+                match how {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ => bytes.truncate(at),
+                }
+                if let Err(e) = CheckpointMeta::parse(&String::from_utf8_lossy(&bytes)) {
+                    prop_assert!(!e.contains('\n'), "{}", e);
+                }
+            }
+        }
+    }
+}
