@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 use tasks::path_star::PathStar;
-use tasks::{Example, Task, TaskSpec};
+use tasks::{Example, Task};
 
 use crate::creativity::Diversity;
 use crate::pass_at_k::PassAtK;
@@ -211,12 +211,7 @@ pub fn score(
             tasks::Verdict::Invalid(_) => {}
         }
     }
-    let path_star = match task.spec() {
-        TaskSpec::PathStar(p) => {
-            PathStar::new(p.clone()).ok().map(|ps| path_star_diagnostics(&ps, examples, forced, free))
-        }
-        _ => None,
-    };
+    let path_star = task.as_path_star().map(|ps| path_star_diagnostics(ps, examples, forced, free));
     EvalReport {
         examples: examples.len(),
         forced: scores(examples, forced),
@@ -401,5 +396,18 @@ mod tests {
         let metrics = r.metrics();
         assert!(metrics.contains(&("eval/free/pos_2".to_string(), 0.5)));
         assert!(r.table().contains("Clever-Hans rate 1.000"));
+    }
+
+    #[test]
+    fn path_star_diagnostics_come_from_the_task_not_from_its_name() {
+        // The report asks the task for its path-star side; no other task has one.
+        for name in tasks::TaskSpec::NAMES {
+            let task = tasks::TaskSpec::default_of(name).unwrap().build().unwrap();
+            let mut rng = tasks::dataset::split_rng(0, true);
+            let examples: Vec<Example> = (0..3).map(|_| task.sample_test(&mut rng)).collect();
+            let outputs: Vec<Vec<u32>> = examples.iter().map(|e| e.target().to_vec()).collect();
+            let r = score(task.as_ref(), &examples, &outputs, &outputs, None, 0);
+            assert_eq!(r.path_star.is_some(), name == "path-star", "{name}");
+        }
     }
 }

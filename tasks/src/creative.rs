@@ -133,6 +133,52 @@ impl CreativeParams {
     }
 }
 
+/// The flags of `tasks gen circle`: [`CreativeParams`] with the published circle setting as
+/// defaults.
+///
+/// Circle and line have a flag type each because their defaults differ. (One type generic over
+/// the default would not do: clap keeps a `default_value_t` in a static, which all the type's
+/// instances share, so both subcommands would show and use the first one's default.)
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct CircleArgs {
+    /// Entities to build from.
+    #[arg(long, default_value_t = CreativeParams::circle().entities)]
+    pub entities: u32,
+    /// Entities one circle goes through.
+    #[arg(long, default_value_t = CreativeParams::circle().nodes)]
+    pub nodes: u32,
+    /// Hash characters per prompt; 0 turns hash conditioning off.
+    #[arg(long, default_value_t = CreativeParams::circle().hash_len)]
+    pub hash_len: u32,
+}
+
+/// The flags of `tasks gen line`: [`CreativeParams`] with the published line setting as
+/// defaults (see [`CircleArgs`] for why the two are separate types).
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct LineArgs {
+    /// Entities to build from.
+    #[arg(long, default_value_t = CreativeParams::line().entities)]
+    pub entities: u32,
+    /// Entities one line goes through.
+    #[arg(long, default_value_t = CreativeParams::line().nodes)]
+    pub nodes: u32,
+    /// Hash characters per prompt; 0 turns hash conditioning off.
+    #[arg(long, default_value_t = CreativeParams::line().hash_len)]
+    pub hash_len: u32,
+}
+
+impl From<CircleArgs> for CreativeParams {
+    fn from(a: CircleArgs) -> CreativeParams {
+        CreativeParams { entities: a.entities, nodes: a.nodes, hash_len: a.hash_len }
+    }
+}
+
+impl From<LineArgs> for CreativeParams {
+    fn from(a: LineArgs) -> CreativeParams {
+        CreativeParams { entities: a.entities, nodes: a.nodes, hash_len: a.hash_len }
+    }
+}
+
 /// Which creative task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CreativeKind {

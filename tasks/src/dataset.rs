@@ -44,12 +44,25 @@ impl Format {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file could not be opened, read or written.
-    #[error("{path}: {source}")]
+    ///
+    /// The OS's error is part of the message and deliberately not the error's
+    /// [`source`](std::error::Error::source): a chain printer (`anyhow`'s `{:#}`) would print
+    /// it twice otherwise.
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
+    },
+    /// A data file as a whole is unusable: it holds no examples, or its format does not suit
+    /// the task.
+    #[error("{path}: {msg}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
     },
     /// A line of a data file is malformed or fails the task's checks.
     #[error("{path}:{line}: {msg}")]
@@ -75,7 +88,7 @@ pub enum DataError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataError + '_ {
-    move |source| DataError::Io { path: path.to_path_buf(), source }
+    move |error| DataError::Io { path: path.to_path_buf(), error }
 }
 
 /// One split's entry in a manifest.
@@ -256,24 +269,18 @@ impl<W: Write> Write for HashingWriter<W> {
 pub struct LineWriter<'a> {
     task: &'a dyn Task,
     format: Format,
-    path_star: Option<PathStar>,
+    path_star: Option<&'a PathStar>,
     line: String,
 }
 
 impl<'a> LineWriter<'a> {
     /// A writer for `task` in `format`; NTF is only for path-star.
     pub fn new(task: &'a dyn Task, format: Format) -> Result<LineWriter<'a>, DataError> {
-        let path_star = match (format, task.spec()) {
-            (Format::Ntf, TaskSpec::PathStar(p)) => {
-                Some(PathStar::new(p.clone()).map_err(|e| DataError::Other(e.to_string()))?)
-            }
-            (Format::Ntf, spec) => {
-                return Err(DataError::Other(format!(
-                    "the ntf format is for path-star only; write {} as jsonl",
-                    spec.name()
-                )));
-            }
-            (Format::Jsonl, _) => None,
+        let path_star = match format {
+            Format::Ntf => Some(task.as_path_star().ok_or_else(|| {
+                DataError::Other(format!("the ntf format is for path-star only; write {} as jsonl", task.spec().name()))
+            })?),
+            Format::Jsonl => None,
         };
         Ok(LineWriter { task, format, path_star, line: String::with_capacity(256) })
     }
@@ -281,7 +288,7 @@ impl<'a> LineWriter<'a> {
     /// One example as a line, without the newline.
     pub fn line(&mut self, example: &Example) -> &str {
         self.line.clear();
-        match (self.format, &self.path_star) {
+        match (self.format, self.path_star) {
             (Format::Ntf, Some(ps)) => ps.to_ntf_line(example, &mut self.line),
             _ => {
                 let text = example.text(self.task.vocab());
@@ -293,30 +300,103 @@ impl<'a> LineWriter<'a> {
     }
 }
 
-/// Writes one split file atomically (a temporary file renamed into place) and returns its entry.
+/// Writes one split file under the temporary name `tmp` and returns its entry (named `file`).
+/// The caller renames it into place once the whole dataset is written.
 fn write_split(
-    path: &Path,
+    tmp: &Path,
+    file: &str,
     writer: &mut LineWriter<'_>,
     fill: impl FnOnce(&mut dyn FnMut(&Example) -> Result<(), DataError>) -> Result<(), DataError>,
 ) -> Result<SplitFile, DataError> {
-    let tmp = path.with_extension("partial");
-    let file = File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
+    let handle = File::create(tmp).map_err(io_err(tmp))?;
+    let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, handle), hasher: Sha256::new(), bytes: 0 };
     let mut examples = 0u64;
-    let result = fill(&mut |ex| {
+    fill(&mut |ex| {
         let line = writer.line(ex);
-        out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).map_err(io_err(&tmp))?;
+        out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).map_err(io_err(tmp))?;
         examples += 1;
         Ok(())
-    });
-    if let Err(e) = result.and_then(|_| out.flush().map_err(io_err(&tmp))) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    })?;
+    out.flush().map_err(io_err(tmp))?;
     let sha256 = hex(&out.hasher.finalize());
-    Ok(SplitFile { file, examples, bytes: out.bytes, sha256 })
+    Ok(SplitFile { file: file.to_string(), examples, bytes: out.bytes, sha256 })
+}
+
+/// What a dataset being written has put on disk so far; unless [`Staging::commit`] completes,
+/// dropping it removes all of that (temporary files, files already renamed into place, and the
+/// directories it created), so that a failed `tasks gen` leaves nothing half-made behind.
+struct Staging {
+    /// Directories created for the dataset, outermost first.
+    created: Vec<PathBuf>,
+    /// Temporary files written so far, with the names they are renamed to on commit.
+    staged: Vec<(PathBuf, PathBuf)>,
+    /// Files renamed into place so far.
+    committed: Vec<PathBuf>,
+    done: bool,
+}
+
+impl Staging {
+    /// Creates `dir` and any missing parents, remembering which ones it created.
+    fn new(dir: &Path) -> Result<Staging, DataError> {
+        let mut missing = Vec::new();
+        let mut at = Some(dir);
+        while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            missing.push(d.to_path_buf());
+            at = d.parent();
+        }
+        missing.reverse();
+        let mut staging = Staging { created: Vec::new(), staged: Vec::new(), committed: Vec::new(), done: false };
+        for d in missing {
+            std::fs::create_dir(&d).map_err(io_err(&d))?;
+            staging.created.push(d);
+        }
+        // `dir` existed already, but perhaps not as a directory.
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        Ok(staging)
+    }
+
+    /// The temporary name for the file `name` in `dir`, to be renamed to `name` on commit.
+    fn stage(&mut self, dir: &Path, name: &str) -> PathBuf {
+        let tmp = dir.join(format!("{name}.partial"));
+        self.staged.push((tmp.clone(), dir.join(name)));
+        tmp
+    }
+
+    /// Renames every staged file into place, in the order staged (the manifest last, so that a
+    /// manifest never describes files that are not there).
+    fn commit(mut self) -> Result<(), DataError> {
+        for (tmp, path) in std::mem::take(&mut self.staged) {
+            match std::fs::rename(&tmp, &path) {
+                Ok(()) => self.committed.push(path),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(DataError::Io { path, error: e });
+                }
+            }
+        }
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for (tmp, _) in &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+        for path in &self.committed {
+            let _ = std::fs::remove_file(path);
+        }
+        // Innermost first; a directory that holds anything else stays.
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -326,8 +406,9 @@ fn hex(bytes: &[u8]) -> String {
 /// File names of the two splits: NTF's own naming for NTF files, so that NTF's scripts can read
 /// them, and `train.jsonl` / `test.jsonl` otherwise.
 pub fn split_file_names(task: &dyn Task, format: Format, sizes: SplitSizes) -> (String, String) {
-    match (format, task.spec()) {
-        (Format::Ntf, TaskSpec::PathStar(p)) => {
+    match (format, task.as_path_star()) {
+        (Format::Ntf, Some(ps)) => {
+            let p = ps.params();
             let stem = p.ntf_stem();
             let rev = if p.reverse { "_reverse" } else { "" };
             (format!("{stem}{rev}_train_{}.txt", sizes.train), format!("{stem}{rev}_test_{}.txt", sizes.test))
@@ -338,6 +419,11 @@ pub fn split_file_names(task: &dyn Task, format: Format, sizes: SplitSizes) -> (
 
 /// Generates both splits of a dataset into `dir` (created if needed) and writes its manifest.
 /// `progress` is called with the number of examples written so far, every few thousand.
+///
+/// The files are written under temporary names and renamed into place only once all of them
+/// are complete; on any failure everything written is removed again, as are the directories
+/// this call created. Both splits must hold at least one example (the readers refuse a file
+/// without any).
 pub fn write_dataset(
     task: &dyn Task,
     sizes: SplitSizes,
@@ -345,9 +431,16 @@ pub fn write_dataset(
     dir: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Manifest, DataError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if sizes.train == 0 || sizes.test == 0 {
+        return Err(DataError::Other(format!(
+            "{} train and {} test examples asked for: each split needs at least one (a data file \
+             without examples is refused when read)",
+            sizes.train, sizes.test
+        )));
+    }
     let mut writer = LineWriter::new(task, format)?;
     let (train_name, test_name) = split_file_names(task, format, sizes);
+    let mut staging = Staging::new(dir)?;
     let mut done = 0u64;
     let mut tick = |done: &mut u64| {
         *done += 1;
@@ -357,14 +450,16 @@ pub fn write_dataset(
     };
 
     let mut held_out = HashSet::new();
-    let test_file = write_split(&dir.join(&test_name), &mut writer, |sink| {
+    let tmp = staging.stage(dir, &test_name);
+    let test_file = write_split(&tmp, &test_name, &mut writer, |sink| {
         held_out = draw_test(task, sizes, &mut |ex| {
             tick(&mut done);
             sink(ex)
         })?;
         Ok(())
     })?;
-    let train_file = write_split(&dir.join(&train_name), &mut writer, |sink| {
+    let tmp = staging.stage(dir, &train_name);
+    let train_file = write_split(&tmp, &train_name, &mut writer, |sink| {
         draw_train(task, sizes, &held_out, &mut |ex| {
             tick(&mut done);
             sink(ex)
@@ -382,10 +477,9 @@ pub fn write_dataset(
         eos: task.eos().map(|e| task.vocab().decode(&[e])),
         splits: BTreeMap::from([("train".to_string(), train_file), ("test".to_string(), test_file)]),
     };
-    let path = dir.join(MANIFEST);
-    let tmp = dir.join("manifest.json.partial");
+    let tmp = staging.stage(dir, MANIFEST);
     std::fs::write(&tmp, manifest.to_json()).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    staging.commit()?;
     Ok(manifest)
 }
 
@@ -411,50 +505,144 @@ pub fn parse_line(
 
 /// Reads every line of a split file, checking each; `on_bad` sees each bad line (as a
 /// [`DataError::Line`]) and decides whether to go on (`true`) or stop. Returns the good examples.
+///
+/// Blank lines at the end of the file are ignored; a blank line before an example is a bad line.
+/// A file without a single example (empty, or blank lines only) is an error
+/// ([`DataError::File`]), as is NTF's format for a task other than path-star.
 pub fn read_split(
     task: &dyn Task,
     path: &Path,
     format: Format,
     on_bad: &mut dyn FnMut(DataError) -> bool,
 ) -> Result<Vec<Example>, DataError> {
-    read_lines(task, path, format, usize::MAX, on_bad)
+    let file = File::open(path).map_err(io_err(path))?;
+    read_lines(task, BufReader::with_capacity(1 << 20, file), path, format, usize::MAX, on_bad)
 }
 
-/// Reads and checks the first `limit` lines of a split file, failing at the first bad one.
+/// [`read_split`] from any reader (standard input, bytes in memory, ...); `path` names the
+/// source in errors.
+pub fn read_split_from(
+    task: &dyn Task,
+    reader: impl BufRead,
+    path: &Path,
+    format: Format,
+    on_bad: &mut dyn FnMut(DataError) -> bool,
+) -> Result<Vec<Example>, DataError> {
+    read_lines(task, reader, path, format, usize::MAX, on_bad)
+}
+
+/// Reads and checks the first `limit` examples of a split file, failing at the first bad line.
+/// Blank lines and empty files are treated as [`read_split`] treats them.
 pub fn read_head(task: &dyn Task, path: &Path, format: Format, limit: usize) -> Result<Vec<Example>, DataError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    read_head_from(task, BufReader::with_capacity(1 << 20, file), path, format, limit)
+}
+
+/// [`read_head`] from any reader; `path` names the source in errors.
+pub fn read_head_from(
+    task: &dyn Task,
+    reader: impl BufRead,
+    path: &Path,
+    format: Format,
+    limit: usize,
+) -> Result<Vec<Example>, DataError> {
     let mut first = None;
-    let examples = read_lines(task, path, format, limit, &mut |e| {
+    let examples = read_lines(task, reader, path, format, limit, &mut |e| {
         first = Some(e);
         false
     })?;
     first.map_or(Ok(examples), Err)
 }
 
+/// Why a line that is blank (empty or white space only) is bad when an example follows it.
+const BLANK_LINE: &str = "blank line (blank lines may only end a file)";
+
+/// The reader behind all the others: up to `limit` non-blank lines, each parsed and checked.
 fn read_lines(
     task: &dyn Task,
+    mut reader: impl BufRead,
     path: &Path,
     format: Format,
     limit: usize,
     on_bad: &mut dyn FnMut(DataError) -> bool,
 ) -> Result<Vec<Example>, DataError> {
-    let path_star = match task.spec() {
-        TaskSpec::PathStar(p) => Some(PathStar::new(p.clone()).map_err(|e| DataError::Other(e.to_string()))?),
-        _ => None,
+    let path_star = match format {
+        Format::Ntf => Some(task.as_path_star().ok_or_else(|| DataError::File {
+            path: path.to_path_buf(),
+            msg: format!("the ntf format is for path-star only; {} data is JSONL (a .jsonl file)", task.spec().name()),
+        })?),
+        Format::Jsonl => None,
     };
-    let file = File::open(path).map_err(io_err(path))?;
+    let bad = |line: usize, msg: String| DataError::Line { path: path.to_path_buf(), line, msg: one_line(msg) };
     let mut examples = Vec::new();
-    for (i, line) in BufReader::with_capacity(1 << 20, file).lines().take(limit).enumerate() {
-        let line = line.map_err(io_err(path))?;
-        match parse_line(task, format, path_star.as_ref(), &line) {
+    let mut buf = Vec::with_capacity(256);
+    // Line numbers are 1-based; `number` is the last line read.
+    let mut number = 0usize;
+    // Non-blank lines read, and the blank lines read since the last of them (as the first
+    // one's number and a count): they are bad only if another non-blank line follows.
+    let mut read = 0usize;
+    let mut blanks: Option<(usize, usize)> = None;
+    while read < limit {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(io_err(path))? == 0 {
+            break;
+        }
+        number += 1;
+        let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let text = std::str::from_utf8(bytes);
+        if text.is_ok_and(|t| t.trim().is_empty()) {
+            blanks = Some(blanks.map_or((number, 1), |(first, n)| (first, n + 1)));
+            continue;
+        }
+        read += 1;
+        if let Some((first, n)) = blanks.take() {
+            for line in first..first + n {
+                if !on_bad(bad(line, BLANK_LINE.into())) {
+                    return Ok(examples);
+                }
+            }
+        }
+        let parsed = match text {
+            Ok(text) => parse_line(task, format, path_star, text),
+            Err(e) => Err(format!("not UTF-8 text (byte {} of the line is not valid UTF-8)", e.valid_up_to() + 1)),
+        };
+        match parsed {
             Ok(ex) => examples.push(ex),
             Err(msg) => {
-                if !on_bad(DataError::Line { path: path.to_path_buf(), line: i + 1, msg }) {
-                    break;
+                if !on_bad(bad(number, msg)) {
+                    return Ok(examples);
                 }
             }
         }
     }
+    if read == 0 && limit > 0 {
+        let msg = if number == 0 { "no examples (the file is empty)" } else { "no examples (only blank lines)" };
+        return Err(DataError::File { path: path.to_path_buf(), msg: msg.into() });
+    }
     Ok(examples)
+}
+
+/// The longest message (in characters) a bad line gets; longer ones echo too much of the line.
+const MAX_MESSAGE: usize = 200;
+
+/// A message about a line as one short line of text: control characters (a JSON key may hold an
+/// escaped newline, which serde's messages echo verbatim) and Unicode line separators escaped,
+/// and anything past [`MAX_MESSAGE`] characters cut off.
+fn one_line(msg: String) -> String {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if msg.chars().count() <= MAX_MESSAGE && !msg.chars().any(unsafe_char) {
+        return msg;
+    }
+    let mut out = String::with_capacity(MAX_MESSAGE + 8);
+    for (i, c) in msg.chars().enumerate() {
+        if i == MAX_MESSAGE {
+            out.push_str(" ...");
+            break;
+        }
+        if unsafe_char(c) { out.extend(c.escape_default()) } else { out.push(c) }
+    }
+    out
 }
 
 /// Reads a split file, failing at the first bad line.
@@ -680,6 +868,180 @@ mod tests {
         let keys: HashSet<_> = external.iter().map(|e| task.instance_key(e)).collect();
         assert!(loaded.train.iter().all(|e| !keys.contains(&task.instance_key(e))));
         assert_eq!(loaded.train.len(), 2000);
+    }
+
+    const NTF_LINE: &str = "32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,28/32,12=32,34,6,16,12";
+
+    /// A reader's name, what it returned, and the bad lines it reported.
+    type Reading = (&'static str, Result<Vec<Example>, DataError>, Vec<DataError>);
+
+    /// Every reader on `bytes`: the lenient one (with the bad lines it reported), the strict one
+    /// and the head reader, from memory and from a file.
+    fn read_all_ways(task: &dyn Task, name: &str, bytes: &[u8]) -> Vec<Reading> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let format = Format::of_path(&path);
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        let r = read_split(task, &path, format, &mut |e| {
+            bad.push(e);
+            true
+        });
+        out.push(("read_split", r, std::mem::take(&mut bad)));
+        let r = read_split_from(task, bytes, &path, format, &mut |e| {
+            bad.push(e);
+            true
+        });
+        out.push(("read_split_from", r, bad));
+        out.push(("read_split_strict", read_split_strict(task, &path, format), Vec::new()));
+        out.push(("read_head", read_head(task, &path, format, 10), Vec::new()));
+        out.push(("read_head_from", read_head_from(task, bytes, &path, format, 10), Vec::new()));
+        out
+    }
+
+    #[test]
+    fn files_without_examples_are_refused_by_every_reader() {
+        let task = TaskSpec::PathStar(PathStarParams::default()).build().unwrap();
+        let jsonl = TaskSpec::default_of("key-recall").unwrap().build().unwrap();
+        for (task, name, bytes, why) in [
+            (&task, "deg_2_path_5_nodes_50_test_0.txt", "", "no examples (the file is empty)"),
+            (&task, "deg_2_path_5_nodes_50_test_0.txt", "\n\n", "no examples (only blank lines)"),
+            (&jsonl, "test.jsonl", "", "no examples (the file is empty)"),
+            (&jsonl, "test.jsonl", "\r\n  \n\t\n", "no examples (only blank lines)"),
+        ] {
+            for (reader, result, bad) in read_all_ways(task.as_ref(), name, bytes.as_bytes()) {
+                let err = result.expect_err(reader);
+                assert!(matches!(err, DataError::File { .. }), "{reader}: {err:?}");
+                let msg = err.to_string();
+                assert!(msg.ends_with(&format!("{name}: {why}")), "{reader}: {msg}");
+                assert!(bad.is_empty(), "{reader}: {bad:?}");
+            }
+        }
+        // Asking for no examples at all is not asking about the file.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("test.jsonl"), "").unwrap();
+        assert!(read_head(jsonl.as_ref(), &dir.path().join("test.jsonl"), Format::Jsonl, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn trailing_blank_lines_are_accepted_and_blank_lines_before_an_example_are_not() {
+        let task = TaskSpec::PathStar(PathStarParams::default()).build().unwrap();
+        let ntf = "deg_2_path_5_nodes_50_test_2.txt";
+        for ending in ["\n\n", "\n\n\n", "\n\n  \n", "\r\n\r\n", "\n\r\n"] {
+            let text = format!("{NTF_LINE}\n{NTF_LINE}{ending}");
+            for (reader, result, bad) in read_all_ways(task.as_ref(), ntf, text.as_bytes()) {
+                assert_eq!(result.expect(reader).len(), 2, "{reader} on {ending:?}");
+                assert!(bad.is_empty(), "{reader}: {bad:?}");
+            }
+        }
+        let key_recall = TaskSpec::default_of("key-recall").unwrap().build().unwrap();
+        let mut writer = LineWriter::new(key_recall.as_ref(), Format::Jsonl).unwrap();
+        let line = writer.line(&key_recall.sample(&mut split_rng(0, false))).to_string();
+        let text = format!("{line}\n{line}\n\n");
+        for (reader, result, _) in read_all_ways(key_recall.as_ref(), "test.jsonl", text.as_bytes()) {
+            assert_eq!(result.expect(reader).len(), 2, "{reader}");
+        }
+
+        // Lines 2 and 3 are blank but an example follows: both are bad, by number.
+        let text = format!("{NTF_LINE}\n\n \n{NTF_LINE}\n\n");
+        for (reader, result, bad) in read_all_ways(task.as_ref(), ntf, text.as_bytes()) {
+            let msg = match result {
+                Ok(examples) => {
+                    assert_eq!(examples.len(), 2, "{reader}");
+                    let lines: Vec<String> = bad.iter().map(ToString::to_string).collect();
+                    assert_eq!(lines.len(), 2, "{reader}: {lines:?}");
+                    assert!(lines[1].ends_with(&format!("{ntf}:3: {BLANK_LINE}")), "{reader}: {lines:?}");
+                    lines[0].clone()
+                }
+                Err(e) => e.to_string(),
+            };
+            assert!(msg.ends_with(&format!("{ntf}:2: {BLANK_LINE}")), "{reader}: {msg}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_lines_are_bad_lines_with_their_number_not_unreadable_files() {
+        let task = TaskSpec::PathStar(PathStarParams::default()).build().unwrap();
+        let mut bytes = format!("{NTF_LINE}\n").into_bytes();
+        bytes.extend(b"32,3\xff|16\n");
+        bytes.extend(format!("{NTF_LINE}\n").as_bytes());
+        let mut bad = Vec::new();
+        let path = Path::new("deg_2_path_5_nodes_50_test_3.txt");
+        let examples = read_split_from(task.as_ref(), &bytes[..], path, Format::Ntf, &mut |e| {
+            bad.push(e.to_string());
+            true
+        })
+        .unwrap();
+        assert_eq!(examples.len(), 2);
+        assert_eq!(bad, ["deg_2_path_5_nodes_50_test_3.txt:2: not UTF-8 text (byte 5 of the line is not valid UTF-8)"]);
+    }
+
+    #[test]
+    fn messages_about_a_line_are_one_short_line() {
+        // serde echoes an unknown field's name verbatim, escaped newline and all.
+        let task = TaskSpec::default_of("key-recall").unwrap().build().unwrap();
+        let line = format!("{{\"prompt\":\"s1 ?\",\"target\":\"s1\",\"a\\nb{}\":1}}\n", "x".repeat(1000));
+        let err = read_split_strict_from(task.as_ref(), line.as_bytes()).unwrap_err().to_string();
+        assert!(!err.contains('\n') && err.contains("a\\nb"), "{err}");
+        assert!(err.len() < 300 && err.ends_with(" ..."), "{err}");
+    }
+
+    fn read_split_strict_from(task: &dyn Task, bytes: &[u8]) -> Result<Vec<Example>, DataError> {
+        read_head_from(task, bytes, Path::new("test.jsonl"), Format::Jsonl, usize::MAX)
+    }
+
+    #[test]
+    fn ntf_files_of_other_tasks_are_refused_as_a_whole() {
+        let task = TaskSpec::default_of("sibling").unwrap().build().unwrap();
+        let err = read_head_from(task.as_ref(), &b"a\nb\n"[..], Path::new("x.txt"), Format::Ntf, 5).unwrap_err();
+        assert!(err.to_string().starts_with("x.txt: the ntf format is for path-star only"), "{err}");
+    }
+
+    #[test]
+    fn os_errors_are_printed_once() {
+        let task = TaskSpec::PathStar(PathStarParams::default()).build().unwrap();
+        let err = read_split_strict(task.as_ref(), Path::new("no/such/file.txt"), Format::Ntf).unwrap_err();
+        assert!(std::error::Error::source(&err).is_none());
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(chain.matches("os error").count(), 1, "{chain}");
+    }
+
+    #[test]
+    fn a_failed_generation_leaves_nothing_behind() {
+        // G(1,2,2) has two instances: the test split is written, then the training split fails.
+        let task =
+            TaskSpec::PathStar(PathStarParams { degree: 1, path_len: 2, nodes: 2, reverse: false }).build().unwrap();
+        let sizes = SplitSizes { train: 10, test: 50, seed: 0 };
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b/c");
+        let err = write_dataset(task.as_ref(), sizes, Format::Ntf, &dir, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("too few distinct instances"), "{err}");
+        assert!(!root.path().join("a").exists(), "the directories it created are gone");
+
+        // In a directory that exists, only what the generation wrote goes.
+        let dir = root.path().join("existing");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        write_dataset(task.as_ref(), sizes, Format::Ntf, &dir, &mut |_| {}).unwrap_err();
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["notes.txt"]);
+
+        // Unknown formats and empty splits are refused before anything is created.
+        let sibling = TaskSpec::default_of("sibling").unwrap().build().unwrap();
+        let dir = root.path().join("d");
+        assert!(write_dataset(sibling.as_ref(), sizes, Format::Ntf, &dir, &mut |_| {}).is_err());
+        let empty = SplitSizes { train: 0, ..sizes };
+        let err = write_dataset(sibling.as_ref(), empty, Format::Jsonl, &dir, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("each split needs at least one"), "{err}");
+        assert!(!dir.exists());
+
+        // A successful generation leaves exactly its three files.
+        let ok = SplitSizes { train: 5, test: 2, seed: 0 };
+        write_dataset(sibling.as_ref(), ok, Format::Jsonl, &dir, &mut |_| {}).unwrap();
+        let mut left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["manifest.json", "test.jsonl", "train.jsonl"]);
     }
 
     #[test]

@@ -113,6 +113,13 @@ pub trait Task: Send + Sync {
         None
     }
 
+    /// The task as a path-star task, for what only path-star has: NTF's line format and the
+    /// diagnostics of its decision token (teacher-forced accuracy at target position 2, the
+    /// Clever-Hans rate). `None` for every other task.
+    fn as_path_star(&self) -> Option<&path_star::PathStar> {
+        None
+    }
+
     /// Whether the task is one of the creative tasks, whose outputs are scored for diversity and
     /// creativity (novel, coherent outputs) rather than for reproducing a reference.
     fn is_creative(&self) -> bool {

@@ -16,10 +16,8 @@ use std::time::Instant;
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use tasks::creative::{CreativeParams, SiblingParams, TriangleParams};
 use tasks::dataset::{self, DataError, Format, Manifest, SplitSizes};
-use tasks::long_range::{GraphWalkParams, KeyRecallParams, PrefixFunctionParams};
-use tasks::path_star::PathStarParams;
+use tasks::spec::TaskCommand;
 use tasks::{Task, TaskSpec};
 
 #[derive(Parser)]
@@ -42,7 +40,7 @@ enum Cmd {
 #[derive(Args)]
 struct GenArgs {
     #[command(subcommand)]
-    task: TaskCmd,
+    task: TaskCommand,
     /// Training examples [default: 200000; creative tasks: the published sizes].
     #[arg(long, global = true)]
     train: Option<u64>,
@@ -64,7 +62,7 @@ struct GenArgs {
 #[command(args_conflicts_with_subcommands = true)]
 struct ShowArgs {
     #[command(subcommand)]
-    task: Option<TaskCmd>,
+    task: Option<TaskCommand>,
     /// Show the first lines of this data file instead of fresh examples.
     #[arg(long)]
     file: Option<PathBuf>,
@@ -85,79 +83,16 @@ struct CheckArgs {
     file: PathBuf,
     /// The task that wrote it, when no manifest.json lies beside it and its name is not NTF's.
     #[command(subcommand)]
-    task: Option<TaskCmd>,
-}
-
-/// Every task with its parameters as flags; defaults are the published settings.
-#[derive(Subcommand, Clone)]
-enum TaskCmd {
-    /// Path-star graphs G(d, l, N) (Bachmann & Nagarajan 2024).
-    PathStar(PathStarParams),
-    /// A key shown first decides the answer after a distractor span.
-    KeyRecall(KeyRecallParams),
-    /// The answer is a function of the first k tokens, after a distractor span.
-    PrefixFunction(PrefixFunctionParams),
-    /// A walk on a given graph that must end at the goal after exactly n steps.
-    GraphWalk(GraphWalkParams),
-    /// Sibling discovery (Nagarajan et al. 2025).
-    Sibling(SiblingParams),
-    /// Triangle discovery (Nagarajan et al. 2025).
-    Triangle(TriangleParams),
-    /// Circle construction (Nagarajan et al. 2025).
-    Circle(ConstructionArgs<9>),
-    /// Line construction (Nagarajan et al. 2025).
-    Line(ConstructionArgs<10>),
-}
-
-/// Circle and line share their flags; `NODES` is the published number of entities used.
-#[derive(Args, Clone)]
-struct ConstructionArgs<const NODES: u32> {
-    /// Entities to build from.
-    #[arg(long, default_value_t = 10)]
-    entities: u32,
-    /// Entities one construction uses.
-    #[arg(long, default_value_t = NODES)]
-    nodes: u32,
-    /// Hash characters per prompt (0: no hash conditioning).
-    #[arg(long, default_value_t = 10)]
-    hash_len: u32,
-}
-
-impl TaskCmd {
-    fn spec(&self) -> TaskSpec {
-        match self.clone() {
-            TaskCmd::PathStar(p) => TaskSpec::PathStar(p),
-            TaskCmd::KeyRecall(p) => TaskSpec::KeyRecall(p),
-            TaskCmd::PrefixFunction(p) => TaskSpec::PrefixFunction(p),
-            TaskCmd::GraphWalk(p) => TaskSpec::GraphWalk(p),
-            TaskCmd::Sibling(p) => TaskSpec::Sibling(p),
-            TaskCmd::Triangle(p) => TaskSpec::Triangle(p),
-            TaskCmd::Circle(a) => {
-                TaskSpec::Circle(CreativeParams { entities: a.entities, nodes: a.nodes, hash_len: a.hash_len })
-            }
-            TaskCmd::Line(a) => {
-                TaskSpec::Line(CreativeParams { entities: a.entities, nodes: a.nodes, hash_len: a.hash_len })
-            }
-        }
-    }
-}
-
-/// Published split sizes: NTF's 200k/20k, and the creative-task notebooks' own.
-fn default_sizes(spec: &TaskSpec) -> (u64, u64) {
-    match spec {
-        TaskSpec::Sibling(_) => (50_000, 3_000),
-        TaskSpec::Triangle(_) => (15_000, 1_024),
-        TaskSpec::Circle(_) | TaskSpec::Line(_) => (10_000, 1_024),
-        _ => (200_000, 20_000),
-    }
+    task: Option<TaskCommand>,
 }
 
 /// `data/<task>/<parameters>_seed_<seed>`: NTF's stem for path-star, the parameters that differ
 /// from the defaults otherwise.
-fn default_dir(spec: &TaskSpec, seed: u64) -> PathBuf {
-    let slug = match spec {
-        TaskSpec::PathStar(p) => format!("{}{}", p.ntf_stem(), if p.reverse { "_reverse" } else { "" }),
-        _ => spec.slug(),
+fn default_dir(task: &dyn Task, seed: u64) -> PathBuf {
+    let spec = task.spec();
+    let slug = match task.as_path_star().map(|ps| ps.params()) {
+        Some(p) => format!("{}{}", p.ntf_stem(), if p.reverse { "_reverse" } else { "" }),
+        None => spec.slug(),
     };
     Path::new("data").join(spec.name()).join(format!("{slug}_seed_{seed}"))
 }
@@ -169,10 +104,11 @@ fn build(spec: &TaskSpec) -> Result<Box<dyn Task>> {
 fn generate(args: GenArgs) -> Result<()> {
     let spec = args.task.spec();
     let task = build(&spec)?;
-    let (train, test) = default_sizes(&spec);
+    let (train, test) = spec.default_sizes();
     let sizes = SplitSizes { train: args.train.unwrap_or(train), test: args.test.unwrap_or(test), seed: args.seed };
-    let format = args.format.unwrap_or(if matches!(spec, TaskSpec::PathStar(_)) { Format::Ntf } else { Format::Jsonl });
-    let dir = args.out.unwrap_or_else(|| default_dir(&spec, args.seed));
+    // Path-star data is written as NTF writes it, so that NTF's scripts read it.
+    let format = args.format.unwrap_or(if task.as_path_star().is_some() { Format::Ntf } else { Format::Jsonl });
+    let dir = args.out.unwrap_or_else(|| default_dir(task.as_ref(), args.seed));
 
     let total = sizes.train + sizes.test;
     let bar = if total >= 50_000 { ProgressBar::new(total) } else { ProgressBar::hidden() };
@@ -191,7 +127,7 @@ fn generate(args: GenArgs) -> Result<()> {
         "wrote {} train + {} test {} examples ({}, seed {}) to {} in {:.2} s, {:.1} MB",
         sizes.train,
         sizes.test,
-        describe_spec(&spec),
+        describe(task.as_ref()),
         serde_json::to_string(&format).expect("formats serialise").trim_matches('"'),
         sizes.seed,
         dir.display(),
@@ -205,17 +141,18 @@ fn generate(args: GenArgs) -> Result<()> {
     Ok(())
 }
 
-fn describe_spec(spec: &TaskSpec) -> String {
-    match spec {
-        TaskSpec::PathStar(p) => {
+/// The task's name, with G(d,l,N) for path-star.
+fn describe(task: &dyn Task) -> String {
+    match task.as_path_star().map(|ps| ps.params()) {
+        Some(p) => {
             format!("path-star G({},{},{}){}", p.degree, p.path_len, p.nodes, if p.reverse { " reversed" } else { "" })
         }
-        _ => spec.name().to_string(),
+        None => task.spec().name().to_string(),
     }
 }
 
 /// Works out which task wrote `file`: the manifest beside it, an explicit task, or NTF's name.
-fn task_for_file(file: &Path, explicit: Option<&TaskCmd>) -> Result<(Box<dyn Task>, Option<(Manifest, String)>)> {
+fn task_for_file(file: &Path, explicit: Option<&TaskCommand>) -> Result<(Box<dyn Task>, Option<(Manifest, String)>)> {
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let Some(cmd) = explicit {
         return Ok((build(&cmd.spec())?, None));
@@ -256,7 +193,7 @@ fn show(args: ShowArgs, out: &mut impl Write) -> Result<()> {
             let spec = cmd.spec();
             let task = build(&spec)?;
             let mut rng = dataset::split_rng(args.seed, args.test_split);
-            writeln!(out, "{} (vocabulary of {} tokens):\n", describe_spec(&spec), task.vocab().len())?;
+            writeln!(out, "{} (vocabulary of {} tokens):\n", describe(task.as_ref()), task.vocab().len())?;
             for _ in 0..args.count {
                 let ex = if args.test_split { task.sample_test(&mut rng) } else { task.sample(&mut rng) };
                 writeln!(out, "{}\n", task.describe(&ex))?;
@@ -303,7 +240,7 @@ fn check(args: CheckArgs) -> Result<bool> {
             ok = false;
         }
     }
-    let what = describe_spec(task.spec());
+    let what = describe(task.as_ref());
     let source = if split.is_some() { ", checksum matches the manifest" } else { "" };
     if ok {
         println!("{}: {} examples of {what}, all valid{source}", file.display(), examples.len());

@@ -407,6 +407,10 @@ impl Task for PathStar {
         self.params.path_len as usize
     }
 
+    fn as_path_star(&self) -> Option<&PathStar> {
+        Some(self)
+    }
+
     fn verify(&self, prefix: &[u32], output: &[u32]) -> Verdict {
         let inst = match self.parse_prompt(prefix) {
             Ok(i) => i,

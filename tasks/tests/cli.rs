@@ -192,3 +192,79 @@ fn a_changed_file_fails_its_checksum() {
     let err = fails(tasks(dir.path()).arg("check").arg(&test));
     assert!(err.contains("checksum differs"), "{err}");
 }
+
+const NTF_LINE: &str = "32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,28/32,12=32,34,6,16,12";
+
+#[test]
+fn check_refuses_a_file_without_examples_in_one_line() {
+    let dir = TempDir::new().unwrap();
+    for (name, text, task, why) in [
+        ("empty.jsonl", "", Some("key-recall"), "empty.jsonl: no examples (the file is empty)"),
+        ("deg_2_path_5_nodes_50_test_0.txt", "\n\n", None, "_test_0.txt: no examples (only blank lines)"),
+    ] {
+        let file = dir.path().join(name);
+        fs::write(&file, text).unwrap();
+        let err = fails(tasks(dir.path()).arg("check").arg(&file).args(task));
+        assert!(err.starts_with("error: ") && err.trim_end().ends_with(why), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        let err = fails(tasks(dir.path()).args(["show", "--file"]).arg(&file));
+        assert!(err.contains("no examples") || err.contains("cannot tell which task"), "{err}");
+    }
+}
+
+#[test]
+fn check_accepts_blank_lines_at_the_end_only() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("deg_2_path_5_nodes_50_test_2.txt");
+    fs::write(&file, format!("{NTF_LINE}\n{NTF_LINE}\n\n")).unwrap();
+    tasks(dir.path()).arg("check").arg(&file).assert().success().stdout(predicate::str::contains("2 examples"));
+    fs::write(&file, format!("{NTF_LINE}\n\n{NTF_LINE}\n\n")).unwrap();
+    let out = tasks(dir.path()).arg("check").arg(&file).assert().failure().get_output().clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr, format!("{}:2: blank line (blank lines may only end a file)\n", file.display()));
+    assert!(String::from_utf8(out.stdout).unwrap().contains("2 valid and 1 bad lines"));
+}
+
+#[test]
+fn a_failed_gen_leaves_nothing_behind() {
+    let dir = TempDir::new().unwrap();
+    // G(1,2,2) has two instances: the test split is written before the training split fails.
+    let err = fails(
+        tasks(dir.path())
+            .args(["gen", "path-star", "-d", "1", "-l", "2", "-N", "2", "--train", "10", "--test", "50"])
+            .args(["--out", "new/data"]),
+    );
+    assert!(err.contains("too few distinct instances"), "{err}");
+    assert!(!dir.path().join("new").exists());
+    // The same with the default output directory.
+    fails(tasks(dir.path()).args([
+        "gen",
+        "path-star",
+        "-d",
+        "1",
+        "-l",
+        "2",
+        "-N",
+        "2",
+        "--train",
+        "10",
+        "--test",
+        "50",
+    ]));
+    assert!(!dir.path().join("data").exists());
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn os_errors_are_reported_once() {
+    let dir = TempDir::new().unwrap();
+    fs::write(dir.path().join("a-file"), "not a directory").unwrap();
+    for args in [
+        vec!["show", "--file", "deg_2_path_5_nodes_50_test_9.txt"],
+        vec!["gen", "path-star", "--train", "10", "--test", "10", "--out", "a-file/sub"],
+    ] {
+        let err = fails(tasks(dir.path()).args(&args));
+        assert_eq!(err.matches("os error").count(), 1, "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}
