@@ -1,10 +1,10 @@
 //! Training-step throughput (tokens/s): one `trainer::train::train_step` (forward, loss,
 //! backward, global-norm clipping, AdamW) on random tokens, the same work as the PyTorch reference
-//! `shared/peer/gpt_step.py` (loss over every position, no dropout), on every backend of the
+//! `benches/gpt_step.py` (loss over every position, no dropout), on every backend of the
 //! build (`benches::devices`).
 //!
 //! `cargo bench -p benches --bench train_step [--features wgpu|cuda]`; compare with
-//! `python gpt_step.py --d-model 128 --n-layers 2 --n-heads 4 --batch 64 --seq-len 32 --vocab 54`.
+//! `python3 benches/gpt_step.py --d-model 128 --n-layers 2 --n-heads 4 --batch 64 --seq-len 32 --vocab 54`.
 
 use std::hint::black_box;
 

@@ -135,6 +135,16 @@ fn config_with(dir: &std::path::Path, replace: &[(&str, &str)]) -> std::path::Pa
     path
 }
 
+/// `trainer train --quiet --resume RUN` with `sets` as `--set` overrides.
+fn resume(run: &std::path::Path, sets: &[&str]) -> Command {
+    let mut cmd = Command::cargo_bin("trainer").unwrap();
+    cmd.args(["train", "--quiet", "--resume"]).arg(run);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd
+}
+
 fn latest_step(run: &std::path::Path) -> Option<u64> {
     lab_core::run_dir::checkpoints(run).unwrap().last().map(|c| c.0)
 }
@@ -168,24 +178,15 @@ fn a_run_directory_has_one_writer_and_outlives_a_kill() {
     let err = fails(&mut train(&path, &run));
     assert!(err.contains("is in use by pid") && err.contains("trainer train"), "{err}");
     assert_eq!(std::fs::read_to_string(run.join("command.txt")).unwrap(), command);
-    let err = fails(Command::cargo_bin("trainer").unwrap().args(["train", "--quiet", "--resume"]).arg(&run));
+    let err = fails(&mut resume(&run, &[]));
     assert!(err.contains("is in use by pid"), "{err}");
 
     first.kill().unwrap(); // SIGKILL: no clean-up of any kind
     first.wait().unwrap();
     let step = latest_step(&run).unwrap();
-    let resume = |sets: &[String]| {
-        let mut cmd = Command::cargo_bin("trainer").unwrap();
-        cmd.args(["train", "--quiet", "--resume"]).arg(&run);
-        for s in sets {
-            cmd.args(["--set", s]);
-        }
-        cmd
-    };
-    let err = fails(&mut resume(&["model.d_model=64".into()]));
+    let err = fails(&mut resume(&run, &["model.d_model=64"]));
     assert!(err.contains("only optimizer.* and schedule.*"), "{err}");
-    let sets = [format!("schedule.steps={}", step + 2), "optimizer.lr=0.0005".to_string()];
-    resume(&sets).assert().success();
+    resume(&run, &[&format!("schedule.steps={}", step + 2), "optimizer.lr=0.0005"]).assert().success();
     assert_eq!(latest_step(&run), Some(step + 2));
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains(&format!("steps = {}", step + 2)) && config.contains("lr = 0.0005"), "{config}");
@@ -207,8 +208,7 @@ fn resume_falls_back_to_the_newest_intact_checkpoint() {
     let file = run.join("checkpoints/step_000008-optim.mpk");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let out =
-        Command::cargo_bin("trainer").unwrap().args(["train", "--quiet", "--resume"]).arg(&run).assert().success();
+    let out = resume(&run, &[]).assert().success();
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(stderr.contains("passing over checkpoint step 8") && stderr.contains("truncated"), "{stderr}");
     assert!(stderr.contains("resuming from step 4"), "{stderr}");
@@ -230,15 +230,10 @@ fn a_diverging_run_says_where_it_can_continue_from() {
 
     let run = dir.path().join("later");
     train(&path, &run).args(["--set", "schedule.steps=4"]).assert().success();
-    let resume = |lr: &str| {
-        let mut cmd = Command::cargo_bin("trainer").unwrap();
-        cmd.args(["train", "--quiet", "--resume"]).arg(&run).args(["--set", "schedule.steps=12", "--set", lr]);
-        cmd
-    };
-    let err = fails(&mut resume("optimizer.lr=1e20"));
+    let err = fails(&mut resume(&run, &["schedule.steps=12", "optimizer.lr=1e20"]));
     assert!(err.contains("last good checkpoint is step 4") && err.contains("--resume"), "{err}");
     assert_eq!(latest_step(&run), Some(4));
-    resume("optimizer.lr=1e-3").assert().success();
+    resume(&run, &["schedule.steps=12", "optimizer.lr=1e-3"]).assert().success();
     assert_eq!(latest_step(&run), Some(12));
 }
 
