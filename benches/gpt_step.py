@@ -23,6 +23,7 @@ p.add_argument("--vocab", type=int, default=54)
 p.add_argument("--steps", type=int, default=10)
 p.add_argument("--threads", type=int, default=0, help="0 = PyTorch's default")
 p.add_argument("--device", default="cpu", help="cpu or cuda")
+p.add_argument("--compile", action="store_true", help="torch.compile the model (more warm-up steps)")
 a = p.parse_args()
 if a.threads:
     torch.set_num_threads(a.threads)
@@ -62,9 +63,12 @@ class Gpt(nn.Module):
 
 dev = torch.device(a.device)
 model = Gpt().to(dev)
+warmup = 2
+if a.compile:
+    model, warmup = torch.compile(model), 5  # the first calls compile
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
 times = []
-for step in range(a.steps + 2):
+for step in range(a.steps + warmup):
     x = torch.randint(0, V, (a.batch, T), device=dev)
     y = torch.randint(0, V, (a.batch, T), device=dev)
     if dev.type == "cuda":
@@ -76,10 +80,10 @@ for step in range(a.steps + 2):
     opt.step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    if step >= 2:  # two warm-up steps
+    if step >= warmup:
         times.append(time.perf_counter() - start)
 ms = statistics.median(times) * 1e3
 params = sum(p.numel() for p in model.parameters())
-print(json.dumps({"impl": f"torch-{torch.__version__}-{a.device}", "d_model": D, "n_layers": a.n_layers,
+print(json.dumps({"impl": f"torch-{torch.__version__}-{a.device}" + ("-compile" if a.compile else ""), "d_model": D, "n_layers": a.n_layers,
                   "batch": a.batch, "seq_len": T, "params": params, "ms_per_step": round(ms, 2),
                   "tokens_per_s": round(a.batch * T / ms * 1e3)}))
