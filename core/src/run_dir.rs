@@ -441,27 +441,21 @@ pub fn save_part<B: Backend, R: Record<B>>(record: R, stem: &Path, part: Part) -
 
 /// Reads one part of a checkpoint (verify the checkpoint first).
 pub fn load_part<B: Backend, R: Record<B>>(checkpoint: &Checkpoint, part: Part, device: &B::Device) -> Result<R> {
-    let load = || Recorder::<B>::load(&LabRecorder::new(), part.stem(&checkpoint.stem), device);
-    match decoding(load) {
-        Some(result) => result.map_err(|e| unreadable(checkpoint, part, e)),
-        None => Err(unreadable(checkpoint, part, RecorderError::Unknown("the decoder panicked".into()))),
-    }
+    decoding(checkpoint, part, || Recorder::<B>::load(&LabRecorder::new(), part.stem(&checkpoint.stem), device))
 }
 
 /// The checkpoint's GPT, of the shape its sidecar records.
 pub fn load_gpt<B: Backend>(checkpoint: &Checkpoint, device: &B::Device) -> Result<models::Gpt<B>> {
-    let load = || models::checkpoint::load_model::<B>(&checkpoint.meta.model, &checkpoint.stem, device);
-    match decoding(load) {
-        Some(result) => result.map_err(|e| unreadable(checkpoint, Part::Model, e)),
-        None => Err(unreadable(checkpoint, Part::Model, RecorderError::Unknown("the decoder panicked".into()))),
-    }
+    decoding(checkpoint, Part::Model, || {
+        models::checkpoint::load_model::<B>(&checkpoint.meta.model, &checkpoint.stem, device)
+    })
 }
 
 /// Runs burn's record decoder, which panics on some damaged files (e.g. "Invalid id." for a
 /// changed parameter id; found by the property test below) instead of returning an error. Files
 /// with sums never reach it damaged; files of sidecars written before sums could. The panic is
-/// caught, and its message kept off the terminal: the caller reports the file in the lab's words.
-fn decoding<T>(decode: impl FnOnce() -> T) -> Option<T> {
+/// caught, and its message kept off the terminal; any failure is reported in the lab's words.
+fn decoding<T>(checkpoint: &Checkpoint, part: Part, decode: impl FnOnce() -> Result<T, RecorderError>) -> Result<T> {
     use std::cell::Cell;
     thread_local!(static QUIET: Cell<bool> = const { Cell::new(false) });
     static HOOK: std::sync::Once = std::sync::Once::new();
@@ -474,9 +468,10 @@ fn decoding<T>(decode: impl FnOnce() -> T) -> Option<T> {
         }));
     });
     QUIET.with(|q| q.set(true));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).ok();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode));
     QUIET.with(|q| q.set(false));
-    result
+    let decoded = result.unwrap_or_else(|_| Err(RecorderError::Unknown("the decoder panicked".into())));
+    decoded.map_err(|e| unreadable(checkpoint, part, e))
 }
 
 /// A file burn cannot read gets the lab's message, not the decoder's (burn's says "the format

@@ -164,6 +164,11 @@ impl EvalOptions {
         Ok(())
     }
 
+    /// How many of `total` test examples an evaluation scores: the first `examples` (0: all).
+    pub fn scored(&self, total: usize) -> usize {
+        if self.examples == 0 { total } else { self.examples.min(total) }
+    }
+
     /// The same options without pass@k: what periodic evaluations during training run, since
     /// sampling n generations per prompt costs n times a greedy evaluation.
     pub fn without_pass_at_k(&self) -> EvalOptions {
@@ -186,7 +191,7 @@ pub fn evaluate<B: Backend>(
     train: &TrainingTargets,
     options: &EvalOptions,
 ) -> EvalReport {
-    let n = if options.examples == 0 { examples.len() } else { options.examples.min(examples.len()) };
+    let n = options.scored(examples.len());
     let examples = &examples[..n];
     assert!(
         needed_positions(task, examples) <= model.max_seq_len(),

@@ -171,7 +171,7 @@ fn run(cli: Cli) -> Result<()> {
     let total = loaded.test.len();
     let scored = files::Scored {
         test: cli.test_file.as_ref().map_or("the run's test split".into(), |f| f.display().to_string()),
-        examples: if options.examples == 0 { total } else { options.examples.min(total) },
+        examples: options.scored(total),
         of: total,
     };
     // A re-evaluation never overwrites the training's eval.json: it gets a report of its own,

@@ -179,8 +179,8 @@ pub fn train<B: AutodiffBackend>(
             let options = if last { &eval_options } else { &periodic_options };
             let r = eval::evaluate(&model.gpt.valid(), task.as_ref(), &test, &memory, options);
             write_metrics(&mut metrics, done, r.metrics().into_iter().map(|(k, v)| (k, json!(v))).collect())?;
-            let examples = if options.examples == 0 { test.len() } else { options.examples.min(test.len()) };
-            let scored = Scored { test: "the run's test split".into(), examples, of: test.len() };
+            let scored =
+                Scored { test: "the run's test split".into(), examples: options.scored(test.len()), of: test.len() };
             eval::files::write_report(run, done, &scored, &r)?;
             bar.set_message(format!("loss {value:.4} | free exact {:.3}", r.free.exact));
             report = Some(r);
