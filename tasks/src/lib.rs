@@ -120,6 +120,15 @@ pub trait Task: Send + Sync {
         None
     }
 
+    /// Counterfactual futures of an example: targets of the same length that the same prompt
+    /// could have been followed by had the answer gone another way (path-star: the paths from
+    /// the source down each other arm), for contrastive negatives that share the prompt, so that
+    /// telling the true future from them needs the plan, not the prompt. `None` for tasks
+    /// without such a notion; `Some(empty)` never happens for a task that has one.
+    fn counterfactual_targets(&self, _example: &Example) -> Option<Vec<Vec<u32>>> {
+        None
+    }
+
     /// Whether the task is one of the creative tasks, whose outputs are scored for diversity and
     /// creativity (novel, coherent outputs) rather than for reproducing a reference.
     fn is_creative(&self) -> bool {

@@ -285,6 +285,34 @@ impl PathStar {
         Ok(())
     }
 
+    /// The same graph, with its edges in the same order, asked once for each of its d goals:
+    /// the example itself first, then the other arms' leaves in the order their edges appear.
+    /// Frydenlund's "structured samples" put these side by side in one batch, so that the
+    /// prompt's graph cannot tell the arms apart and only the goal token can; the MI analysis
+    /// reads them as the counterfactual futures of one graph. Errors on a malformed prompt.
+    pub fn with_goals(&self, example: &Example) -> Result<Vec<Example>, String> {
+        let inst = self.parse_prompt(example.prefix())?;
+        let leaves = inst.edges.iter().map(|e| e.1).filter(|&v| inst.child(v).is_none());
+        let mut goals = vec![inst.goal];
+        goals.extend(leaves.filter(|&v| v != inst.goal));
+        let s = self.symbols();
+        let e = self.params.edges();
+        goals
+            .into_iter()
+            .map(|goal| {
+                let mut path = Instance { goal, ..inst.clone() }.path().ok_or("a leaf is not reachable")?;
+                if self.params.reverse {
+                    path.reverse();
+                }
+                let mut tokens = example.prefix().to_vec();
+                tokens[3 * e + 1] = goal;
+                debug_assert_eq!(tokens[3 * e + 2], s.eq);
+                tokens.extend_from_slice(&path);
+                Ok(Example { tokens, prefix_len: example.prefix_len })
+            })
+            .collect()
+    }
+
     /// Formats an example as an NTF line (no newline).
     pub fn to_ntf_line(&self, example: &Example, out: &mut String) {
         let s = self.symbols();
@@ -411,6 +439,12 @@ impl Task for PathStar {
         Some(self)
     }
 
+    fn counterfactual_targets(&self, example: &Example) -> Option<Vec<Vec<u32>>> {
+        // The other goals' answers to the same graph: paths down the other arms, same length.
+        let all = self.with_goals(example).ok()?;
+        Some(all[1..].iter().map(|e| e.target().to_vec()).collect())
+    }
+
     fn verify(&self, prefix: &[u32], output: &[u32]) -> Verdict {
         let inst = match self.parse_prompt(prefix) {
             Ok(i) => i,
@@ -503,6 +537,39 @@ mod tests {
         let mut back = String::new();
         t.to_ntf_line(&ex, &mut back);
         assert_eq!(back, NTF_LINE);
+    }
+
+    #[test]
+    fn with_goals_asks_the_same_graph_for_every_leaf() {
+        let t = g250();
+        let ex = t.parse_ntf_line(NTF_LINE).unwrap();
+        let all = t.with_goals(&ex).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0], ex, "the example itself comes first");
+        let mut other = String::new();
+        t.to_ntf_line(&all[1], &mut other);
+        assert_eq!(other, "32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,28/32,28=32,3,19,47,28");
+        for e in &all {
+            t.check(e).unwrap();
+        }
+        // Degree 5: five different goals, each example valid, the prompts alike but for the goal.
+        let t5 = PathStar::new(PathStarParams { degree: 5, ..PathStarParams::default() }).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let ex = t5.sample(&mut rng);
+        let all = t5.with_goals(&ex).unwrap();
+        let goals: std::collections::BTreeSet<u32> = all.iter().map(|e| e.target()[4]).collect();
+        assert_eq!(goals.len(), 5);
+        for e in &all {
+            t5.check(e).unwrap();
+            assert_eq!(e.tokens[..3 * 20 + 1], ex.tokens[..3 * 20 + 1]);
+        }
+        // The counterfactual futures: the other four arms' paths, answers to other goals.
+        let alt = t5.counterfactual_targets(&ex).unwrap();
+        assert_eq!(alt.len(), 4);
+        for (a, e) in alt.iter().zip(&all[1..]) {
+            assert_eq!(a, e.target());
+            assert!(!t5.verify(ex.prefix(), a).is_valid(), "a counterfactual is a wrong answer to the prompt");
+        }
     }
 
     #[test]
