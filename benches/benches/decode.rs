@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eval::decode::{greedy, greedy_uncached};
 use lab_core::on_device;
-use models::{Gpt, GptConfig};
+use models::{Decoder, GptConfig};
 
 fn bench_model<B: Backend>(c: &mut Criterion, on: &str, device: &B::Device) {
     let (batch, prompt, new) = (64usize, 27usize, 32usize);
@@ -25,7 +25,7 @@ fn bench_model<B: Backend>(c: &mut Criterion, on: &str, device: &B::Device) {
     group.sample_size(10);
     group.throughput(Throughput::Elements((batch * new) as u64));
     for (name, config) in [("tiny", GptConfig::tiny(54, 64)), ("ntf", GptConfig::ntf(54, 64))] {
-        let model: Gpt<B> = config.init_seeded(0, device);
+        let model = Decoder::Gpt(config.init_seeded::<B>(0, device));
         group.bench_function(format!("{on}/{name}-kv-cache"), |b| {
             b.iter(|| black_box(greedy(&model, &refs, new, None, device)))
         });

@@ -23,10 +23,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::record::{Record, Recorder, RecorderError};
 use burn::tensor::backend::Backend;
-use models::GptConfig;
 use models::checkpoint::LabRecorder;
+use models::{BeliefDecoder, BeliefHeadConfig, Decoder, DecoderKind, GptConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tasks::TaskSpec;
@@ -64,6 +65,9 @@ pub enum Part {
     Heads,
     /// The optimizer state: `step_NNNNNN-optim.mpk`.
     Optim,
+    /// What decodes the run when it is not the GPT's own head (`decoder` in the sidecar), e.g.
+    /// BST's text head with the empty suffix's state: `step_NNNNNN-decoder.mpk`.
+    Decoder,
 }
 
 impl Part {
@@ -73,6 +77,7 @@ impl Part {
             Part::Model => "",
             Part::Heads => "-heads",
             Part::Optim => "-optim",
+            Part::Decoder => "-decoder",
         };
         let name = stem.file_name().expect("a checkpoint stem has a name").to_string_lossy();
         stem.with_file_name(format!("{name}{suffix}"))
@@ -197,6 +202,10 @@ pub struct CheckpointMeta {
     /// Loss and weight magnitude at this step (absent in older sidecars).
     #[serde(default)]
     pub health: Option<Health>,
+    /// What evaluation decodes with: the GPT's own head (`gpt`, and every sidecar written before
+    /// the field existed) or an objective's decoder stored as the `decoder` part.
+    #[serde(default)]
+    pub decoder: DecoderKind,
 }
 
 impl CheckpointMeta {
@@ -451,6 +460,23 @@ pub fn load_gpt<B: Backend>(checkpoint: &Checkpoint, device: &B::Device) -> Resu
     })
 }
 
+/// What decodes the checkpoint: its GPT, through the decoder its sidecar names.
+pub fn load_decoder<B: Backend>(checkpoint: &Checkpoint, device: &B::Device) -> Result<Decoder<B>> {
+    let gpt = load_gpt::<B>(checkpoint, device)?;
+    Ok(match checkpoint.meta.decoder {
+        DecoderKind::Gpt => Decoder::Gpt(gpt),
+        DecoderKind::BeliefState => {
+            let d = checkpoint.meta.model.d_model;
+            let shell = BeliefDecoder::new(
+                BeliefHeadConfig::new(d, checkpoint.meta.model.vocab_size).init(device),
+                burn::tensor::Tensor::zeros([d], device),
+            );
+            let record = load_part::<B, _>(checkpoint, Part::Decoder, device)?;
+            Decoder::BeliefState(gpt, shell.load_record(record))
+        }
+    })
+}
+
 /// Runs burn's record decoder, which panics on some damaged files (e.g. "Invalid id." for a
 /// changed parameter id; found by the property test below) instead of returning an error. Files
 /// with sums never reach it damaged; files of sidecars written before sums could. The panic is
@@ -547,6 +573,7 @@ mod tests {
             reads: Direction::Forward,
             files: BTreeMap::new(),
             health: Some(Health::new(1.0, 0.5)),
+            decoder: DecoderKind::Gpt,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use models::Gpt;
+use models::Decoder;
 use rand_chacha::ChaCha8Rng;
 
 use crate::sample::Sampling;
@@ -16,13 +16,13 @@ fn argmax_rows<B: Backend>(logits: Tensor<B, 3>) -> (Vec<i64>, usize) {
 }
 
 /// Each row's predicted target tokens when every input is the true token.
-pub fn teacher_forced<B: Backend>(model: &Gpt<B>, batch: &Batch<B>) -> Vec<Vec<u32>> {
-    targets_from_logits(model.forward(batch.inputs.clone()).logits, batch)
+pub fn teacher_forced<B: Backend>(model: &Decoder<B>, batch: &Batch<B>) -> Vec<Vec<u32>> {
+    targets_from_logits(model.logits(batch.inputs.clone()), batch)
 }
 
 /// Each row's predicted target tokens when the target inputs are all `$`.
-pub fn teacherless<B: Backend>(model: &Gpt<B>, batch: &Batch<B>, dummy: u32) -> Vec<Vec<u32>> {
-    targets_from_logits(model.forward(batch.teacherless(dummy)).logits, batch)
+pub fn teacherless<B: Backend>(model: &Decoder<B>, batch: &Batch<B>, dummy: u32) -> Vec<Vec<u32>> {
+    targets_from_logits(model.logits(batch.teacherless(dummy)), batch)
 }
 
 fn targets_from_logits<B: Backend>(logits: Tensor<B, 3>, batch: &Batch<B>) -> Vec<Vec<u32>> {
@@ -39,7 +39,7 @@ fn targets_from_logits<B: Backend>(logits: Tensor<B, 3>, batch: &Batch<B>) -> Ve
 /// Greedy decoding of up to `max_len` tokens after prompts of equal length, with the KV cache.
 /// A row stops at `eos` (kept in its output).
 pub fn greedy<B: Backend>(
-    model: &Gpt<B>,
+    model: &Decoder<B>,
     prompts: &[&[u32]],
     max_len: usize,
     eos: Option<u32>,
@@ -53,7 +53,7 @@ pub fn greedy<B: Backend>(
 /// `r`, one draw per generated token). Greedy sampling takes the argmax on the device and needs
 /// no generators. A row stops at `eos` (kept in its output).
 pub fn generate<B: Backend>(
-    model: &Gpt<B>,
+    model: &Decoder<B>,
     prompts: &[&[u32]],
     max_len: usize,
     eos: Option<u32>,
@@ -67,7 +67,7 @@ pub fn generate<B: Backend>(
     let flat: Vec<i32> = prompts.iter().flat_map(|x| x.iter().map(|&t| t as i32)).collect();
     let mut cache = model.new_cache();
     let mut logits =
-        model.forward_cached(Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, p]), device), &mut cache);
+        model.logits_cached(Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, p]), device), &mut cache);
     let mut outputs = vec![Vec::with_capacity(max_len); b];
     let mut done = vec![false; b];
     for step in 0..max_len {
@@ -86,8 +86,7 @@ pub fn generate<B: Backend>(
             break;
         }
         let next: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
-        logits =
-            model.forward_cached(Tensor::<B, 2, Int>::from_data(TensorData::new(next, [b, 1]), device), &mut cache);
+        logits = model.logits_cached(Tensor::<B, 2, Int>::from_data(TensorData::new(next, [b, 1]), device), &mut cache);
     }
     outputs
 }
@@ -106,7 +105,7 @@ fn record(ids: &[i64], outputs: &mut [Vec<u32>], done: &mut [bool], eos: Option<
 /// new token. The reference that [`greedy`] must match, and the baseline of the decoding
 /// benchmark.
 pub fn greedy_uncached<B: Backend>(
-    model: &Gpt<B>,
+    model: &Decoder<B>,
     prompts: &[&[u32]],
     max_len: usize,
     eos: Option<u32>,
@@ -119,7 +118,7 @@ pub fn greedy_uncached<B: Backend>(
     for _ in 0..max_len {
         let t = seqs[0].len();
         let flat: Vec<i32> = seqs.iter().flat_map(|s| s.iter().map(|&x| x as i32)).collect();
-        let logits = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), device)).logits;
+        let logits = model.logits(Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), device));
         let ids = logits.slice([0..b, t - 1..t]).argmax(2).into_data().convert::<i64>().to_vec::<i64>().expect("ints");
         for (seq, &id) in seqs.iter_mut().zip(&ids) {
             seq.push(id as u32);
@@ -144,7 +143,7 @@ mod tests {
     fn cached_and_recomputed_greedy_decoding_give_the_same_tokens() {
         // A random model has no preference worth learning, so its greedy choices are a fair test
         // of the two decoders' agreement (ties aside, which random logits do not produce).
-        let model: Gpt<Flex> = GptConfig::tiny(20, 24).init_seeded(4, &FlexDevice);
+        let model = Decoder::Gpt(GptConfig::tiny(20, 24).init_seeded::<Flex>(4, &FlexDevice));
         let prompts: Vec<Vec<u32>> = (0..6).map(|r| (0..8).map(|i| (r * 7 + i * 3) % 20).collect()).collect();
         let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
         let cached = greedy(&model, &refs, 12, None, &FlexDevice);
@@ -169,7 +168,7 @@ mod tests {
     fn sampled_generation_is_seeded_and_does_not_depend_on_the_batch() {
         use crate::sample::{Purpose, stream};
 
-        let model: Gpt<Flex> = GptConfig::tiny(20, 24).init_seeded(5, &FlexDevice);
+        let model = Decoder::Gpt(GptConfig::tiny(20, 24).init_seeded::<Flex>(5, &FlexDevice));
         let prompts: Vec<Vec<u32>> = (0..6).map(|r| (0..8).map(|i| (r * 5 + i * 7) % 20).collect()).collect();
         let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
         let s = Sampling::with_temperature(1.0);

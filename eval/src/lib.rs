@@ -15,6 +15,7 @@ pub mod files;
 pub mod pass_at_k;
 pub mod plot;
 pub mod report;
+pub mod robustness;
 pub mod sample;
 
 pub use creativity::{Diversity, TrainingTargets};
@@ -24,7 +25,7 @@ pub use sample::Sampling;
 
 use burn::tensor::backend::Backend;
 use lab_core::Batch;
-use models::Gpt;
+use models::Decoder;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tasks::{Example, Task};
@@ -185,7 +186,7 @@ pub fn needed_positions(task: &dyn Task, examples: &[Example]) -> usize {
 /// Evaluates `model` on (the first `options.examples` of) `examples`; `train` tells memorized
 /// outputs of the creative tasks from novel ones.
 pub fn evaluate<B: Backend>(
-    model: &Gpt<B>,
+    model: &Decoder<B>,
     task: &dyn Task,
     examples: &[Example],
     train: &TrainingTargets,
@@ -197,7 +198,7 @@ pub fn evaluate<B: Backend>(
         needed_positions(task, examples) <= model.max_seq_len(),
         "the examples need more positions than the model has; check with needed_positions first"
     );
-    let device = model_device(model);
+    let device = model.device();
     let batch_size = options.batch_size;
 
     let mut forced = Vec::with_capacity(n);
@@ -223,6 +224,7 @@ pub fn evaluate<B: Backend>(
         options.teacherless.then_some(dollar.as_slice()),
         options.failures,
     );
+    report.decoder = model.kind();
 
     if task.is_creative() {
         let d = &options.diversity;
@@ -268,7 +270,7 @@ pub fn evaluate<B: Backend>(
 /// position in every row of its batch.
 #[allow(clippy::too_many_arguments)]
 fn generate_all<B: Backend>(
-    model: &Gpt<B>,
+    model: &Decoder<B>,
     task: &dyn Task,
     prompts: &[&[u32]],
     samples: usize,
@@ -296,9 +298,4 @@ fn generate_all<B: Backend>(
         }
     }
     out
-}
-
-fn model_device<B: Backend>(model: &Gpt<B>) -> B::Device {
-    use burn::module::Module;
-    model.devices().into_iter().next().expect("a model lives on a device")
 }

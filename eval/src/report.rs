@@ -99,6 +99,9 @@ pub struct EvalReport {
     pub pass_at_k: Option<PassAtK>,
     /// The first mistakes of free-running decoding.
     pub failures: Vec<Failure>,
+    /// What decoded: the GPT's own head, or an objective's decoder (BST's text head).
+    #[serde(default)]
+    pub decoder: models::DecoderKind,
 }
 
 fn scores(examples: &[Example], predictions: &[Vec<u32>]) -> Scores {
@@ -224,6 +227,7 @@ pub fn score(
         teacherless_diversity: None,
         pass_at_k: None,
         failures,
+        decoder: models::DecoderKind::Gpt,
     }
 }
 
@@ -269,7 +273,11 @@ impl EvalReport {
     /// A table for people: one row per decoding mode, one column per target position.
     pub fn table(&self) -> String {
         let positions = self.forced.per_position.len();
-        let mut out = format!("{} test examples\n\n{:<14}{:>8}", self.examples, "decoding", "exact");
+        let decoder = match self.decoder {
+            models::DecoderKind::Gpt => String::new(),
+            other => format!(", decoded by the {} decoder", other.name()),
+        };
+        let mut out = format!("{} test examples{decoder}\n\n{:<14}{:>8}", self.examples, "decoding", "exact");
         for p in 1..=positions {
             let _ = write!(out, "{:>8}", format!("pos {p}"));
         }

@@ -31,6 +31,7 @@ fn write_run(dir: &std::path::Path, config: &str, max_seq_len: usize, step: u64,
         reads: Default::default(),
         files: [file].into_iter().collect(),
         health: None,
+        decoder: models::DecoderKind::Gpt,
     };
     run_dir::write_sidecar(&meta, &stem).unwrap();
     run

@@ -271,13 +271,34 @@ impl<B: Backend> Gpt<B> {
     /// the cache. Feeding a prompt then one token at a time gives the same logits as
     /// [`Gpt::forward`] over the whole sequence.
     pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        let hidden = self.forward_cached_hidden(tokens, cache);
+        self.unembed(hidden)
+    }
+
+    /// [`Gpt::forward_cached`] up to the final LayerNorm: the new positions' hidden states
+    /// `[b, t_new, d]`, for a decoder that reads them with another head.
+    pub fn forward_cached_hidden(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         let [_, t_new] = tokens.dims();
         let mut x = self.embed(tokens, cache.len);
         for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = block.forward_cached(x, Some(kv));
         }
         cache.len += t_new;
-        self.unembed(norm(&self.ln_f, self.layer_norm_eps, x))
+        norm(&self.ln_f, self.layer_norm_eps, x)
+    }
+
+    /// The unembedding alone applied to final hidden states `[b, t, d]` (no LayerNorm: they are
+    /// normalised already), with its weights cut from the autodiff graph: gradients reach the
+    /// input and never the unembedding. NextLat's self-distillation reads predicted latents
+    /// through the output head this way.
+    pub fn unembed_frozen(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => {
+                let bias = head.bias.as_ref().map(|b| b.val().detach());
+                rows(hidden, |x| fused::linear(x, head.weight.val().detach(), bias))
+            }
+            None => rows(hidden, |x| fused::linear(x, self.tok_emb.weight.val().detach().transpose(), None)),
+        }
     }
 
     /// The shared output head: final LayerNorm and unembedding applied to a residual stream

@@ -5,10 +5,12 @@
 //! trainer decides what to do with them (extra heads that objectives need live beside the GPT
 //! and take its hidden states as input).
 
+pub mod belief;
 pub mod checkpoint;
 pub mod export;
 pub mod fused;
 pub mod gpt;
 pub mod par;
 
+pub use belief::{BeliefDecoder, BeliefHead, BeliefHeadConfig, Decoder, DecoderKind};
 pub use gpt::{Block, Gpt, GptConfig, GptOutput, KvCache, linear_rows, seeded, transfer};

@@ -46,6 +46,7 @@ use tasks::TaskSpec;
 use tasks::dataset::DataSpec;
 
 use crate::objective::ObjectiveConfig;
+use crate::sampler::SamplerConfig;
 
 /// A whole training run's configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +68,9 @@ pub struct RunConfig {
     pub optimizer: OptimizerConfig,
     /// Steps, batch size, learning-rate schedule and how often to log, evaluate and save.
     pub schedule: ScheduleConfig,
+    /// How each step's examples are drawn (a fixed split or fresh examples; structured or not).
+    #[serde(default)]
+    pub sampler: SamplerConfig,
     /// Seeds of everything random in training.
     #[serde(default)]
     pub seeds: Seeds,

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::backend::flex::FlexDevice;
 use burn::backend::{Autodiff, Flex};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
@@ -19,7 +19,7 @@ use eval::files::Scored;
 use indicatif::{ProgressBar, ProgressStyle};
 use lab_core::Batch;
 use lab_core::run_dir::{self, Checkpoint, CheckpointMeta, Direction, Health, MAX_GOOD_WEIGHT, Part};
-use models::GptConfig;
+use models::{Decoder, GptConfig};
 use serde_json::{Map, Value, json};
 use tasks::Example;
 
@@ -27,7 +27,7 @@ use crate::clip::clip_grad_norm;
 use crate::config::{ModelSection, RunConfig};
 use crate::objective::{BuildContext, Heads, LabModel, Objective};
 use crate::optim::AdamW;
-use crate::sampler::BatchSampler;
+use crate::sampler::StepSampler;
 
 /// The backend initial weights are drawn on, whatever the training device.
 type Host = Autodiff<Flex>;
@@ -57,6 +57,20 @@ pub struct Outcome {
     pub report: Option<EvalReport>,
     /// Wall-clock seconds of this invocation.
     pub seconds: f64,
+    /// Sequences trained on in this invocation.
+    pub sequences: u64,
+    /// Tokens in those sequences (prompt and target; padding not counted).
+    pub tokens: u64,
+}
+
+impl Outcome {
+    /// Training throughput of this invocation, sequences and tokens per second (data loading and
+    /// evaluation included): printed, never written to `metrics.jsonl`, which holds no
+    /// wall-clock value.
+    pub fn throughput(&self) -> (f64, f64) {
+        let s = self.seconds.max(1e-9);
+        (self.sequences as f64 / s, self.tokens as f64 / s)
+    }
 }
 
 /// Starts a run in `run` (which must not hold checkpoints yet) or, with `resume`, continues it
@@ -83,6 +97,8 @@ pub fn train<B: AutodiffBackend>(
     // Periodic evaluations skip pass@k (n generations per prompt); the last one runs it.
     let periodic_options = eval_options.without_pass_at_k();
     let memory = eval::TrainingTargets::new(task.as_ref(), &train);
+    let mut sampler =
+        StepSampler::new(&config.sampler, task.as_ref(), &train, &test, config.schedule.batch_size, config.seeds.data)?;
 
     let mut resolved = config.clone();
     resolved.model = ModelSection::from_resolved(config.model.preset, &model_config);
@@ -96,6 +112,7 @@ pub fn train<B: AutodiffBackend>(
         reads: if objective.decodes_forward() { Direction::Forward } else { Direction::Reverse },
         files: BTreeMap::new(),
         health: Some(health),
+        decoder: objective.decoder_kind(),
     };
 
     let opt = &config.optimizer;
@@ -146,17 +163,20 @@ pub fn train<B: AutodiffBackend>(
     };
 
     let schedule = &config.schedule;
-    let mut sampler = BatchSampler::new(train.len(), schedule.batch_size, config.seeds.data);
     let mut metrics =
         OpenOptions::new().append(true).open(run.join("metrics.jsonl")).context("opening metrics.jsonl")?;
     let bar = progress_bar(options.progress, schedule.steps, start);
     let pad = task.vocab().dummy();
     let mut window = Window::default();
     let mut report = None;
+    let (mut sequences, mut tokens) = (0u64, 0u64);
 
     for step in start..schedule.steps {
         let lr = schedule.lr(opt.lr, step);
-        let rows: Vec<&Example> = sampler.indices(step).into_iter().map(|i| &train[i]).collect();
+        let examples = sampler.examples(step);
+        sequences += examples.len() as u64;
+        tokens += examples.iter().map(|e| e.tokens.len() as u64).sum::<u64>();
+        let rows: Vec<&Example> = examples.iter().collect();
         let batch = Batch::<B>::new(&rows, pad, device);
         let (next, stats) = train_step(model, &mut optim, objective.as_ref(), &batch, step, lr, opt.grad_clip);
         model = next;
@@ -171,13 +191,17 @@ pub fn train<B: AutodiffBackend>(
         if done % schedule.log_every == 0 || done == schedule.steps {
             let mut line = window.take();
             line.insert("train/lr".into(), json!(lr));
+            // Sequences seen so far (nominal: structured batches leave out the rare variant that
+            // is a test instance), the budget unit of the planning experiments.
+            line.insert("train/sequences".into(), json!(done * schedule.batch_size as u64));
             write_metrics(&mut metrics, done, line)?;
         }
         let last = done == schedule.steps;
         let evaluates = objective.decodes_forward();
         if evaluates && (last || (schedule.eval_every > 0 && done % schedule.eval_every == 0)) {
             let options = if last { &eval_options } else { &periodic_options };
-            let r = eval::evaluate(&model.gpt.valid(), task.as_ref(), &test, &memory, options);
+            let decoder = objective.decoder(&model).valid();
+            let r = eval::evaluate(&decoder, task.as_ref(), &test, &memory, options);
             write_metrics(&mut metrics, done, r.metrics().into_iter().map(|(k, v)| (k, json!(v))).collect())?;
             let scored =
                 Scored { test: "the run's test split".into(), examples: options.scored(test.len()), of: test.len() };
@@ -195,16 +219,17 @@ pub fn train<B: AutodiffBackend>(
                 bar.abandon();
                 bail!(diverged(run, &format!("at step {done} {problem}; that checkpoint was not written")));
             }
-            save_checkpoint(&model, &optim, run, meta(done, health))?;
+            save_checkpoint(&model, objective.as_ref(), &optim, run, meta(done, health))?;
         }
         bar.set_position(done);
         if options.stop_after == Some(done) {
             bar.abandon();
-            return Ok(Outcome { step: done, report, seconds: started.elapsed().as_secs_f64() });
+            return Ok(Outcome { step: done, report, seconds: started.elapsed().as_secs_f64(), sequences, tokens });
         }
     }
     bar.finish_and_clear();
-    Ok(Outcome { step: schedule.steps.max(start), report, seconds: started.elapsed().as_secs_f64() })
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Outcome { step: schedule.steps.max(start), report, seconds, sequences, tokens })
 }
 
 /// The run's initial weights, drawn on the host: the GPT first (so that its weights do not
@@ -310,6 +335,7 @@ pub fn load_heads<B: AutodiffBackend>(
 /// place, then the sidecar with their sums, which marks the checkpoint complete.
 fn save_checkpoint<B: AutodiffBackend, O: Optimizer<LabModel<B>, B>>(
     model: &LabModel<B>,
+    objective: &dyn Objective<B>,
     optim: &O,
     run: &Path,
     mut meta: CheckpointMeta,
@@ -318,6 +344,9 @@ fn save_checkpoint<B: AutodiffBackend, O: Optimizer<LabModel<B>, B>>(
     let mut files = vec![run_dir::save_part::<B, _>(model.gpt.clone().into_record(), &stem, Part::Model)?];
     if let Some(heads) = &model.heads {
         files.push(run_dir::save_part::<B, _>(heads.clone().into_record(), &stem, Part::Heads)?);
+    }
+    if let Decoder::BeliefState(_, decoder) = objective.decoder(model) {
+        files.push(run_dir::save_part::<B, _>(decoder.into_record(), &stem, Part::Decoder)?);
     }
     files.push(run_dir::save_part::<B, _>(optim.to_record(), &stem, Part::Optim)?);
     meta.files = files.into_iter().collect();

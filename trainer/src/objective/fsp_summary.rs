@@ -264,6 +264,7 @@ mod tests {
             reads: if objective == "reverse-lm" { run_dir::Direction::Reverse } else { run_dir::Direction::Forward },
             files: Default::default(),
             health: None,
+            decoder: models::DecoderKind::Gpt,
         };
         let write = |m: run_dir::CheckpointMeta| {
             std::fs::write(stem.with_extension("json"), serde_json::to_string(&m).unwrap()).unwrap()

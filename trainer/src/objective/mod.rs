@@ -3,10 +3,13 @@
 //!
 //! One file per objective, one arm of [`ObjectiveConfig`] and, where it needs extra
 //! parameters, one arm of [`Heads`] each: adding an objective touches neither the model nor the
-//! data code. Every objective keeps the GPT's own next-token head as the one that decodes, so
-//! evaluation (which loads only the GPT) compares all objectives on the same footing.
+//! data code. Every objective but BST keeps the GPT's own next-token head as the one that
+//! decodes, so evaluation compares them on the same footing; BST trains no GPT head and supplies
+//! its own decoder (`Objective::decoder`), which evaluation runs in the same decode loop and
+//! names in `eval.json`.
 
 mod avatarl;
+mod bst;
 mod frozen;
 mod fsp_bow;
 mod fsp_summary;
@@ -16,12 +19,14 @@ pub mod infonce;
 mod mi;
 mod mtp;
 mod mtp_sequential;
+mod next_lat;
 mod ntp;
 mod reverse_lm;
 mod teacherless;
 pub mod token_reward;
 
 pub use avatarl::{Avatarl, AvatarlConfig, avatarl_rewards};
+pub use bst::{Bst, BstConfig, BstHeads};
 pub use frozen::{Serves, load_frozen};
 pub use fsp_bow::{BowConfig, FspBow, idf_weights};
 pub use fsp_summary::{FspSummary, SummaryConfig, SummaryHeads};
@@ -29,6 +34,7 @@ pub use heads::AuxHead;
 pub use mi::{EncoderInput, Mi, MiConfig, MiHeads, MiSchedule, Weights, future_positions};
 pub use mtp::{Mtp, MtpConfig, MtpHeads};
 pub use mtp_sequential::{SequentialHeads, SequentialMtp, SequentialMtpConfig};
+pub use next_lat::{NextLat, NextLatConfig, Transition};
 pub use ntp::Ntp;
 pub use reverse_lm::{ReverseLm, reverse_rows};
 pub use teacherless::Teacherless;
@@ -39,7 +45,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use lab_core::Batch;
-use models::{Gpt, GptConfig};
+use models::{Decoder, DecoderKind, Gpt, GptConfig};
 use serde::{Deserialize, Serialize};
 use tasks::{Example, Task};
 
@@ -71,6 +77,12 @@ pub enum ObjectiveConfig {
     Mi(MiConfig),
     /// The AvataRL-style reward baseline with a frozen critic.
     Avatarl(AvatarlConfig),
+    /// The Belief State Transformer (Hu et al. 2025): a backward encoder and a text head on
+    /// [forward state; backward state]; decoded with the text head and the empty suffix.
+    Bst(BstConfig),
+    /// Next-Latent Prediction (Teoh et al. 2025): NTP plus a transition model that predicts the
+    /// GPT's next latent, rolled out D steps, with self-distillation through the frozen head.
+    NextLat(NextLatConfig),
 }
 
 /// What an objective may look at when it is built: the task, the training split (for
@@ -100,6 +112,8 @@ impl ObjectiveConfig {
             ObjectiveConfig::ReverseLm => "reverse-lm",
             ObjectiveConfig::Mi(_) => "mi",
             ObjectiveConfig::Avatarl(_) => "avatarl",
+            ObjectiveConfig::Bst(_) => "bst",
+            ObjectiveConfig::NextLat(_) => "next-lat",
         }
     }
 
@@ -115,6 +129,8 @@ impl ObjectiveConfig {
             ObjectiveConfig::ReverseLm => Box::new(ReverseLm),
             ObjectiveConfig::Mi(c) => Box::new(Mi::new(c, cx)?),
             ObjectiveConfig::Avatarl(c) => Box::new(Avatarl::new(c, cx)?),
+            ObjectiveConfig::Bst(c) => Box::new(Bst::new(c, cx)?),
+            ObjectiveConfig::NextLat(c) => Box::new(NextLat::new(c, cx.model)?),
         })
     }
 }
@@ -151,6 +167,10 @@ pub enum Heads<B: Backend> {
     Summary(SummaryHeads<B>),
     /// The MI objective's future encoder, scorer and rollout head.
     Mi(MiHeads<B>),
+    /// BST's backward encoder and text head.
+    Bst(BstHeads<B>),
+    /// NextLat's transition model.
+    NextLat(Transition<B>),
 }
 
 /// What the trainer optimises: the GPT and the heads of its objective.
@@ -184,6 +204,18 @@ pub trait Objective<B: AutodiffBackend> {
     fn decodes_forward(&self) -> bool {
         true
     }
+
+    /// What evaluation decodes with. The GPT's own next-token head for every objective that
+    /// trains it; an objective whose GPT head is never trained (BST) supplies its own, and the
+    /// one decode loop runs it.
+    fn decoder(&self, model: &LabModel<B>) -> Decoder<B> {
+        Decoder::Gpt(model.gpt.clone())
+    }
+
+    /// Which decoder [`Objective::decoder`] returns, for sidecars (without building it).
+    fn decoder_kind(&self) -> DecoderKind {
+        DecoderKind::Gpt
+    }
 }
 
 /// Mean cross-entropy over the positions where `mask` is 1: the prompt and the padding are
@@ -216,6 +248,24 @@ pub fn future_mask<B: Backend>(batch: &Batch<B>) -> Tensor<B, 2> {
         1,
     );
     batch.target_mask.clone() * next
+}
+
+/// Each row's tokens on the host, `[b][len]`.
+pub(crate) fn host_rows<B: Backend>(batch: &Batch<B>) -> Vec<Vec<i64>> {
+    let [b, t] = batch.inputs.dims();
+    let inputs = batch.inputs.clone().into_data().convert::<i64>().to_vec::<i64>().expect("ints");
+    let targets = batch.targets.clone().into_data().convert::<i64>().to_vec::<i64>().expect("ints");
+    batch
+        .lens()
+        .iter()
+        .enumerate()
+        .take(b)
+        .map(|(r, &len)| {
+            let mut row = inputs[r * t..r * t + len - 1].to_vec();
+            row.push(targets[r * t + len - 2]);
+            row
+        })
+        .collect()
 }
 
 /// The heads of `model`, which the objective that built them knows the kind of.

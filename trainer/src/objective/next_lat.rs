@@ -1,0 +1,285 @@
+//! Next-Latent Prediction, NextLat (Teoh et al. 2025, arXiv 2511.05963; JaydenTeoh/NextLat
+//! `models/model_nextlat.py`).
+//!
+//! Beside next-token prediction, a transition model p_ψ learns to predict the GPT's own next
+//! latent from the current one and the next token:
+//! ĥ_{t+1} = h_t + MLP(LayerNorm([e(x_{t+1}); h_t])), the MLP 2d → H → H → d with GELU
+//! ([`Transition`]). h is the final hidden state after the final norm, the space the
+//! unembedding reads. p_ψ is rolled out D steps with the true tokens (teacher forcing) from
+//! every position: ĥ^{(i)}_{t+i} = p_ψ(ĥ^{(i-1)}_{t+i-1}, x_{t+i}), ĥ^{(0)}_t = h_t (with its
+//! gradient). Two losses per step i of the rollout:
+//! - latent: SmoothL1 (β = 1) between ĥ_{t+i} and sg[h_{t+i}], a mean over the elements of every
+//!   real position, prompt included (the paper's appendix C);
+//! - self-distillation: KL(sg[softmax(W h_{t+i})] ‖ softmax(sg[W] ĥ_{t+i})), the output head W
+//!   frozen so that only the latent moves, over the positions whose next token is a target (the
+//!   token loss's mask), summed over the vocabulary and averaged over positions.
+//!
+//! Loss = L_NTP + λ_latent Σ_i L^latent_i / D + λ_kl Σ_i KL_i / D. The paper's path-star runs:
+//! λs 1 and 1, D = l − 2, a hidden width of d.
+//!
+//! The transition model is the same kind of module as the seed's rollout head
+//! F̂_t(a) = MLP([h_t; e(a)]) (`token_reward.rs`); it is kept here because NextLat's residual,
+//! LayerNorm and output space (the GPT's hidden width) are its own.
+
+use anyhow::{Result, bail};
+use burn::module::Module;
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, log_softmax, softmax};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use lab_core::Batch;
+use models::{GptConfig, linear_rows};
+use serde::{Deserialize, Serialize};
+
+use super::{Heads, LabModel, LossOutput, Objective, heads, masked_cross_entropy};
+
+/// `[objective] kind = "next-lat"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NextLatConfig {
+    /// Rollout steps D of the transition model (the paper's path-star runs: l − 2). At least 1.
+    pub horizon: usize,
+    /// λ of the latent (SmoothL1) loss.
+    pub lambda_latent: f64,
+    /// λ of the self-distillation (KL) loss.
+    pub lambda_kl: f64,
+    /// Hidden width H of the transition MLP (0: the model's width d, as the paper's path-star
+    /// runs).
+    pub hidden: usize,
+}
+
+impl Default for NextLatConfig {
+    fn default() -> Self {
+        NextLatConfig { horizon: 3, lambda_latent: 1.0, lambda_kl: 1.0, hidden: 0 }
+    }
+}
+
+/// p_ψ: ĥ = h + MLP(LayerNorm([e; h])).
+#[derive(Module, Debug)]
+pub struct Transition<B: Backend> {
+    norm: LayerNorm<B>,
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+    fc3: Linear<B>,
+}
+
+impl<B: Backend> Transition<B> {
+    /// A transition model for latents of width `d`, hidden width `hidden`.
+    pub fn new(d: usize, hidden: usize, std: f64, device: &B::Device) -> Self {
+        let init = Initializer::Normal { mean: 0.0, std };
+        let linear = |i, o| LinearConfig::new(i, o).with_initializer(init.clone()).init(device);
+        Transition {
+            norm: LayerNormConfig::new(2 * d).init(device),
+            fc1: linear(2 * d, hidden),
+            fc2: linear(hidden, hidden),
+            fc3: linear(hidden, d),
+        }
+    }
+
+    /// The next latent from latents `h` and the next tokens' embeddings `e`, each `[b, n, d]`.
+    pub fn forward(&self, h: Tensor<B, 3>, e: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.norm.forward(Tensor::cat(vec![e, h.clone()], 2));
+        let x = gelu(linear_rows(&self.fc2, gelu(linear_rows(&self.fc1, x))));
+        h + linear_rows(&self.fc3, x)
+    }
+}
+
+/// The NextLat objective; see the module documentation.
+pub struct NextLat {
+    config: NextLatConfig,
+    model: GptConfig,
+}
+
+impl NextLat {
+    /// Checks the parameters.
+    pub fn new(config: &NextLatConfig, model: &GptConfig) -> Result<Self> {
+        if config.horizon == 0 {
+            bail!("objective.horizon must be at least 1 (D = 0 is kind = \"ntp\")");
+        }
+        for (name, v) in [("lambda_latent", config.lambda_latent), ("lambda_kl", config.lambda_kl)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("objective.{name} must be a finite number ≥ 0");
+            }
+        }
+        Ok(NextLat { config: config.clone(), model: model.clone() })
+    }
+}
+
+/// SmoothL1 with β = 1, elementwise: ½ min(|x|, 1)² + (|x| − min(|x|, 1)).
+fn smooth_l1<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let a = x.abs();
+    let small = a.clone().clamp_max(1.0);
+    small.clone().powi_scalar(2).mul_scalar(0.5) + (a - small)
+}
+
+/// 1.0 at input positions that hold a real token (not padding), `[b, t]`.
+fn real_positions<B: Backend>(batch: &Batch<B>) -> Tensor<B, 2> {
+    let [b, t] = batch.inputs.dims();
+    let mut mask = vec![0f32; b * t];
+    for (r, len) in batch.lens().into_iter().enumerate() {
+        mask[r * t..r * t + len - 1].fill(1.0);
+    }
+    Tensor::from_data(TensorData::new(mask, [b, t]), &batch.inputs.device())
+}
+
+impl<B: AutodiffBackend> Objective<B> for NextLat {
+    fn init_heads(&self, device: &B::Device) -> Option<Heads<B>> {
+        let d = self.model.d_model;
+        let hidden = if self.config.hidden == 0 { d } else { self.config.hidden };
+        Some(Heads::NextLat(Transition::new(d, hidden, self.model.init_std, device)))
+    }
+
+    fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
+        let Heads::NextLat(p) = heads(model) else { unreachable!("next-lat builds its transition model") };
+        let [b, t] = batch.inputs.dims();
+        let out = model.gpt.forward(batch.inputs.clone());
+        let ntp = masked_cross_entropy(out.logits.clone(), batch.targets.clone(), batch.target_mask.clone());
+        let d = out.hidden.dims()[2];
+        let v = out.logits.dims()[2];
+        let target = out.hidden.clone().detach(); // sg[h], [b, t, d]
+        let teacher = softmax(out.logits.detach(), 2); // [b, t, v]
+        let real = real_positions(batch);
+
+        let mut predicted = out.hidden; // ĥ^{(0)} = h, with its gradient
+        let (mut latent, mut kl) = (Vec::new(), Vec::new());
+        let mut parts = vec![("ntp".to_string(), ntp.clone())];
+        for i in 1..=self.config.horizon.min(t.saturating_sub(1)) {
+            let len = t - i;
+            // ĥ_{s+i} from ĥ_{s+i-1} and x_{s+i} = inputs[s + i], for s = 0..len.
+            let e = model.gpt.embed_tokens(batch.inputs.clone().slice([0..b, i..t]));
+            predicted = p.forward(predicted.slice([0..b, 0..len, 0..d]), e); // [b, len, d]
+
+            let mask = real.clone().slice([0..b, i..t]); // position s + i is a real token
+            let count = mask.clone().sum().clamp_min(1.0).mul_scalar(d as f64);
+            let diff = predicted.clone() - target.clone().slice([0..b, i..t, 0..d]);
+            let l = (smooth_l1(diff) * mask.unsqueeze_dim::<3>(2)).sum() / count;
+
+            let kl_mask = batch.target_mask.clone().slice([0..b, i..t]);
+            let p_t = teacher.clone().slice([0..b, i..t, 0..v]);
+            let log_s = log_softmax(model.gpt.unembed_frozen(predicted.clone()), 2);
+            let per_pos = (p_t.clone() * (p_t.clamp_min(1e-30).log() - log_s)).sum_dim(2).squeeze_dim::<2>(2);
+            let k = (per_pos * kl_mask.clone()).sum() / kl_mask.sum().clamp_min(1.0);
+
+            parts.push((format!("latent{i}"), l.clone()));
+            parts.push((format!("kl{i}"), k.clone()));
+            latent.push(l);
+            kl.push(k);
+        }
+        let mut total = ntp;
+        if !latent.is_empty() {
+            let dd = self.config.horizon as f64;
+            total = total
+                + Tensor::cat(latent, 0).sum().mul_scalar(self.config.lambda_latent / dd)
+                + Tensor::cat(kl, 0).sum().mul_scalar(self.config.lambda_kl / dd);
+        }
+        LossOutput { total, parts, stats: vec![] }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::flex::FlexDevice;
+    use burn::tensor::Int;
+
+    use super::super::test_util::*;
+    use super::*;
+
+    fn next_lat(horizon: usize) -> NextLat {
+        NextLat::new(&NextLatConfig { horizon, ..Default::default() }, &tiny()).unwrap()
+    }
+
+    #[test]
+    fn smooth_l1_is_quadratic_then_linear() {
+        let x =
+            Tensor::<B, 3>::from_data(TensorData::new(vec![0.0f32, 0.5, -0.5, 1.0, 3.0, -2.0], [1, 1, 6]), &FlexDevice);
+        let y = smooth_l1(x).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(y, vec![0.0, 0.125, 0.125, 0.5, 2.5, 1.5]);
+    }
+
+    #[test]
+    fn the_loss_matches_a_recomputation_row_by_row() {
+        let obj = next_lat(2);
+        let m = model(&obj, &tiny());
+        let batch = batch();
+        let out = Objective::<B>::loss(&obj, &m, &batch, 0);
+        let get = |name: &str| scalar(out.parts.iter().find(|(n, _)| n == name).unwrap().1.clone()) as f64;
+        let Heads::NextLat(p) = m.heads.as_ref().unwrap() else { panic!() };
+        // Recompute each row alone, without padding, and pool by hand.
+        for i in 1..=2usize {
+            let (mut l_sum, mut l_n, mut kl_sum, mut kl_n) = (0.0, 0.0, 0.0, 0.0);
+            for (tokens, prefix) in ROWS {
+                let n = tokens.len() - 1; // input positions
+                if n <= i {
+                    continue;
+                }
+                let ids = Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(tokens[..n].iter().map(|&x| x as i32).collect::<Vec<_>>(), [1, n]),
+                    &FlexDevice,
+                );
+                let o = m.gpt.forward(ids.clone());
+                let mut pred = o.hidden.clone();
+                for step in 1..=i {
+                    let e = m.gpt.embed_tokens(ids.clone().slice([0..1, step..n]));
+                    pred = p.forward(pred.slice([0..1, 0..n - step, 0..16]), e);
+                }
+                let h = o.hidden.clone().slice([0..1, i..n, 0..16]).into_data().to_vec::<f32>().unwrap();
+                let hp = pred.clone().into_data().to_vec::<f32>().unwrap();
+                for (a, b) in hp.iter().zip(&h) {
+                    let x = (a - b).abs() as f64;
+                    l_sum += if x < 1.0 { 0.5 * x * x } else { x - 0.5 };
+                }
+                l_n += ((n - i) * 16) as f64;
+                let teacher = o.logits.clone().slice([0..1, i..n, 0..12]).into_data().to_vec::<f32>().unwrap();
+                let student = m.gpt.unembed_frozen(pred).into_data().to_vec::<f32>().unwrap();
+                let lsm = |z: &[f32]| {
+                    let mx = z.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+                    let lse = mx + z.iter().map(|&x| (x as f64 - mx).exp()).sum::<f64>().ln();
+                    z.iter().map(|&x| x as f64 - lse).collect::<Vec<f64>>()
+                };
+                for s in 0..n - i {
+                    // Position s + i predicts token s + i + 1: a target when s + i + 1 >= prefix.
+                    if s + i + 1 < prefix {
+                        continue;
+                    }
+                    let (lt, ls) = (lsm(&teacher[s * 12..(s + 1) * 12]), lsm(&student[s * 12..(s + 1) * 12]));
+                    kl_sum += lt.iter().zip(&ls).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
+                    kl_n += 1.0;
+                }
+            }
+            let (want_l, want_kl) = (l_sum / l_n, kl_sum / kl_n);
+            assert!(
+                (get(&format!("latent{i}")) - want_l).abs() < 1e-4 * want_l.max(1.0),
+                "latent{i}: {} vs {want_l}",
+                get(&format!("latent{i}"))
+            );
+            assert!(
+                (get(&format!("kl{i}")) - want_kl).abs() < 1e-4 * want_kl.max(1.0),
+                "kl{i}: {} vs {want_kl}",
+                get(&format!("kl{i}"))
+            );
+        }
+        let total = scalar(out.total) as f64;
+        let want = get("ntp") + (get("latent1") + get("latent2")) / 2.0 + (get("kl1") + get("kl2")) / 2.0;
+        assert!((total - want).abs() < 1e-4, "{total} vs {want}");
+    }
+
+    #[test]
+    fn the_transition_model_trains_and_the_output_head_is_not_distilled() {
+        let obj = next_lat(3);
+        let m = model(&obj, &tiny());
+        let before = params(&m);
+        let after = params(&step(&obj, m, &batch()));
+        assert!(before.iter().zip(&after).all(|(a, b)| a != b), "every parameter takes part");
+        // The KL term alone gives the tied unembedding no gradient: the student reads it frozen.
+        let kl_only =
+            NextLat::new(&NextLatConfig { horizon: 2, lambda_latent: 0.0, ..Default::default() }, &tiny()).unwrap();
+        let m = model(&kl_only, &tiny());
+        let out = Objective::<B>::loss(&kl_only, &m, &batch(), 0);
+        let kl: Tensor<B, 1> =
+            out.parts.iter().filter(|(n, _)| n.starts_with("kl")).map(|(_, t)| t.clone()).reduce(|a, b| a + b).unwrap();
+        let grads = kl.backward();
+        let Heads::NextLat(p) = m.heads.as_ref().unwrap() else { panic!() };
+        assert!(p.fc3.weight.val().grad(&grads).is_some(), "the transition model learns from the KL");
+        assert!(NextLat::new(&NextLatConfig { horizon: 0, ..Default::default() }, &tiny()).is_err());
+    }
+}
