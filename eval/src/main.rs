@@ -83,6 +83,26 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Score a path-star run on perturbed test sets beside its own: edge lists reordered, one
+    /// more or one fewer arm, a longer or shorter path. Prints a table and writes
+    /// RUN/evals/robustness-step_N.json.
+    Robustness {
+        /// The run directory.
+        run: PathBuf,
+        /// This checkpoint instead of the latest.
+        #[arg(long)]
+        step: Option<u64>,
+        /// Examples per test set (taken from the start of the run's test split; as many are
+        /// generated for the other shapes).
+        #[arg(long, default_value_t = 1000)]
+        examples: usize,
+        /// Seed of the reordering and of the other shapes' graphs.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Backend to evaluate on.
+        #[arg(long, value_enum, default_value_t = Device::Flex)]
+        device: Device,
+    },
     /// Draw the standard figures (training loss, accuracy per position teacher-forced vs
     /// free-running, pass@k, creativity, MI bound) of a run or sweep directory into DIR/plots/,
     /// as PNG and SVG.
@@ -109,6 +129,9 @@ fn run(cli: Cli) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
         println!("wrote {} (step {} of {}, nanoGPT names)", out.display(), checkpoint.step, run.display());
         return Ok(());
+    }
+    if let Some(Cmd::Robustness { run, step, examples, seed, device }) = &cli.cmd {
+        return robustness(run, *step, *examples, *seed, *device);
     }
     if let Some(Cmd::Plot { dir }) = &cli.cmd {
         for file in eval::plot::plot(dir)? {
@@ -165,7 +188,7 @@ fn run(cli: Cli) -> Result<()> {
         );
     }
     let report = on_device!(cli.device, "eval", |B, device| {
-        let model = run_dir::load_gpt::<B>(&checkpoint, &device)?;
+        let model = run_dir::load_decoder::<B>(&checkpoint, &device)?;
         anyhow::Ok(eval::evaluate(&model, loaded.task.as_ref(), &loaded.test, &train, &options))
     })?;
     let total = loaded.test.len();
@@ -194,4 +217,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `eval robustness`: see `eval::robustness`.
+fn robustness(run: &std::path::Path, step: Option<u64>, examples: usize, seed: u64, device: Device) -> Result<()> {
+    let checkpoint = match step {
+        Some(step) => run_dir::at_step(run, step)?,
+        None => run_dir::latest(run)?,
+    };
+    let meta = &checkpoint.meta;
+    let tasks::TaskSpec::PathStar(params) = &meta.task else {
+        anyhow::bail!(
+            "{} trained {}: robustness tests are defined for path-star runs",
+            run.display(),
+            meta.task.name()
+        );
+    };
+    if meta.reads == Direction::Reverse || params.reverse {
+        anyhow::bail!(
+            "{} reads or answers right to left: robustness tests are defined for forward runs",
+            run.display()
+        );
+    }
+    if let Some(problem) = meta.health.as_ref().and_then(|h| h.problem()) {
+        anyhow::bail!("checkpoint step {} of {} is not a good checkpoint: {problem}", checkpoint.step, run.display());
+    }
+    if examples == 0 {
+        anyhow::bail!("--examples must be at least 1");
+    }
+    let options = files::eval_options(run, &[])?;
+    let loaded = meta.data.load(&meta.task, false)?;
+    let result = on_device!(device, "eval", |B, dev| {
+        let model = run_dir::load_decoder::<B>(&checkpoint, &dev)?;
+        anyhow::Ok(eval::robustness::score(&model, checkpoint.step, params, &loaded.test, examples, seed, &options))
+    })?;
+    print!("{}", result.markdown());
+    let dir = run.join(run_dir::EVALS);
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("robustness-step_{}.json", checkpoint.step));
+    run_dir::write_atomic(&file, serde_json::to_string_pretty(&result)?.as_bytes())?;
+    println!("wrote {}", file.display());
+    Ok(())
 }

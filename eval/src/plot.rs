@@ -256,6 +256,42 @@ fn curve(runs: &[&RunResult], dir: &Path, key: &str) -> Result<Vec<(f64, f64)>> 
         .collect())
 }
 
+/// A metric against the sequences trained on when it was measured (`train/sequences` of the
+/// same step), averaged over the runs of a group where every run has it; empty for runs logged
+/// before `train/sequences` existed.
+fn curve_by_sequences(runs: &[&RunResult], dir: &Path, key: &str) -> Result<Vec<(f64, f64)>> {
+    let mut by_step: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in runs {
+        let path = dir.join(&r.name).join("metrics.jsonl");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let (mut seen, mut values) = (BTreeMap::new(), BTreeMap::new());
+        for line in text.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("a line of {} is not JSON", path.display()))?;
+            let Some(step) = v["step"].as_u64() else { continue };
+            if let Some(n) = v["train/sequences"].as_f64() {
+                seen.insert(step, n);
+            }
+            if let Some(x) = v[key].as_f64() {
+                values.insert(step, x);
+            }
+        }
+        for (step, x) in values {
+            if let Some(&n) = seen.get(&step) {
+                by_step.entry(step).or_default().push((n, x));
+            }
+        }
+    }
+    Ok(by_step
+        .into_values()
+        .filter(|ps| ps.len() == runs.len())
+        .map(|ps| {
+            let k = ps.len() as f64;
+            (ps.iter().map(|p| p.0).sum::<f64>() / k, ps.iter().map(|p| p.1).sum::<f64>() / k)
+        })
+        .collect())
+}
+
 fn mean_of(runs: &[&RunResult], key: &str) -> Option<f64> {
     let xs: Vec<f64> = runs.iter().filter_map(|r| r.metrics.get(key).copied()).collect();
     (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
@@ -320,6 +356,31 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
                 y_range: None,
                 x_ticks: 10,
                 legend_top: true,
+            }),
+        ));
+    }
+
+    // The budget figure of the planning experiments: free-running exact match against the
+    // sequences seen, one line per group.
+    let mut learning = Vec::new();
+    for (i, g) in order.iter().enumerate() {
+        let points = curve_by_sequences(&groups[g], &root, "eval/free/exact")?;
+        if points.len() > 1 {
+            learning.push(Series { label: label(g), points, dashed: false, color: i });
+        }
+    }
+    if !learning.is_empty() {
+        figs.push((
+            "free_by_sequences".into(),
+            Figure::Lines(LineChart {
+                title: "free-running exact match against sequences seen".into(),
+                x_label: "sequences seen".into(),
+                y_label: "free-running exact".into(),
+                series: learning,
+                log2_x: false,
+                y_range: Some((0.0, 1.0)),
+                x_ticks: 8,
+                legend_top: false,
             }),
         ));
     }
@@ -499,6 +560,7 @@ mod tests {
             teacherless_diversity: None,
             pass_at_k: Some(crate::PassAtK::new(&[1, 3], 4, "temperature 1".into())),
             failures: vec![],
+            decoder: models::DecoderKind::Gpt,
         };
         let json = serde_json::to_string(&EvalFile { step: 20, scored: None, report }).unwrap();
         std::fs::write(run.join("eval.json"), json).unwrap();
