@@ -11,6 +11,7 @@ pub mod config;
 pub mod mi_analysis;
 pub mod objective;
 pub mod optim;
+pub mod plan_mi;
 pub mod probe;
 pub mod sampler;
 pub mod sweep;

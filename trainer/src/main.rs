@@ -91,6 +91,11 @@ enum Cmd {
         /// Seed of the critic.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Measure planning instead: I(h_t; y | graph) at every position, with the other arms'
+        /// answers as the negatives (path-star; ceiling log d). Writes mi_plan.json. Reads
+        /// --steps, --examples, --lr and --seed.
+        #[arg(long)]
+        counterfactual: bool,
     },
     /// Probe what a finished run's heads know (fsp-bow: exact bag recovery per position).
     Probe {
@@ -155,7 +160,11 @@ fn run(cli: Cli) -> Result<()> {
     let (config, overrides, out, resume, quiet) = match cli.cmd {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
         Cmd::Probe { run, examples } => return probe(&run, examples, device),
-        Cmd::Mi { run, k, horizon, steps, examples, lr, seed } => {
+        Cmd::Mi { run, counterfactual: true, steps, examples, lr, seed, .. } => {
+            let options = trainer::plan_mi::PlanMiOptions { steps, examples, lr, seed, ..Default::default() };
+            return plan_mi(&run, &options, device);
+        }
+        Cmd::Mi { run, k, horizon, steps, examples, lr, seed, .. } => {
             let options =
                 trainer::mi_analysis::MiAnalysisOptions { k, horizon, steps, examples, lr, seed, ..Default::default() };
             return mi(&run, &options, device);
@@ -188,13 +197,17 @@ fn run(cli: Cli) -> Result<()> {
     println!("{} {}", if resuming { "resuming" } else { "training in" }, run.display());
     let outcome =
         on_device!(autodiff device, "trainer", |B, dev| trainer::train::<B>(&config, &run, resuming, &dev, &options))?;
+    let (per_s, tokens_per_s) = outcome.throughput();
     println!(
-        "{} steps of {} on {} in {:.1} s ({:.3} s per step, data loading and evaluation included)",
+        "{} steps of {} on {} in {:.1} s: {} sequences, {:.0} sequences/s, {:.0} tokens/s (data loading and \
+         evaluation included)",
         outcome.step,
         config.objective.name(),
         config.task.name(),
         outcome.seconds,
-        outcome.seconds / outcome.step.max(1) as f64
+        outcome.sequences,
+        per_s,
+        tokens_per_s
     );
     if let Some(report) = &outcome.report {
         print!("{}", report.table());
@@ -263,6 +276,16 @@ fn mi(run: &Path, options: &trainer::mi_analysis::MiAnalysisOptions, device: Dev
     println!("{} at step {}", run.display(), analysis.step);
     print!("{}", analysis.table());
     let path = run.join("mi_analysis.json");
+    lab_core::run_dir::write_atomic(&path, (serde_json::to_string_pretty(&analysis)? + "\n").as_bytes())?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn plan_mi(run: &Path, options: &trainer::plan_mi::PlanMiOptions, device: Device) -> Result<()> {
+    let analysis = on_device!(autodiff device, "trainer", |B, dev| trainer::plan_mi::analyse::<B>(run, options, &dev))?;
+    println!("{} at step {}", run.display(), analysis.step);
+    print!("{}", analysis.table());
+    let path = run.join("mi_plan.json");
     lab_core::run_dir::write_atomic(&path, (serde_json::to_string_pretty(&analysis)? + "\n").as_bytes())?;
     println!("wrote {}", path.display());
     Ok(())

@@ -33,6 +33,20 @@ pub enum Negatives {
     /// Only positions of other sequences (the summaries of nearby positions of the same
     /// sequence overlap with the positive).
     OtherSequences,
+    /// The summaries of the example's counterfactual futures at the same position (the task's
+    /// `counterfactual_targets`; path-star: the other arms' paths, K = d): they share the prompt,
+    /// so only a state that knows the plan tells the true future from them. Needs a future-only
+    /// encoder.
+    Counterfactual,
+    /// Counterfactual futures plus every other position of the batch.
+    CounterfactualBatch,
+}
+
+impl Negatives {
+    /// Whether the task's counterfactual futures are among the negatives.
+    pub fn counterfactual(self) -> bool {
+        matches!(self, Negatives::Counterfactual | Negatives::CounterfactualBatch)
+    }
 }
 
 /// The score function's parameters.
@@ -64,14 +78,15 @@ impl<B: Backend> Scorer<B> {
     pub fn scores(&self, h: Tensor<B, 2>, f: Tensor<B, 2>) -> Tensor<B, 2> {
         let q = self.query.forward(h); // [n, s]
         let [n, s] = q.dims();
+        let m = f.dims()[0];
         match (&self.bilinear, &self.mlp) {
             (Some(w), _) => q.matmul(w.forward(f).transpose()),
             (None, Some((l1, l2))) => {
                 let pairs = Tensor::cat(
-                    vec![q.unsqueeze_dim::<3>(1).expand([n, n, s]), f.unsqueeze_dim::<3>(0).expand([n, n, s])],
+                    vec![q.unsqueeze_dim::<3>(1).expand([n, m, s]), f.unsqueeze_dim::<3>(0).expand([n, m, s])],
                     2,
-                ); // [n (query), n (summary), 2s]
-                l2.forward(gelu(l1.forward(pairs))).reshape([n, n])
+                ); // [n (query), m (summary), 2s]
+                l2.forward(gelu(l1.forward(pairs))).reshape([n, m])
             }
             (None, None) => unit_rows(q).matmul(unit_rows(f).transpose()),
         }
@@ -95,7 +110,6 @@ pub fn info_nce<B: Backend>(
     seq: &[usize],
 ) -> (Tensor<B, 1>, f64) {
     let [n, _] = scores.dims();
-    let device = scores.device();
     let mut keep = vec![1f32; n * n];
     if negatives == Negatives::OtherSequences {
         for i in 0..n {
@@ -106,14 +120,32 @@ pub fn info_nce<B: Backend>(
             }
         }
     }
-    let log_k = (0..n).map(|i| (keep[i * n..(i + 1) * n].iter().sum::<f32>() as f64).ln()).sum::<f64>() / n as f64;
-    let keep = Tensor::<B, 2>::from_data(TensorData::new(keep, [n, n]), &device);
+    info_nce_among(scores, temperature, &(0..n).collect::<Vec<_>>(), &keep)
+}
+
+/// InfoNCE over any candidate set: `scores` `[n, m]` of n anchors against m candidate summaries,
+/// `positive[i]` the column of anchor i's own future, `keep` (`[n m]`, row-major) 1.0 where a
+/// column is a candidate of that row (the positive included). Returns the mean loss and the mean
+/// log K (K = the candidates of a row).
+pub fn info_nce_among<B: Backend>(
+    scores: Tensor<B, 2>,
+    temperature: f64,
+    positive: &[usize],
+    keep: &[f32],
+) -> (Tensor<B, 1>, f64) {
+    let [n, m] = scores.dims();
+    assert_eq!(keep.len(), n * m, "one keep flag per score");
+    assert!(positive.iter().enumerate().all(|(i, &p)| keep[i * m + p] > 0.0), "the positive is a candidate");
+    let device = scores.device();
+    let log_k = (0..n).map(|i| (keep[i * m..(i + 1) * m].iter().sum::<f32>() as f64).ln()).sum::<f64>() / n as f64;
+    let keep = Tensor::<B, 2>::from_data(TensorData::new(keep.to_vec(), [n, m]), &device);
     let logits = scores / temperature + (keep.neg() + 1.0) * -1e9;
-    let diagonal = Tensor::<B, 2>::from_data(
-        TensorData::new((0..n * n).map(|k| (k / n == k % n) as u8 as f32).collect::<Vec<_>>(), [n, n]),
-        &device,
-    );
-    let loss = (log_softmax(logits, 1) * diagonal).sum().neg() / n as f64;
+    let mut onehot = vec![0f32; n * m];
+    for (i, &p) in positive.iter().enumerate() {
+        onehot[i * m + p] = 1.0;
+    }
+    let onehot = Tensor::<B, 2>::from_data(TensorData::new(onehot, [n, m]), &device);
+    let loss = (log_softmax(logits, 1) * onehot).sum().neg() / n as f64;
     (loss, log_k)
 }
 

@@ -1,9 +1,15 @@
 //! The MI-shaped future-aware objective (seed §2.2-2.5), the objective the lab exists for, as a
 //! composition of parts that the config switches on and off:
 //!
-//! - future encoder (scheme B, [`super::future`]): F_t = Pooler(h_{t+1..t+L}) over the LM's own
-//!   hidden states (live, stop-gradient, or those of a frozen copy of an LM);
+//! - future encoder ([`super::future`]): F_t = Pooler(s_{t+1..t+L}) over per-position states s:
+//!   scheme B's, the LM's own hidden states (live, stop-gradient, or those of a frozen copy of
+//!   an LM), which have read the prompt; or the future tokens alone (`future-tokens`:
+//!   s_j = GELU(W e(x_j)) with the GPT's token embedding held fixed, a mean + MLP summary that
+//!   cannot see the prompt, the "causally clean" summary of seed §2.2.1);
 //! - InfoNCE between h_t and F_t ([`super::infonce`]), logged with its bound log K − L and K;
+//!   negatives from the batch, or counterfactual: the summaries of the futures the same prompt
+//!   would have had down another path (the task's `counterfactual_targets`; path-star: K = d),
+//!   which only a state that knows the plan can tell from the true one;
 //! - the token-level reward over TopK ∪ {x_{t+1}} from a rollout head
 //!   ([`super::token_reward`]), trained with reward-weighted log-probabilities;
 //! - L = L_NTP + λ_InfoNCE · L_InfoNCE + λ_RL · L_token-RL (+ λ_rollout · L_rollout, which trains
@@ -18,17 +24,20 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use burn::module::{AutodiffModule, Module};
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::activation::gelu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use lab_core::Batch;
-use models::{Gpt, GptConfig};
+use models::{Gpt, GptConfig, linear_rows};
 use serde::{Deserialize, Serialize};
+use tasks::Task;
 
 use super::frozen::{Serves, load_frozen};
 use super::future::{FutureEncoder, PoolerKind, future_window};
-use super::infonce::{Negatives, Scorer, ScorerKind, info_nce, unit_rows};
+use super::infonce::{Negatives, Scorer, ScorerKind, info_nce, info_nce_among, unit_rows};
 use super::token_reward::{RolloutHead, action_set, mean_entropy, reward_weighted_nll, rewards};
-use super::{BuildContext, Heads, LabModel, LossOutput, Objective, heads, masked_cross_entropy};
+use super::{BuildContext, Heads, LabModel, LossOutput, Objective, heads, host_rows, masked_cross_entropy};
 
 /// What the future encoder reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +50,16 @@ pub enum EncoderInput {
     StopGradient,
     /// The hidden states of a frozen LM loaded from `frozen_lm_run`.
     FrozenCopy,
+    /// The future tokens alone, through the GPT's token embedding (held fixed) and a learned
+    /// GELU layer: a summary that cannot see the prompt.
+    FutureTokens,
+}
+
+impl EncoderInput {
+    /// Whether F_t is a function of the future tokens alone (so the prompt cannot leak into it).
+    pub fn future_only(self) -> bool {
+        self == EncoderInput::FutureTokens
+    }
 }
 
 /// How the λs move over training.
@@ -134,6 +153,9 @@ pub struct MiHeads<B: Backend> {
     pub scorer: Scorer<B>,
     /// F̂(h, a).
     pub rollout: RolloutHead<B>,
+    /// The per-token layer of `encoder_input = "future-tokens"` (absent otherwise, and in
+    /// checkpoints written before it existed).
+    pub tokens: Option<Linear<B>>,
 }
 
 /// The weights of one step.
@@ -153,6 +175,8 @@ pub struct Mi<B: AutodiffBackend> {
     frozen_lm: Option<Gpt<B::InnerBackend>>,
     model: GptConfig,
     vocab: usize,
+    /// The task, for its counterfactual futures and (path-star) the decision's reward mass.
+    task: Box<dyn Task>,
 }
 
 impl<B: AutodiffBackend> Mi<B> {
@@ -182,7 +206,31 @@ impl<B: AutodiffBackend> Mi<B> {
             (_, Some(_)) => bail!("objective.frozen_lm_run is read only with encoder_input = \"frozen-copy\""),
             (_, None) => None,
         };
-        Ok(Mi { config: config.clone(), frozen_lm, model: cx.model.clone(), vocab })
+        let task = cx.task.spec().build().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if config.negatives.counterfactual() {
+            if !config.encoder_input.future_only() {
+                bail!(
+                    "objective.negatives = {:?} needs a future-only encoder (encoder_input = \"future-tokens\"): \
+                     a summary of hidden states that read the prompt cannot be computed for a future that did not \
+                     happen without running the LM on it",
+                    config.negatives
+                );
+            }
+            let probe = cx.train.first().cloned().unwrap_or_else(|| {
+                use rand::SeedableRng;
+                task.sample(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0))
+            });
+            match task.counterfactual_targets(&probe) {
+                Some(alt) if !alt.is_empty() => {}
+                _ => bail!(
+                    "objective.negatives = {:?}: task {} has no counterfactual futures (only path-star does); use \
+                     \"batch\" or \"other-sequences\"",
+                    config.negatives,
+                    task.spec().name()
+                ),
+            }
+        }
+        Ok(Mi { config: config.clone(), frozen_lm, model: cx.model.clone(), vocab, task })
     }
 
     /// The λs at optimizer step `step`.
@@ -231,6 +279,10 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             encoder: FutureEncoder::new(c.pooler, d, c.summary_dim, std, device),
             scorer: Scorer::new(c.scorer, d, c.summary_dim, std, device),
             rollout: RolloutHead::new(d, c.summary_dim, std, device),
+            tokens: c
+                .encoder_input
+                .future_only()
+                .then(|| LinearConfig::new(d, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device)),
         }))
     }
 
@@ -247,6 +299,7 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         }
         let [b, t, d] = out.hidden.dims();
         let (n, s, v) = (index.len(), c.summary_dim, self.vocab);
+        let index_host = index.clone();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
         let pick = |x: Tensor<B, 3>, width: usize| x.reshape([b * t, width]).select(0, index.clone());
 
@@ -256,6 +309,7 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             (EncoderInput::StopGradient, _) => out.hidden.clone().detach(),
             (EncoderInput::FrozenCopy, Some(lm)) => Tensor::from_inner(lm.forward(batch.inputs.clone().inner()).hidden),
             (EncoderInput::FrozenCopy, None) => unreachable!("checked when built"),
+            (EncoderInput::FutureTokens, _) => token_states(h, &model.gpt, batch.inputs.clone()),
         };
         let lens = batch.lens();
         let window = future_window(&lens, t, c.horizon);
@@ -265,14 +319,60 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         }
         let f = pick(summaries, s); // [n, s]
         let hs = pick(out.hidden.clone(), d); // [n, d]
+        let host = c.negatives.counterfactual() || self.task.as_path_star().is_some();
+        let alternatives = host.then(|| self.alternatives(batch)).flatten();
+
+        // The candidates of each anchor: its own summary, and the others that the negatives name
+        // (columns 0..n the batch's summaries; after them, anchor-major, each anchor's
+        // counterfactual summaries).
+        let (candidates, keep) = match (&alternatives, c.negatives.counterfactual()) {
+            (Some(alt), true) => {
+                let m = alt.per_row;
+                let states = token_states(h, &model.gpt, alt.inputs.clone());
+                let alt_lens: Vec<usize> = lens.iter().flat_map(|&l| std::iter::repeat_n(l, m)).collect();
+                let alt_window = future_window(&alt_lens, t, c.horizon);
+                let mut alt_summaries = h.encoder.forward(states.clone(), states, &alt_window); // [b m, t, s]
+                if w.encoder_frozen {
+                    alt_summaries = alt_summaries.detach();
+                }
+                let flat: Vec<i32> = index_host
+                    .iter()
+                    .zip(&rows)
+                    .flat_map(|(&k, &r)| (0..m).map(move |a| ((r * m + a) * t + k as usize - r * t) as i32))
+                    .collect();
+                let picked = alt_summaries
+                    .reshape([b * m * t, s])
+                    .select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n * m]), &device));
+                let width = n + n * m;
+                let mut keep = vec![0f32; n * width];
+                for i in 0..n {
+                    if c.negatives == Negatives::CounterfactualBatch {
+                        keep[i * width..i * width + n].fill(1.0);
+                    }
+                    keep[i * width + i] = 1.0;
+                    keep[i * width + n + i * m..i * width + n + (i + 1) * m].fill(1.0);
+                }
+                (Tensor::cat(vec![f.clone(), picked], 0), Some(keep))
+            }
+            _ => (f.clone(), None),
+        };
+        let nce_of = |scores| -> (Tensor<_, 1>, f64) {
+            match &keep {
+                Some(keep) => info_nce_among(scores, c.temperature, &(0..n).collect::<Vec<_>>(), keep),
+                None => info_nce(scores, c.temperature, c.negatives, &rows),
+            }
+        };
 
         // InfoNCE. With λ = 0 it is only measured, on the inner backend, so that no gradient
         // (not even a zero one, which AdamW's momentum would still act on) reaches the scorer.
         let (nce, log_k) = if w.infonce > 0.0 {
-            info_nce(h.scorer.scores(hs.clone(), f.clone()), c.temperature, c.negatives, &rows)
+            nce_of(h.scorer.scores(hs.clone(), candidates))
         } else {
-            let scores = h.scorer.valid().scores(hs.clone().inner(), f.clone().inner());
-            let (loss, log_k) = info_nce(scores, c.temperature, c.negatives, &rows);
+            let scores = h.scorer.valid().scores(hs.clone().inner(), candidates.inner());
+            let (loss, log_k) = match &keep {
+                Some(keep) => info_nce_among(scores, c.temperature, &(0..n).collect::<Vec<_>>(), keep),
+                None => info_nce(scores, c.temperature, c.negatives, &rows),
+            };
             (Tensor::from_inner(loss), log_k)
         };
 
@@ -286,13 +386,14 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         let predicted_gt = (predicted.clone() * is_gt.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([n, s]);
         let rollout = (unit_rows(predicted_gt) * unit_rows(target.clone())).sum().neg() / n as f64 + 1.0;
         let reward = rewards(predicted.detach(), target, valid, is_gt.clone(), c.lambda_gt, c.reward_tau);
+        let decision = alternatives.as_ref().map(|alt| decision_mass(alt, batch, &index_host, t, &actions, &reward));
         let rl = reward_weighted_nll(logits.clone(), actions, reward.clone());
 
         let total = ntp.clone()
             + nce.clone().mul_scalar(w.infonce)
             + rl.clone().mul_scalar(w.rl)
             + rollout.clone().mul_scalar(c.lambda_rollout);
-        let stats = vec![
+        let mut stats = vec![
             ("mi_bound".to_string(), nce.clone().neg() + log_k),
             ("mi_log_k".to_string(), constant(log_k, &device)),
             ("reward_gt".to_string(), (reward * is_gt).sum() / n as f64),
@@ -300,6 +401,10 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             ("lambda_infonce".to_string(), constant(w.infonce, &device)),
             ("lambda_rl".to_string(), constant(w.rl, &device)),
         ];
+        if let Some((arm, others)) = decision {
+            stats.push(("decision_reward_arm".to_string(), constant(arm, &device)));
+            stats.push(("decision_reward_other_arms".to_string(), constant(others, &device)));
+        }
         let parts = vec![
             ("ntp".to_string(), ntp),
             ("infonce".to_string(), nce),
@@ -308,6 +413,87 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         ];
         LossOutput { total, parts, stats }
     }
+}
+
+/// Per-position states of the future tokens, `[b, t, d]`: GELU(W e(x_j)) with the GPT's token
+/// embedding held fixed (no positions: the summary of a future does not depend on where it is).
+fn token_states<B: AutodiffBackend>(h: &MiHeads<B>, gpt: &Gpt<B>, inputs: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    let layer = h.tokens.as_ref().expect("future-tokens builds its token layer");
+    gelu(linear_rows(layer, gpt.embed_tokens(inputs).detach()))
+}
+
+/// Each row's counterfactual inputs, `per_row` of them per row, row-major, `[b per_row, t]`, and
+/// the first token of each counterfactual target (path-star: the other arms' first nodes).
+struct Alternatives<B: Backend> {
+    inputs: Tensor<B, 2, Int>,
+    per_row: usize,
+    /// `firsts[r]`: for row r, the second target token of each alternative (the node after the
+    /// source: the arm it goes down).
+    arms: Vec<Vec<u32>>,
+}
+
+impl<B: AutodiffBackend> Mi<B> {
+    /// The batch's counterfactual futures as inputs of the same layout, if the task has them and
+    /// every row has as many.
+    fn alternatives(&self, batch: &Batch<B>) -> Option<Alternatives<B>> {
+        let [b, t] = batch.inputs.dims();
+        let rows = host_rows(batch);
+        let mut per_row = None;
+        let mut flat = Vec::new();
+        let mut arms = Vec::with_capacity(b);
+        for (r, row) in rows.iter().enumerate() {
+            let p = batch.prefix_lens[r];
+            let example = tasks::Example { tokens: row.iter().map(|&x| x as u32).collect(), prefix_len: p };
+            let alt = self.task.counterfactual_targets(&example)?;
+            if *per_row.get_or_insert(alt.len()) != alt.len() || alt.is_empty() {
+                return None;
+            }
+            arms.push(alt.iter().map(|a| a.get(1).copied().unwrap_or(u32::MAX)).collect());
+            for target in alt {
+                let mut tokens: Vec<i32> = row[..p].iter().map(|&x| x as i32).collect();
+                tokens.extend(target.iter().map(|&x| x as i32));
+                tokens.truncate(t); // the inputs: all but the last token
+                tokens.resize(t, self.task.vocab().dummy() as i32);
+                flat.extend(tokens);
+            }
+        }
+        let per_row = per_row?;
+        let inputs = Tensor::from_data(TensorData::new(flat, [b * per_row, t]), &batch.inputs.device());
+        Some(Alternatives { inputs, per_row, arms })
+    }
+}
+
+/// At the decision position of each row (path-star: target position 2, input position
+/// prefix_len), the reward the action set puts on the goal's arm (the true next node) and the
+/// total it puts on the other arms' first nodes, averaged over rows.
+fn decision_mass<B: Backend>(
+    alt: &Alternatives<B>,
+    batch: &Batch<B>,
+    index: &[i32],
+    t: usize,
+    actions: &Tensor<B, 2, Int>,
+    reward: &Tensor<B, 2>,
+) -> (f64, f64) {
+    let [_, c] = actions.dims();
+    let acts = actions.clone().into_data().convert::<i64>().to_vec::<i64>().expect("ints");
+    let rew = reward.clone().into_data().convert::<f32>().to_vec::<f32>().expect("floats");
+    let targets = batch.targets.clone().into_data().convert::<i64>().to_vec::<i64>().expect("ints");
+    let (mut arm, mut others, mut rows) = (0.0, 0.0, 0);
+    for (r, &p) in batch.prefix_lens.iter().enumerate() {
+        let Some(k) = index.iter().position(|&i| i as usize == r * t + p) else { continue };
+        let truth = targets[r * t + p];
+        for j in 0..c {
+            let (a, x) = (acts[k * c + j], rew[k * c + j] as f64);
+            if a == truth {
+                arm += x;
+            } else if alt.arms[r].iter().any(|&o| o as i64 == a) {
+                others += x;
+            }
+        }
+        rows += 1;
+    }
+    let n = rows.max(1) as f64;
+    (arm / n, others / n)
 }
 
 #[cfg(test)]
@@ -427,6 +613,127 @@ mod tests {
         let Some(Heads::Mi(h)) = &m.heads else { panic!() };
         assert_ne!(params(&h.encoder), enc);
         assert_ne!(params(&h.scorer), scorer);
+    }
+
+    /// A path-star G(2,4,10) batch, the task, and a model config of its vocabulary.
+    fn path_star_case() -> (Box<dyn Task>, Batch<B>, GptConfig) {
+        use rand::SeedableRng;
+        let spec = tasks::TaskSpec::PathStar(tasks::path_star::PathStarParams {
+            degree: 2,
+            path_len: 4,
+            nodes: 10,
+            reverse: false,
+        });
+        let task = spec.build().unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let examples: Vec<tasks::Example> = (0..4).map(|_| task.sample(&mut rng)).collect();
+        let batch = Batch::new(&examples.iter().collect::<Vec<_>>(), task.vocab().dummy(), &FlexDevice);
+        let config = GptConfig::tiny(task.vocab().len(), 32).with_d_model(16).with_d_ff(32).with_init_std(0.1);
+        (task, batch, config)
+    }
+
+    fn mi_on(task: &dyn Task, model: &GptConfig, config: MiConfig) -> Result<Mi<B>> {
+        Mi::new(&config, &BuildContext::<B> { task, train: &[], model, device: &FlexDevice })
+    }
+
+    #[test]
+    fn a_future_tokens_summary_does_not_see_the_prompt() {
+        let (task, batch, config) = path_star_case();
+        let summaries = |encoder_input, batch: &Batch<B>| {
+            let obj = mi_on(task.as_ref(), &config, MiConfig { encoder_input, ..Default::default() }).unwrap();
+            let m = model(&obj, &config);
+            let Some(Heads::Mi(h)) = &m.heads else { panic!() };
+            let out = m.gpt.forward(batch.inputs.clone());
+            let states = match encoder_input {
+                EncoderInput::FutureTokens => token_states(h, &m.gpt, batch.inputs.clone()),
+                _ => out.hidden,
+            };
+            let [_, t, _] = states.dims();
+            let w = future_window(&batch.lens(), t, 4);
+            let f = h.encoder.forward(states.clone(), states, &w);
+            let (index, _) = future_positions(&batch.prefix_lens, &batch.target_lens, t);
+            let [b, _, s] = f.dims();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(index.clone(), [index.len()]), &FlexDevice);
+            f.reshape([b * t, s]).select(0, idx).into_data().to_vec::<f32>().unwrap()
+        };
+        // The same targets after other prompts: the first edge and the goal token changed.
+        let mut other = batch.clone();
+        let mut inputs = batch.inputs.clone().into_data().convert::<i64>().to_vec::<i64>().unwrap();
+        let t = batch.inputs.dims()[1];
+        for r in 0..4 {
+            inputs[r * t] = (inputs[r * t] + 1) % 10;
+            let p = batch.prefix_lens[r];
+            inputs[r * t + p - 2] = (inputs[r * t + p - 2] + 3) % 10;
+        }
+        other.inputs = Tensor::from_data(TensorData::new(inputs, [4, t]).convert::<i32>(), &FlexDevice);
+        assert_eq!(summaries(EncoderInput::FutureTokens, &batch), summaries(EncoderInput::FutureTokens, &other));
+        // Scheme B's summaries read hidden states that read the prompt: they change (the leak).
+        assert_ne!(summaries(EncoderInput::Live, &batch), summaries(EncoderInput::Live, &other));
+    }
+
+    #[test]
+    fn counterfactual_negatives_are_the_other_arms_and_k_is_d() {
+        let (task, batch, config) = path_star_case();
+        let base = MiConfig {
+            encoder_input: EncoderInput::FutureTokens,
+            schedule: MiSchedule::Constant,
+            ..Default::default()
+        };
+        let obj =
+            mi_on(task.as_ref(), &config, MiConfig { negatives: Negatives::Counterfactual, ..base.clone() }).unwrap();
+        let m = model(&obj, &config);
+        let out = obj.loss(&m, &batch, 0);
+        let stat = |out: &LossOutput<B>, name: &str| {
+            scalar(out.stats.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name}")).1.clone()) as f64
+        };
+        // One counterfactual future per anchor (d = 2): K = 2.
+        assert!((stat(&out, "mi_log_k") - 2f64.ln()).abs() < 1e-6);
+        let bound = stat(&out, "mi_bound");
+        assert!(bound <= 2f64.ln() + 1e-6, "the bound is at most log d, got {bound}");
+        // The decision position's reward is split between the goal's arm and the other arm.
+        let (arm, others) = (stat(&out, "decision_reward_arm"), stat(&out, "decision_reward_other_arms"));
+        assert!(arm > 0.0 && arm + others <= 1.0 + 1e-6, "{arm} + {others}");
+        // Adding the batch's summaries: K = n + 1 for every anchor (n = 4 rows × 4 positions).
+        let both =
+            mi_on(task.as_ref(), &config, MiConfig { negatives: Negatives::CounterfactualBatch, ..base.clone() })
+                .unwrap();
+        let out = both.loss(&model(&both, &config), &batch, 0);
+        let (index, _) = future_positions(&batch.prefix_lens, &batch.target_lens, batch.inputs.dims()[1]);
+        assert!((stat(&out, "mi_log_k") - ((index.len() + 1) as f64).ln()).abs() < 1e-6);
+        // The counterfactual InfoNCE trains the encoder, the scorer and the token layer.
+        let m = model(&obj, &config);
+        let Some(Heads::Mi(h0)) = &m.heads else { panic!() };
+        let (enc, tok) = (params(&h0.encoder), params(h0.tokens.as_ref().unwrap()));
+        let loss = obj.loss(&m, &batch, 0).total;
+        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &m);
+        let m =
+            burn::optim::Optimizer::step(&mut burn::optim::AdamWConfig::new().init::<B, LabModel<B>>(), 1e-2, m, grads);
+        let Some(Heads::Mi(h1)) = &m.heads else { panic!() };
+        assert_ne!(params(&h1.encoder), enc);
+        assert_ne!(params(h1.tokens.as_ref().unwrap()), tok);
+    }
+
+    #[test]
+    fn counterfactual_negatives_need_a_future_only_encoder_and_a_task_that_has_them() {
+        let (task, _, config) = path_star_case();
+        let e = mi_on(task.as_ref(), &config, MiConfig { negatives: Negatives::Counterfactual, ..Default::default() })
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("future-only encoder"), "{e}");
+        let walk = tasks::TaskSpec::default_of("graph-walk").unwrap().build().unwrap();
+        let cfg = GptConfig::tiny(walk.vocab().len(), 64).with_d_model(16);
+        let e = mi_on(
+            walk.as_ref(),
+            &cfg,
+            MiConfig {
+                negatives: Negatives::Counterfactual,
+                encoder_input: EncoderInput::FutureTokens,
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("no counterfactual futures"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,354 @@
+//! `trainer mi RUN --counterfactual`: an MI analysis that measures planning (seed §3.6, with the
+//! negatives issue 19 asks for). For every position t of a path-star sequence, the InfoNCE bound
+//! on I(h_t; y | graph): how well the frozen state h_t picks its own answer y out of the d
+//! answers the same graph has (one per arm: the task's counterfactual futures). The negatives
+//! share the prompt, so a state that only knows the prompt scores 0 and a state that knows the
+//! way to the goal scores up to log d. Since the d answers differ only in their arm, this is also
+//! I(h_t; arm | graph).
+//!
+//! Read per position it is the Thinking-Tokens-style curve over the whole sequence: nothing can
+//! be known before the goal token (prompt position p − 2); a planner's states should carry the
+//! arm from the goal token or the `=` on, and at the decision (the state that predicts target
+//! position 2, input position p) at the latest. NTP's Clever-Hans solution should not: it learns
+//! the arm only once it has read the arm's first node (target position 3 on).
+//!
+//! Protocol (the same for every run): the run's GPT is frozen; a fresh critic (a GELU layer on the
+//! GPT's token embedding, mean over the answer's tokens, a projection, and a bilinear score of
+//! h_t) is trained on the training split, then the bound log d − L is measured on the test split.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::backend::Flex;
+use burn::backend::flex::FlexDevice;
+use burn::module::{AutodiffModule, Module};
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::activation::{gelu, log_softmax};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use lab_core::Batch;
+use lab_core::run_dir;
+use models::{Gpt, linear_rows};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tasks::{Example, Task};
+
+use crate::RunConfig;
+use crate::objective::infonce::{Scorer, ScorerKind};
+
+/// How the critic is trained and the bound measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanMiOptions {
+    /// Width of the critic's answer summary.
+    pub summary_dim: usize,
+    /// Critic training steps.
+    pub steps: usize,
+    /// Examples per critic step (each with its d answers).
+    pub batch: usize,
+    /// The critic's AdamW learning rate.
+    pub lr: f64,
+    /// Test examples measured.
+    pub examples: usize,
+    /// Seed of the critic's initialisation and its batches.
+    pub seed: u64,
+}
+
+impl Default for PlanMiOptions {
+    fn default() -> Self {
+        PlanMiOptions { summary_dim: 64, steps: 600, batch: 64, lr: 3e-3, examples: 1024, seed: 0 }
+    }
+}
+
+/// The bound at one position.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanPoint {
+    /// Input position t (0-based) of h_t.
+    pub index: usize,
+    /// What h_t has just read and predicts: `prompt 25 (=)` or `target 2` (the target position
+    /// h_t predicts, 1-based; target 2 is the decision).
+    pub label: String,
+    /// log d − L_InfoNCE on the test examples, nats.
+    pub bound: f64,
+}
+
+/// `mi_plan.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanMi {
+    /// The checkpoint analysed.
+    pub step: u64,
+    /// log d, the ceiling.
+    pub log_d: f64,
+    /// The options used.
+    pub options: PlanMiOptions,
+    /// The critic's training loss over its last 20 steps.
+    pub critic_final_loss: f64,
+    /// The bound at every input position.
+    pub per_position: Vec<PlanPoint>,
+    /// The bound at the decision (the state that predicts target position 2).
+    pub decision: f64,
+}
+
+#[derive(Module, Debug)]
+struct Critic<B: Backend> {
+    tokens: Linear<B>,
+    proj: Linear<B>,
+    scorer: Scorer<B>,
+}
+
+impl<B: Backend> Critic<B> {
+    fn new(d: usize, s: usize, device: &B::Device) -> Self {
+        let std = (1.0 / d as f64).sqrt();
+        let lin = |i, o| LinearConfig::new(i, o).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device);
+        Critic { tokens: lin(d, d), proj: lin(d, s), scorer: Scorer::new(ScorerKind::Bilinear, d, s, std, device) }
+    }
+
+    /// Per-anchor log-probability of the positive among its d answers, `[b t]` in row-major
+    /// (row, position) order, for hidden states `[b, t, d]` and answer embeddings
+    /// `[b (m + 1), l, d]` (each row's own answer first, then its m counterfactuals).
+    fn log_p(&self, hidden: Tensor<B, 3>, answers: Tensor<B, 3>, per_row: usize) -> Tensor<B, 1> {
+        let [b, t, d] = hidden.dims();
+        let summaries = linear_rows(&self.proj, gelu(linear_rows(&self.tokens, answers)).mean_dim(1)); // [b c, 1, s]
+        let [bc, _, s] = summaries.dims();
+        let scores = self.scorer.scores(hidden.reshape([b * t, d]), summaries.reshape([bc, s])); // [b t, b c]
+        let mut keep = vec![-1e9f32; b * t * bc];
+        let mut positive = vec![0f32; b * t * bc];
+        for r in 0..b {
+            for j in 0..t {
+                let row = (r * t + j) * bc;
+                keep[row + r * per_row..row + (r + 1) * per_row].fill(0.0);
+                positive[row + r * per_row] = 1.0;
+            }
+        }
+        let device = scores.device();
+        let keep = Tensor::<B, 2>::from_data(TensorData::new(keep, [b * t, bc]), &device);
+        let positive = Tensor::<B, 2>::from_data(TensorData::new(positive, [b * t, bc]), &device);
+        (log_softmax(scores + keep, 1) * positive).sum_dim(1).reshape([b * t])
+    }
+}
+
+/// Examples with their counterfactual answers: hidden states, answer embeddings, answers per
+/// example.
+fn prepare<B: Backend>(
+    gpt: &Gpt<B>,
+    task: &dyn Task,
+    rows: &[&Example],
+    device: &B::Device,
+) -> Result<(Tensor<B, 3>, Tensor<B, 3>, usize)> {
+    let pad = task.vocab().dummy();
+    let batch = Batch::<B>::new(rows, pad, device);
+    if batch.lens().iter().any(|&l| l != batch.lens()[0]) {
+        bail!("the planning MI analysis needs sequences of one length (path-star)");
+    }
+    let hidden = gpt.forward(batch.inputs.clone()).hidden;
+    let (mut flat, mut per_row, mut len) = (Vec::new(), 0, 0);
+    for ex in rows {
+        let alt = task.counterfactual_targets(ex).with_context(|| {
+            format!("task {} has no counterfactual futures (only path-star does)", task.spec().name())
+        })?;
+        per_row = alt.len() + 1;
+        len = ex.target().len();
+        flat.extend(ex.target().iter().map(|&x| x as i32));
+        for a in alt {
+            if a.len() != len {
+                bail!("counterfactual answers of another length than the answer");
+            }
+            flat.extend(a.iter().map(|&x| x as i32));
+        }
+    }
+    let answers = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [rows.len() * per_row, len]), device);
+    Ok((hidden, gpt.embed_tokens(answers), per_row))
+}
+
+/// Analyses the latest checkpoint of `run`.
+pub fn analyse<B: AutodiffBackend>(run: &Path, options: &PlanMiOptions, device: &B::Device) -> Result<PlanMi> {
+    if options.steps == 0 || options.batch == 0 || options.summary_dim == 0 {
+        bail!("the planning MI analysis needs steps, batch and summary_dim >= 1");
+    }
+    let config = RunConfig::load(&run.join("config.toml"), &[])
+        .with_context(|| format!("{} is not a run directory", run.display()))?;
+    let checkpoint = run_dir::latest(run)?;
+    if checkpoint.meta.reads == run_dir::Direction::Reverse {
+        bail!("{} is a right-to-left LM: its states summarise the past, not the future", run.display());
+    }
+    let loaded = config.data.load(&config.task, true)?;
+    let task = loaded.task;
+    let Some(star) = task.as_path_star() else {
+        bail!("the planning MI analysis is defined for path-star runs (counterfactual answers: the other arms)");
+    };
+    if star.params().reverse {
+        bail!("{} answers right to left; the analysis reads forward answers", run.display());
+    }
+    let d_arms = star.params().degree as f64;
+    let gpt = run_dir::load_gpt::<B>(&checkpoint, device)?.valid();
+    let d = checkpoint.meta.model.d_model;
+
+    // Drawn on the host and moved, so every backend starts the critic from the same weights.
+    let (drawn, shell) = models::seeded::<Flex, _>(options.seed, &FlexDevice, || {
+        let (a, b) = (
+            Critic::<Flex>::new(d, options.summary_dim, &FlexDevice),
+            Critic::<B>::new(d, options.summary_dim, device),
+        );
+        let _ = (a.num_params(), b.num_params());
+        (a, b)
+    });
+    let mut critic: Critic<B> = models::transfer(drawn, shell, device)?;
+    let mut optim = AdamWConfig::new().init::<B, Critic<B>>();
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let mut order: Vec<usize> = (0..loaded.train.len()).collect();
+    let mut cursor = order.len();
+    let mut recent = Vec::new();
+    for _ in 0..options.steps {
+        if cursor + options.batch > order.len() {
+            order.shuffle(&mut rng);
+            cursor = 0;
+        }
+        let rows: Vec<&Example> =
+            order[cursor..(cursor + options.batch).min(order.len())].iter().map(|&i| &loaded.train[i]).collect();
+        cursor += options.batch;
+        let (hidden, answers, per_row) = prepare(&gpt, task.as_ref(), &rows, device)?;
+        let log_p = critic.log_p(Tensor::from_inner(hidden), Tensor::from_inner(answers), per_row);
+        let loss = log_p.mean().neg();
+        recent.push(loss.clone().into_scalar().elem::<f64>());
+        let grads = GradientsParams::from_grads(loss.backward(), &critic);
+        critic = optim.step(options.lr, critic, grads);
+    }
+    let tail = &recent[recent.len().saturating_sub(20)..];
+    let critic_final_loss = tail.iter().sum::<f64>() / tail.len() as f64;
+
+    let critic = critic.valid();
+    let n = options.examples.min(loaded.test.len());
+    if n == 0 {
+        bail!("the test split is empty");
+    }
+    let mut sums: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
+    for chunk in loaded.test[..n].chunks(options.batch) {
+        let rows: Vec<&Example> = chunk.iter().collect();
+        let (hidden, answers, per_row) = prepare(&gpt, task.as_ref(), &rows, device)?;
+        let t = hidden.dims()[1];
+        let log_p =
+            critic.log_p(hidden, answers, per_row).into_data().convert::<f32>().to_vec::<f32>().expect("floats");
+        for (k, &lp) in log_p.iter().enumerate() {
+            let e = sums.entry(k % t).or_insert((0.0, 0));
+            e.0 += d_arms.ln() + lp as f64;
+            e.1 += 1;
+        }
+    }
+    let p = loaded.test[0].prefix_len;
+    let per_position: Vec<PlanPoint> = sums
+        .into_iter()
+        .map(|(index, (sum, count))| {
+            // The prompt ends `/ source goal =`; h at input index i has read token i and predicts
+            // token i + 1: the `=` (index p − 1) predicts target 1, index p + j − 1 target j + 1.
+            let label = match index.cmp(&(p - 1)) {
+                std::cmp::Ordering::Less => {
+                    let role = match p - 1 - index {
+                        2 => " (source)",
+                        1 => " (goal)",
+                        _ => "",
+                    };
+                    format!("prompt {}{role}", index + 1)
+                }
+                std::cmp::Ordering::Equal => format!("prompt {} (=) -> target 1", index + 1),
+                std::cmp::Ordering::Greater => format!("target {} -> target {}", index + 1 - p, index + 2 - p),
+            };
+            PlanPoint { index, label, bound: sum / count as f64 }
+        })
+        .collect();
+    let decision = per_position.iter().find(|q| q.index == p).map_or(f64::NAN, |q| q.bound);
+    // The analysis is meaningless for a checkpoint whose critic did not learn anything anywhere;
+    // that is still a result (a flat zero curve), so it is reported, not refused.
+    Ok(PlanMi {
+        step: checkpoint.step,
+        log_d: d_arms.ln(),
+        options: options.clone(),
+        critic_final_loss,
+        per_position,
+        decision,
+    })
+}
+
+impl PlanMi {
+    /// A table for people: the positions around the goal and the answer.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = format!(
+            "InfoNCE bound on I(h_t; y | graph) with the other arms' answers as negatives (ceiling log d = {:.3} \
+             nats), critic trained {} steps (final loss {:.3})\n\n{:<22}{:>10}\n",
+            self.log_d, self.options.steps, self.critic_final_loss, "h_t", "bound"
+        );
+        let from = self.per_position.len().saturating_sub(8);
+        for q in &self.per_position[from..] {
+            let _ = writeln!(out, "{:<22}{:>10.3}", q.label, q.bound);
+        }
+        let _ = writeln!(
+            out,
+            "\nat the decision (the state that predicts target position 2): {:.3} of {:.3} nats",
+            self.decision, self.log_d
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::flex::FlexDevice;
+    use burn::backend::{Autodiff, Flex};
+
+    use super::*;
+
+    type B = Autodiff<Flex>;
+
+    /// A critic that can read the arm from h_t finds up to log d; one whose h_t says nothing of
+    /// the arm stays at 0.
+    #[test]
+    fn the_bound_finds_the_arm_where_the_state_holds_it_and_nothing_where_it_does_not() {
+        let device = FlexDevice;
+        let (b, t, d, l) = (32usize, 3usize, 8usize, 2usize);
+        let critic: Critic<B> = models::seeded::<B, _>(1, &device, || {
+            let c = Critic::new(d, 8, &device);
+            let _ = c.num_params();
+            c
+        });
+        // Two answers per row: [1, 2] or [3, 4] (token embeddings e_i = one-hot i). Position 0 of
+        // h says which is the row's own (the "plan"); position 1 is noise; position 2 constant.
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let draw = |rng: &mut ChaCha8Rng| {
+            use rand::Rng;
+            let own: Vec<bool> = (0..b).map(|_| rng.random_bool(0.5)).collect();
+            let mut h = vec![0f32; b * t * d];
+            let mut answers = vec![0f32; b * 2 * l * d];
+            for r in 0..b {
+                h[(r * t) * d] = if own[r] { 1.0 } else { -1.0 };
+                h[(r * t + 1) * d + 1] = rng.random_range(-1.0..1.0);
+                h[(r * t + 2) * d + 2] = 1.0;
+                let (mine, other) = if own[r] { ([1, 2], [3, 4]) } else { ([3, 4], [1, 2]) };
+                for (c, ans) in [mine, other].iter().enumerate() {
+                    for (j, &tok) in ans.iter().enumerate() {
+                        answers[((r * 2 + c) * l + j) * d + tok] = 1.0;
+                    }
+                }
+            }
+            (
+                Tensor::<B, 3>::from_data(TensorData::new(h, [b, t, d]), &device),
+                Tensor::<B, 3>::from_data(TensorData::new(answers, [b * 2, l, d]), &device),
+            )
+        };
+        let mut optim = AdamWConfig::new().init::<B, Critic<B>>();
+        let mut critic = critic;
+        for _ in 0..200 {
+            let (h, a) = draw(&mut rng);
+            let loss = critic.log_p(h, a, 2).mean().neg();
+            let grads = GradientsParams::from_grads(loss.backward(), &critic);
+            critic = optim.step(1e-2, critic, grads);
+        }
+        let (h, a) = draw(&mut rng);
+        let lp = critic.log_p(h, a, 2).into_data().to_vec::<f32>().unwrap();
+        let bound = |j: usize| (0..b).map(|r| 2f64.ln() + lp[r * t + j] as f64).sum::<f64>() / b as f64;
+        assert!(bound(0) > 0.9 * 2f64.ln(), "the plan is found: {}", bound(0));
+        assert!(bound(1).abs() < 0.15 && bound(2).abs() < 0.15, "no plan, no bound: {} {}", bound(1), bound(2));
+    }
+}
