@@ -161,6 +161,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
         Cmd::Probe { run, examples } => return probe(&run, examples, device),
         Cmd::Mi { run, counterfactual: true, steps, examples, lr, seed, .. } => {
+            // The critic of the planning analysis sees d candidates a query, not K: it needs more
+            // steps than the default 1,000 to level off (measured on G(2,4,10): 2,000).
+            let steps = if steps == 1000 { trainer::plan_mi::PlanMiOptions::default().steps } else { steps };
             let options = trainer::plan_mi::PlanMiOptions { steps, examples, lr, seed, ..Default::default() };
             return plan_mi(&run, &options, device);
         }

@@ -59,7 +59,7 @@ pub struct PlanMiOptions {
 
 impl Default for PlanMiOptions {
     fn default() -> Self {
-        PlanMiOptions { summary_dim: 64, steps: 600, batch: 64, lr: 3e-3, examples: 1024, seed: 0 }
+        PlanMiOptions { summary_dim: 64, steps: 2000, batch: 64, lr: 3e-3, examples: 1024, seed: 0 }
     }
 }
 
@@ -106,27 +106,55 @@ impl<B: Backend> Critic<B> {
         Critic { tokens: lin(d, d), proj: lin(d, s), scorer: Scorer::new(ScorerKind::Bilinear, d, s, std, device) }
     }
 
-    /// Per-anchor log-probability of the positive among its d answers, `[b t]` in row-major
-    /// (row, position) order, for hidden states `[b, t, d]` and answer embeddings
-    /// `[b (m + 1), l, d]` (each row's own answer first, then its m counterfactuals).
-    fn log_p(&self, hidden: Tensor<B, 3>, answers: Tensor<B, 3>, per_row: usize) -> Tensor<B, 1> {
-        let [b, t, d] = hidden.dims();
+    /// Each row's log-probability of its own answer among its d answers, `[b]`, for states
+    /// `[b, d]` and answer embeddings `[b (m + 1), l, d]` (each row's own answer first, then its
+    /// m counterfactuals).
+    fn log_p(&self, hidden: Tensor<B, 2>, answers: Tensor<B, 3>, per_row: usize) -> Tensor<B, 1> {
+        let b = hidden.dims()[0];
         let summaries = linear_rows(&self.proj, gelu(linear_rows(&self.tokens, answers)).mean_dim(1)); // [b c, 1, s]
         let [bc, _, s] = summaries.dims();
-        let scores = self.scorer.scores(hidden.reshape([b * t, d]), summaries.reshape([bc, s])); // [b t, b c]
-        let mut keep = vec![-1e9f32; b * t * bc];
-        let mut positive = vec![0f32; b * t * bc];
+        let scores = self.scorer.scores(hidden, summaries.reshape([bc, s])); // [b, b c]
+        let mut keep = vec![-1e9f32; b * bc];
+        let mut positive = vec![0f32; b * bc];
         for r in 0..b {
-            for j in 0..t {
-                let row = (r * t + j) * bc;
-                keep[row + r * per_row..row + (r + 1) * per_row].fill(0.0);
-                positive[row + r * per_row] = 1.0;
-            }
+            keep[r * bc + r * per_row..r * bc + (r + 1) * per_row].fill(0.0);
+            positive[r * bc + r * per_row] = 1.0;
         }
         let device = scores.device();
-        let keep = Tensor::<B, 2>::from_data(TensorData::new(keep, [b * t, bc]), &device);
-        let positive = Tensor::<B, 2>::from_data(TensorData::new(positive, [b * t, bc]), &device);
-        (log_softmax(scores + keep, 1) * positive).sum_dim(1).reshape([b * t])
+        let keep = Tensor::<B, 2>::from_data(TensorData::new(keep, [b, bc]), &device);
+        let positive = Tensor::<B, 2>::from_data(TensorData::new(positive, [b, bc]), &device);
+        (log_softmax(scores + keep, 1) * positive).sum_dim(1).reshape([b])
+    }
+}
+
+/// One critic per position: a critic shared by all positions learns, from the many positions
+/// where nothing can be known (the prompt before the goal), to make every answer look alike,
+/// which drowns the few positions where something can (measured: a shared critic found nothing
+/// even where the state has read the arm).
+#[derive(Module, Debug)]
+struct Critics<B: Backend> {
+    positions: Vec<Critic<B>>,
+}
+
+impl<B: Backend> Critics<B> {
+    fn new(t: usize, d: usize, s: usize, device: &B::Device) -> Self {
+        Critics { positions: (0..t).map(|_| Critic::new(d, s, device)).collect() }
+    }
+
+    /// Each (row, position)'s log-probability of its own answer, `[b, t]`.
+    fn log_p(&self, hidden: Tensor<B, 3>, answers: Tensor<B, 3>, per_row: usize) -> Tensor<B, 2> {
+        let [b, t, d] = hidden.dims();
+        assert_eq!(t, self.positions.len(), "one critic per position");
+        let columns = self
+            .positions
+            .iter()
+            .enumerate()
+            .map(|(j, c)| {
+                c.log_p(hidden.clone().slice([0..b, j..j + 1, 0..d]).reshape([b, d]), answers.clone(), per_row)
+            })
+            .map(|x| x.reshape([b, 1]))
+            .collect();
+        Tensor::cat(columns, 1)
     }
 }
 
@@ -150,13 +178,20 @@ fn prepare<B: Backend>(
             format!("task {} has no counterfactual futures (only path-star does)", task.spec().name())
         })?;
         per_row = alt.len() + 1;
-        len = ex.target().len();
-        flat.extend(ex.target().iter().map(|&x| x as i32));
+        // The answers without their first token (the source, shared by all) and their last (the
+        // goal, or another arm's leaf): a state that has read the goal in the prompt would tell
+        // its answer by the goal alone. What is left, the arm's inner nodes, is what a plan knows.
+        let inner = |y: &[u32]| -> Vec<i32> { y[1..y.len() - 1].iter().map(|&x| x as i32).collect() };
+        if ex.target().len() < 3 {
+            bail!("the planning MI analysis needs paths of at least 3 nodes (an inner node to know)");
+        }
+        len = ex.target().len() - 2;
+        flat.extend(inner(ex.target()));
         for a in alt {
-            if a.len() != len {
+            if a.len() != len + 2 {
                 bail!("counterfactual answers of another length than the answer");
             }
-            flat.extend(a.iter().map(|&x| x as i32));
+            flat.extend(inner(&a));
         }
     }
     let answers = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [rows.len() * per_row, len]), device);
@@ -185,18 +220,19 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &PlanMiOptions, device: 
     let d_arms = star.params().degree as f64;
     let gpt = run_dir::load_gpt::<B>(&checkpoint, device)?.valid();
     let d = checkpoint.meta.model.d_model;
+    let t = loaded.train.first().map_or(0, |e| e.tokens.len() - 1);
 
     // Drawn on the host and moved, so every backend starts the critic from the same weights.
     let (drawn, shell) = models::seeded::<Flex, _>(options.seed, &FlexDevice, || {
         let (a, b) = (
-            Critic::<Flex>::new(d, options.summary_dim, &FlexDevice),
-            Critic::<B>::new(d, options.summary_dim, device),
+            Critics::<Flex>::new(t, d, options.summary_dim, &FlexDevice),
+            Critics::<B>::new(t, d, options.summary_dim, device),
         );
         let _ = (a.num_params(), b.num_params());
         (a, b)
     });
-    let mut critic: Critic<B> = models::transfer(drawn, shell, device)?;
-    let mut optim = AdamWConfig::new().init::<B, Critic<B>>();
+    let mut critic: Critics<B> = models::transfer(drawn, shell, device)?;
+    let mut optim = AdamWConfig::new().init::<B, Critics<B>>();
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut order: Vec<usize> = (0..loaded.train.len()).collect();
     let mut cursor = order.len();
@@ -308,8 +344,8 @@ mod tests {
     fn the_bound_finds_the_arm_where_the_state_holds_it_and_nothing_where_it_does_not() {
         let device = FlexDevice;
         let (b, t, d, l) = (32usize, 3usize, 8usize, 2usize);
-        let critic: Critic<B> = models::seeded::<B, _>(1, &device, || {
-            let c = Critic::new(d, 8, &device);
+        let critic: Critics<B> = models::seeded::<B, _>(1, &device, || {
+            let c = Critics::new(t, d, 8, &device);
             let _ = c.num_params();
             c
         });
@@ -337,7 +373,7 @@ mod tests {
                 Tensor::<B, 3>::from_data(TensorData::new(answers, [b * 2, l, d]), &device),
             )
         };
-        let mut optim = AdamWConfig::new().init::<B, Critic<B>>();
+        let mut optim = AdamWConfig::new().init::<B, Critics<B>>();
         let mut critic = critic;
         for _ in 0..200 {
             let (h, a) = draw(&mut rng);
