@@ -188,15 +188,16 @@ fn avatarl_with_an_ntp_critic_still_cheats() {
 fn bst_trains_its_text_head_and_evaluation_decodes_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let r = run(dir.path(), "bst.toml", &[]);
-    // At 600 steps BST has not found the plan yet (it does at ~6,000: the ignored test below);
-    // both halves of the text head learn, the backward half faster.
+    // At 600 steps (38,400 sequences) BST is still learning to walk the graph (Clever-Hans rate
+    // 0.92, teacher-forced position 3 at 0.84); it plans only from ~6,000 steps on (the ignored
+    // test below). G(2,4,10) has 10 pairs a sequence (t from the `=` on, gaps of at least 2).
     check(
         "bst",
         &r,
-        0.42..0.62,
-        0.42..0.62,
-        0.95..1.01,
-        &[("loss.next", 0.3..0.6), ("loss.prev", 0.3..0.7), ("pairs", 191.5..192.5)],
+        0.25..0.40,
+        0.33..0.46,
+        0.85..0.97,
+        &[("loss.next", 0.50..0.60), ("loss.prev", 0.58..0.70), ("pairs", 639.5..640.5)],
     );
     assert_eq!(r.0.decoder, models::DecoderKind::BeliefState);
     // The checkpoint decodes the same way when evaluation loads it from disk: the sidecar names
@@ -214,16 +215,25 @@ fn bst_trains_its_text_head_and_evaluation_decodes_with_it() {
 }
 
 #[test]
-fn next_lat_predicts_its_latents_and_still_cheats_at_600_steps() {
+fn next_lat_predicts_its_latents_at_600_steps() {
     let dir = tempfile::tempdir().unwrap();
     let r = run(dir.path(), "next-lat.toml", &[]);
+    // The latent and self-distillation terms slow next-token learning at first: at 600 steps
+    // NextLat has not yet reached NTP's cheat (NTP: exact 0.5, Clever-Hans 1.0 by then). Each
+    // rollout step's terms are bounded, so a detached or broken transition model shows.
     check(
         "next-lat",
         &r,
-        0.42..0.62,
-        0.42..0.62,
-        0.95..1.01,
-        &[("loss.latent1", 0.0..0.05), ("loss.kl1", 0.0..0.2), ("loss.kl2", 0.0..0.3)],
+        0.10..0.22,
+        0.22..0.34,
+        0.72..0.86,
+        &[
+            ("loss.latent1", 0.04..0.09),
+            ("loss.latent2", 0.06..0.12),
+            ("loss.kl1", 0.05..0.10),
+            ("loss.kl2", 0.04..0.09),
+            ("loss.ntp", 0.62..0.74),
+        ],
     );
 }
 
