@@ -80,8 +80,9 @@ enum Cmd {
         horizon: usize,
         /// Critic training steps (the bound is a lower bound: a critic trained longer can only
         /// find more; check that it has levelled off).
-        #[arg(long, default_value_t = 1000)]
-        steps: usize,
+        /// [default: 1000; 2000 with --counterfactual, whose critics see d candidates a query]
+        #[arg(long)]
+        steps: Option<usize>,
         /// Test rows measured.
         #[arg(long, default_value_t = 1024)]
         examples: usize,
@@ -161,13 +162,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
         Cmd::Probe { run, examples } => return probe(&run, examples, device),
         Cmd::Mi { run, counterfactual: true, steps, examples, lr, seed, .. } => {
-            // The critic of the planning analysis sees d candidates a query, not K: it needs more
-            // steps than the default 1,000 to level off (measured on G(2,4,10): 2,000).
-            let steps = if steps == 1000 { trainer::plan_mi::PlanMiOptions::default().steps } else { steps };
+            let steps = steps.unwrap_or(trainer::plan_mi::PlanMiOptions::default().steps);
             let options = trainer::plan_mi::PlanMiOptions { steps, examples, lr, seed, ..Default::default() };
             return plan_mi(&run, &options, device);
         }
         Cmd::Mi { run, k, horizon, steps, examples, lr, seed, .. } => {
+            let steps = steps.unwrap_or(trainer::mi_analysis::MiAnalysisOptions::default().steps);
             let options =
                 trainer::mi_analysis::MiAnalysisOptions { k, horizon, steps, examples, lr, seed, ..Default::default() };
             return mi(&run, &options, device);
