@@ -3,6 +3,9 @@
 //! `benches/gpt_step.py` (loss over every position, no dropout), on every backend of the
 //! build (`benches::devices`).
 //!
+//! The `experiment_step` group times whole objectives (NTP, BST, NextLat) on path-star batches at
+//! the planning experiments' sizes; run one group with `-- experiment_step`.
+//!
 //! `cargo bench -p benches --bench train_step [--features wgpu|cuda]`; compare with
 //! `python3 benches/gpt_step.py --d-model 128 --n-layers 2 --n-heads 4 --batch 64 --seq-len 32 --vocab 54`.
 
@@ -20,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tasks::Example;
 use trainer::config::OptimizerConfig;
-use trainer::objective::{LabModel, Ntp};
+use trainer::objective::{BuildContext, LabModel, Ntp, ObjectiveConfig};
 use trainer::optim::AdamW;
 use trainer::train::train_step;
 
@@ -77,5 +80,70 @@ fn train_steps(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, train_steps);
+/// One training step of `objective` on real path-star batches, at the sizes the planning
+/// experiments use (issue 18): d 128, `layers` layers, batch 128 of `task`'s sequences.
+fn bench_objective<B: AutodiffBackend>(
+    c: &mut Criterion,
+    name: &str,
+    task: &tasks::TaskSpec,
+    layers: usize,
+    objective: &ObjectiveConfig,
+    device: &B::Device,
+) {
+    let task = task.build().expect("a valid task");
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let examples: Vec<Example> = (0..128).map(|_| task.sample(&mut rng)).collect();
+    let seq = examples[0].tokens.len() - 1;
+    let config =
+        GptConfig::new(task.vocab().len(), seq).with_n_layers(layers).with_d_model(128).with_n_heads(4).with_d_ff(512);
+    let cx = BuildContext::<B> { task: task.as_ref(), train: &examples, model: &config, device };
+    let objective = objective.build::<B>(&cx).expect("a valid objective");
+    let mut model = Some(LabModel::<B> { gpt: config.init_seeded(0, device), heads: objective.init_heads(device) });
+    let mut optim = AdamW::new(&OptimizerConfig::default()).init::<B, LabModel<B>>();
+    let rows: Vec<&Example> = examples.iter().collect();
+    let batch = Batch::<B>::new(&rows, task.vocab().dummy(), device);
+    let mut group = c.benchmark_group("experiment_step");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(128));
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let (next, stats) = train_step(model.take().unwrap(), &mut optim, objective.as_ref(), &batch, 0, 1e-4, 1.0);
+            model = Some(next);
+            black_box(stats.loss)
+        })
+    });
+    group.finish();
+}
+
+/// The experiment sizes (throughput in sequences/s): NTP and the objectives whose extra work is
+/// largest (BST's second encoder, NextLat's transition rollout), 2 and 4 layers, on G(2,4,10) and
+/// G(2,5,50). Compare with `python3 benches/gpt_step.py --d-model 128 --n-layers 2 --n-heads 4
+/// --batch 128 --seq-len 24 --vocab 14` (NTP's work).
+fn experiment_steps(c: &mut Criterion) {
+    lab_core::alloc::keep_freed_memory();
+    let star = |degree, path_len, nodes| {
+        tasks::TaskSpec::PathStar(tasks::path_star::PathStarParams { degree, path_len, nodes, reverse: false })
+    };
+    for device in benches::devices() {
+        let on = device.name();
+        on_device!(autodiff device, "benchmark", |B, dev| {
+            for (task_name, task) in [("g2-4-10", star(2, 4, 10)), ("g2-5-50", star(2, 5, 50))] {
+                for layers in [2, 4] {
+                    for objective in [
+                        ObjectiveConfig::Ntp,
+                        ObjectiveConfig::Bst(Default::default()),
+                        ObjectiveConfig::NextLat(Default::default()),
+                    ] {
+                        let name = format!("{on}/{}-d128-l{layers}-b128-{task_name}", objective.name());
+                        bench_objective::<B>(c, &name, &task, layers, &objective, &dev);
+                    }
+                }
+            }
+            anyhow::Ok(())
+        })
+        .unwrap();
+    }
+}
+
+criterion_group!(benches, train_steps, experiment_steps);
 criterion_main!(benches);
