@@ -36,6 +36,7 @@ use tasks::Task;
 use super::frozen::{Serves, load_frozen};
 use super::future::{FutureEncoder, PoolerKind, future_window};
 use super::infonce::{Negatives, Scorer, ScorerKind, info_nce, info_nce_among, unit_rows};
+use super::reverse_lm::reverse_rows;
 use super::token_reward::{RolloutHead, action_set, mean_entropy, reward_weighted_nll, rewards};
 use super::{BuildContext, Heads, LabModel, LossOutput, Objective, heads, host_rows, masked_cross_entropy};
 
@@ -53,12 +54,17 @@ pub enum EncoderInput {
     /// The future tokens alone, through the GPT's token embedding (held fixed) and a learned
     /// GELU layer: a summary that cannot see the prompt.
     FutureTokens,
+    /// Scheme A (seed §2.2.1): the states of a right-to-left LM trained jointly with its own
+    /// loss (`fsp-summary`'s reverse LM), s_j = its state after reading x_{len-1} down to x_j,
+    /// which has seen only the future of any t < j. Held fixed by the InfoNCE term (only its own
+    /// loss trains it), as in `fsp-summary`.
+    ReverseLm,
 }
 
 impl EncoderInput {
     /// Whether F_t is a function of the future tokens alone (so the prompt cannot leak into it).
     pub fn future_only(self) -> bool {
-        self == EncoderInput::FutureTokens
+        matches!(self, EncoderInput::FutureTokens | EncoderInput::ReverseLm)
     }
 }
 
@@ -156,6 +162,8 @@ pub struct MiHeads<B: Backend> {
     /// The per-token layer of `encoder_input = "future-tokens"` (absent otherwise, and in
     /// checkpoints written before it existed).
     pub tokens: Option<Linear<B>>,
+    /// The right-to-left LM of `encoder_input = "reverse-lm"` (scheme A).
+    pub reverse: Option<Gpt<B>>,
 }
 
 /// The weights of one step.
@@ -279,10 +287,9 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             encoder: FutureEncoder::new(c.pooler, d, c.summary_dim, std, device),
             scorer: Scorer::new(c.scorer, d, c.summary_dim, std, device),
             rollout: RolloutHead::new(d, c.summary_dim, std, device),
-            tokens: c
-                .encoder_input
-                .future_only()
+            tokens: (c.encoder_input == EncoderInput::FutureTokens)
                 .then(|| LinearConfig::new(d, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device)),
+            reverse: (c.encoder_input == EncoderInput::ReverseLm).then(|| self.model.init(device)),
         }))
     }
 
@@ -304,12 +311,17 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         let pick = |x: Tensor<B, 3>, width: usize| x.reshape([b * t, width]).select(0, index.clone());
 
         // Future summaries of every position, then those with a future.
+        let mut reverse_loss = None;
         let states = match (c.encoder_input, &self.frozen_lm) {
             (EncoderInput::Live, _) => out.hidden.clone(),
             (EncoderInput::StopGradient, _) => out.hidden.clone().detach(),
             (EncoderInput::FrozenCopy, Some(lm)) => Tensor::from_inner(lm.forward(batch.inputs.clone().inner()).hidden),
             (EncoderInput::FrozenCopy, None) => unreachable!("checked when built"),
-            (EncoderInput::FutureTokens, _) => token_states(h, &model.gpt, batch.inputs.clone()),
+            (EncoderInput::FutureTokens | EncoderInput::ReverseLm, _) => {
+                let (states, reverse_lm) = future_states(h, &model.gpt, batch);
+                reverse_loss = reverse_lm;
+                states
+            }
         };
         let lens = batch.lens();
         let window = future_window(&lens, t, c.horizon);
@@ -328,7 +340,7 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         let (candidates, keep) = match (&alternatives, c.negatives.counterfactual()) {
             (Some(alt), true) => {
                 let m = alt.per_row;
-                let states = token_states(h, &model.gpt, alt.inputs.clone());
+                let (states, _) = future_states(h, &model.gpt, &alt.batch);
                 let alt_lens: Vec<usize> = lens.iter().flat_map(|&l| std::iter::repeat_n(l, m)).collect();
                 let alt_window = future_window(&alt_lens, t, c.horizon);
                 let mut alt_summaries = h.encoder.forward(states.clone(), states, &alt_window); // [b m, t, s]
@@ -389,7 +401,7 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         let decision = alternatives.as_ref().map(|alt| decision_mass(alt, batch, &index_host, t, &actions, &reward));
         let rl = reward_weighted_nll(logits.clone(), actions, reward.clone());
 
-        let total = ntp.clone()
+        let mut total = ntp.clone()
             + nce.clone().mul_scalar(w.infonce)
             + rl.clone().mul_scalar(w.rl)
             + rollout.clone().mul_scalar(c.lambda_rollout);
@@ -405,12 +417,16 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             stats.push(("decision_reward_arm".to_string(), constant(arm, &device)));
             stats.push(("decision_reward_other_arms".to_string(), constant(others, &device)));
         }
-        let parts = vec![
+        let mut parts = vec![
             ("ntp".to_string(), ntp),
             ("infonce".to_string(), nce),
             ("token_rl".to_string(), rl),
             ("rollout".to_string(), rollout),
         ];
+        if let Some(lm) = reverse_loss {
+            total = total + lm.clone();
+            parts.push(("reverse_lm".to_string(), lm));
+        }
         LossOutput { total, parts, stats }
     }
 }
@@ -422,10 +438,35 @@ fn token_states<B: AutodiffBackend>(h: &MiHeads<B>, gpt: &Gpt<B>, inputs: Tensor
     gelu(linear_rows(layer, gpt.embed_tokens(inputs).detach()))
 }
 
-/// Each row's counterfactual inputs, `per_row` of them per row, row-major, `[b per_row, t]`, and
-/// the first token of each counterfactual target (path-star: the other arms' first nodes).
+/// The per-position states a future-only encoder pools, `[b, t, d]` in the batch's layout, and
+/// (scheme A) the reverse LM's own loss on the batch.
+fn future_states<B: AutodiffBackend>(
+    h: &MiHeads<B>,
+    gpt: &Gpt<B>,
+    batch: &Batch<B>,
+) -> (Tensor<B, 3>, Option<Tensor<B, 1>>) {
+    let Some(reverse) = &h.reverse else { return (token_states(h, gpt, batch.inputs.clone()), None) };
+    let rev = reverse_rows(batch);
+    let out = reverse.forward(rev.inputs.clone());
+    let lm = masked_cross_entropy(out.logits, rev.targets, rev.mask);
+    // Reversed position p holds the state after reading x_{len-1} down to x_{len-1-p}: the state
+    // of original position j is at p = len - 1 - j (j = 0, which would need the whole sequence,
+    // and padding are never in a window; they take position 0).
+    let [b, t, d] = out.hidden.dims();
+    let mut index = Vec::with_capacity(b * t);
+    for &len in &rev.lens {
+        index.extend((0..t).map(|j| if j >= 1 && j < len && len - 1 - j < t { (len - 1 - j) as i32 } else { 0 }));
+    }
+    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [b, t]), &batch.inputs.device());
+    let states = out.hidden.detach().gather(1, index.unsqueeze_dim::<3>(2).expand([b, t, d]));
+    (states, Some(lm))
+}
+
+/// Each row's counterfactual examples, `per_row` of them per row, row-major, as a batch of the
+/// same layout, and the first token of each counterfactual target (path-star: the other arms'
+/// first nodes).
 struct Alternatives<B: Backend> {
-    inputs: Tensor<B, 2, Int>,
+    batch: Batch<B>,
     per_row: usize,
     /// `firsts[r]`: for row r, the second target token of each alternative (the node after the
     /// source: the arm it goes down).
@@ -439,7 +480,7 @@ impl<B: AutodiffBackend> Mi<B> {
         let [b, t] = batch.inputs.dims();
         let rows = host_rows(batch);
         let mut per_row = None;
-        let mut flat = Vec::new();
+        let mut examples = Vec::new();
         let mut arms = Vec::with_capacity(b);
         for (r, row) in rows.iter().enumerate() {
             let p = batch.prefix_lens[r];
@@ -450,16 +491,16 @@ impl<B: AutodiffBackend> Mi<B> {
             }
             arms.push(alt.iter().map(|a| a.get(1).copied().unwrap_or(u32::MAX)).collect());
             for target in alt {
-                let mut tokens: Vec<i32> = row[..p].iter().map(|&x| x as i32).collect();
-                tokens.extend(target.iter().map(|&x| x as i32));
-                tokens.truncate(t); // the inputs: all but the last token
-                tokens.resize(t, self.task.vocab().dummy() as i32);
-                flat.extend(tokens);
+                let mut tokens: Vec<u32> = row[..p].iter().map(|&x| x as u32).collect();
+                tokens.extend(target);
+                examples.push(tasks::Example { tokens, prefix_len: p });
             }
         }
         let per_row = per_row?;
-        let inputs = Tensor::from_data(TensorData::new(flat, [b * per_row, t]), &batch.inputs.device());
-        Some(Alternatives { inputs, per_row, arms })
+        let refs: Vec<&tasks::Example> = examples.iter().collect();
+        let alt = Batch::new(&refs, self.task.vocab().dummy(), &batch.inputs.device());
+        // Counterfactual targets have the answer's length, so the layouts agree.
+        (alt.inputs.dims()[1] == t).then_some(Alternatives { batch: alt, per_row, arms })
     }
 }
 
@@ -637,7 +678,7 @@ mod tests {
     }
 
     #[test]
-    fn a_future_tokens_summary_does_not_see_the_prompt() {
+    fn future_only_summaries_do_not_see_the_prompt() {
         let (task, batch, config) = path_star_case();
         let summaries = |encoder_input, batch: &Batch<B>| {
             let obj = mi_on(task.as_ref(), &config, MiConfig { encoder_input, ..Default::default() }).unwrap();
@@ -645,7 +686,7 @@ mod tests {
             let Some(Heads::Mi(h)) = &m.heads else { panic!() };
             let out = m.gpt.forward(batch.inputs.clone());
             let states = match encoder_input {
-                EncoderInput::FutureTokens => token_states(h, &m.gpt, batch.inputs.clone()),
+                EncoderInput::FutureTokens | EncoderInput::ReverseLm => future_states(h, &m.gpt, batch).0,
                 _ => out.hidden,
             };
             let [_, t, _] = states.dims();
@@ -657,16 +698,21 @@ mod tests {
             f.reshape([b * t, s]).select(0, idx).into_data().to_vec::<f32>().unwrap()
         };
         // The same targets after other prompts: the first edge and the goal token changed.
-        let mut other = batch.clone();
-        let mut inputs = batch.inputs.clone().into_data().convert::<i64>().to_vec::<i64>().unwrap();
-        let t = batch.inputs.dims()[1];
-        for r in 0..4 {
-            inputs[r * t] = (inputs[r * t] + 1) % 10;
-            let p = batch.prefix_lens[r];
-            inputs[r * t + p - 2] = (inputs[r * t + p - 2] + 3) % 10;
+        let examples: Vec<tasks::Example> = host_rows(&batch)
+            .iter()
+            .zip(&batch.prefix_lens)
+            .map(|(row, &p)| {
+                let mut tokens: Vec<u32> = row.iter().map(|&x| x as u32).collect();
+                tokens[0] = (tokens[0] + 1) % 10;
+                tokens[p - 2] = (tokens[p - 2] + 3) % 10;
+                tasks::Example { tokens, prefix_len: p }
+            })
+            .collect();
+        let other = Batch::new(&examples.iter().collect::<Vec<_>>(), task.vocab().dummy(), &FlexDevice);
+        assert_ne!(host_rows(&other), host_rows(&batch));
+        for future_only in [EncoderInput::FutureTokens, EncoderInput::ReverseLm] {
+            assert_eq!(summaries(future_only, &batch), summaries(future_only, &other), "{future_only:?}");
         }
-        other.inputs = Tensor::from_data(TensorData::new(inputs, [4, t]).convert::<i32>(), &FlexDevice);
-        assert_eq!(summaries(EncoderInput::FutureTokens, &batch), summaries(EncoderInput::FutureTokens, &other));
         // Scheme B's summaries read hidden states that read the prompt: they change (the leak).
         assert_ne!(summaries(EncoderInput::Live, &batch), summaries(EncoderInput::Live, &other));
     }
@@ -711,6 +757,41 @@ mod tests {
         let Some(Heads::Mi(h1)) = &m.heads else { panic!() };
         assert_ne!(params(&h1.encoder), enc);
         assert_ne!(params(h1.tokens.as_ref().unwrap()), tok);
+    }
+
+    #[test]
+    fn scheme_a_trains_its_reverse_lm_by_its_own_loss_and_takes_counterfactual_negatives() {
+        let (task, batch, config) = path_star_case();
+        let obj = mi_on(
+            task.as_ref(),
+            &config,
+            MiConfig {
+                encoder_input: EncoderInput::ReverseLm,
+                negatives: Negatives::Counterfactual,
+                schedule: MiSchedule::Constant,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let m = model(&obj, &config);
+        let out = obj.loss(&m, &batch, 0);
+        let names: Vec<&str> = out.parts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["ntp", "infonce", "token_rl", "rollout", "reverse_lm"]);
+        let log_k = scalar(out.stats.iter().find(|(n, _)| n == "mi_log_k").unwrap().1.clone()) as f64;
+        assert!((log_k - 2f64.ln()).abs() < 1e-6);
+        // The InfoNCE term gives the reverse LM no gradient: its states are read held fixed.
+        let nce = out.parts.iter().find(|(n, _)| n == "infonce").unwrap().1.clone();
+        let grads = nce.backward();
+        let Some(Heads::Mi(h)) = &m.heads else { panic!() };
+        struct Any<'a>(&'a <B as AutodiffBackend>::Gradients, usize);
+        impl burn::module::ModuleVisitor<B> for Any<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
+                self.1 += p.val().grad(self.0).is_some() as usize;
+            }
+        }
+        let mut any = Any(&grads, 0);
+        h.reverse.as_ref().unwrap().visit(&mut any);
+        assert_eq!(any.1, 0);
     }
 
     #[test]
