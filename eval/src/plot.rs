@@ -513,6 +513,46 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
             }),
         ));
     }
+    // The planning analysis (`trainer mi RUN --counterfactual`): I(h_t; y | graph) at every input
+    // position, the prompt included, averaged over the runs of a group that have it.
+    let mut plan = Vec::new();
+    let mut log_d = None;
+    for (i, g) in order.iter().enumerate() {
+        let mut sums: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
+        for r in &groups[g] {
+            let Ok(text) = std::fs::read_to_string(root.join(&r.name).join("mi_plan.json")) else { continue };
+            let v: serde_json::Value = serde_json::from_str(&text).context("reading mi_plan.json")?;
+            log_d = log_d.or(v["log_d"].as_f64());
+            for p in v["per_position"].as_array().into_iter().flatten() {
+                if let (Some(index), Some(b)) = (p["index"].as_u64(), p["bound"].as_f64()) {
+                    let e = sums.entry(index).or_default();
+                    e.0 += b;
+                    e.1 += 1;
+                }
+            }
+        }
+        let points: Vec<(f64, f64)> = sums.into_iter().map(|(p, (s, n))| (p as f64, s / n as f64)).collect();
+        if !points.is_empty() {
+            plan.push(Series { label: label(g), points, dashed: false, color: i });
+        }
+    }
+    if !plan.is_empty() {
+        let top = log_d.unwrap_or(1.0);
+        let bottom = plan.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::min);
+        figs.push((
+            "mi_plan".into(),
+            Figure::Lines(LineChart {
+                title: format!("I(h_t; arm | graph) per input position, other arms as negatives (log d = {top:.2})"),
+                x_label: "input position t (the prompt, then the answer)".into(),
+                y_label: "bound (nats)".into(),
+                series: plan,
+                log2_x: false,
+                y_range: Some((bottom.min(-0.05), top * 1.05)),
+                x_ticks: 12,
+                legend_top: false,
+            }),
+        ));
+    }
     Ok(figs)
 }
 
@@ -564,6 +604,36 @@ mod tests {
         };
         let json = serde_json::to_string(&EvalFile { step: 20, scored: None, report }).unwrap();
         std::fs::write(run.join("eval.json"), json).unwrap();
+    }
+
+    #[test]
+    fn free_running_exact_against_sequences_and_the_planning_curve() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, free) in [("bst-s0", [0.5, 0.9]), ("bst-s1", [0.5, 0.7])] {
+            fake_run(dir.path(), name, [2.0, 1.0], free[1]);
+            // Train lines carry the sequences seen; eval lines of the same step the accuracy.
+            let metrics = format!(
+                "{{\"step\":10,\"train/loss\":2.0,\"train/sequences\":640}}\n{{\"step\":10,\"eval/free/exact\":{}}}\n\
+                 {{\"step\":20,\"train/loss\":1.0,\"train/sequences\":1280}}\n{{\"step\":20,\"eval/free/exact\":{}}}\n",
+                free[0], free[1]
+            );
+            std::fs::write(dir.path().join(name).join("metrics.jsonl"), metrics).unwrap();
+        }
+        let plan = r#"{"log_d": 0.693, "per_position": [{"index": 0, "bound": 0.0}, {"index": 1, "bound": 0.6}]}"#;
+        std::fs::write(dir.path().join("bst-s0/mi_plan.json"), plan).unwrap();
+        let figs = figures(dir.path()).unwrap();
+        let get = |name: &str| match &figs.iter().find(|(n, _)| n == name).unwrap().1 {
+            Figure::Lines(l) => l.clone(),
+            Figure::Bars(_) => panic!("{name} is a line chart"),
+        };
+        let learning = get("free_by_sequences");
+        assert_eq!(learning.series[0].label, "bst (2 seeds)");
+        let points = &learning.series[0].points;
+        assert_eq!(points.len(), 2);
+        assert!((points[0].0 - 640.0).abs() < 1e-9 && (points[0].1 - 0.5).abs() < 1e-9);
+        assert!((points[1].0 - 1280.0).abs() < 1e-9 && (points[1].1 - 0.8).abs() < 1e-9);
+        // Only the run that has the analysis counts towards its group's planning curve.
+        assert_eq!(get("mi_plan").series[0].points, vec![(0.0, 0.0), (1.0, 0.6)]);
     }
 
     #[test]
