@@ -89,6 +89,10 @@ pub enum MiSchedule {
 pub struct MiConfig {
     /// L: the future encoder pools h_{t+1..t+L} (clipped at the end of the sequence).
     pub horizon: usize,
+    /// Multi-horizon summaries (seed §4.4): a second summary over t+1..t+far_horizon, with its
+    /// own encoder and scorer and its own InfoNCE term (same λ, same negatives), beside the near
+    /// one; 0 = one horizon. The token reward reads the near summary.
+    pub far_horizon: usize,
     /// `mean` or `attention` (query from h_t).
     pub pooler: PoolerKind,
     /// `live`, `stop-gradient` or `frozen-copy`.
@@ -129,6 +133,7 @@ impl Default for MiConfig {
     fn default() -> Self {
         MiConfig {
             horizon: 4,
+            far_horizon: 0,
             pooler: PoolerKind::Mean,
             encoder_input: EncoderInput::Live,
             frozen_lm_run: None,
@@ -164,6 +169,10 @@ pub struct MiHeads<B: Backend> {
     pub tokens: Option<Linear<B>>,
     /// The right-to-left LM of `encoder_input = "reverse-lm"` (scheme A).
     pub reverse: Option<Gpt<B>>,
+    /// The far summary's encoder and scorer (`far_horizon > 0`).
+    pub far_encoder: Option<FutureEncoder<B>>,
+    /// See `far_encoder`.
+    pub far_scorer: Option<Scorer<B>>,
 }
 
 /// The weights of one step.
@@ -193,6 +202,9 @@ impl<B: AutodiffBackend> Mi<B> {
         let vocab = cx.task.vocab().len();
         if config.horizon == 0 || config.summary_dim == 0 {
             bail!("objective.horizon and objective.summary_dim must be positive");
+        }
+        if config.far_horizon != 0 && config.far_horizon <= config.horizon {
+            bail!("objective.far_horizon must be 0 (one horizon) or longer than objective.horizon");
         }
         if config.top_k == 0 || config.top_k >= vocab {
             bail!("objective.top_k must be between 1 and the vocabulary size - 1 ({})", vocab - 1);
@@ -290,6 +302,8 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             tokens: (c.encoder_input == EncoderInput::FutureTokens)
                 .then(|| LinearConfig::new(d, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device)),
             reverse: (c.encoder_input == EncoderInput::ReverseLm).then(|| self.model.init(device)),
+            far_encoder: (c.far_horizon > 0).then(|| FutureEncoder::new(c.pooler, d, c.summary_dim, std, device)),
+            far_scorer: (c.far_horizon > 0).then(|| Scorer::new(c.scorer, d, c.summary_dim, std, device)),
         }))
     }
 
@@ -324,68 +338,78 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             }
         };
         let lens = batch.lens();
-        let window = future_window(&lens, t, c.horizon);
-        let mut summaries = h.encoder.forward(states.clone(), states, &window); // [b, t, s]
-        if w.encoder_frozen {
-            summaries = summaries.detach();
-        }
-        let f = pick(summaries, s); // [n, s]
-        let hs = pick(out.hidden.clone(), d); // [n, d]
         let host = c.negatives.counterfactual() || self.task.as_path_star().is_some();
         let alternatives = host.then(|| self.alternatives(batch)).flatten();
+        let alt_states = match (&alternatives, c.negatives.counterfactual()) {
+            (Some(alt), true) => Some(future_states(h, &model.gpt, &alt.batch).0),
+            _ => None,
+        };
+        let hs = pick(out.hidden.clone(), d); // [n, d]
 
-        // The candidates of each anchor: its own summary, and the others that the negatives name
+        // One contrast: the summaries F_t at `horizon` of the anchors, and InfoNCE of h_t against
+        // them. The candidates of each anchor are its own summary and those the negatives name
         // (columns 0..n the batch's summaries; after them, anchor-major, each anchor's
-        // counterfactual summaries).
-        let (candidates, keep) = match (&alternatives, c.negatives.counterfactual()) {
-            (Some(alt), true) => {
-                let m = alt.per_row;
-                let (states, _) = future_states(h, &model.gpt, &alt.batch);
-                let alt_lens: Vec<usize> = lens.iter().flat_map(|&l| std::iter::repeat_n(l, m)).collect();
-                let alt_window = future_window(&alt_lens, t, c.horizon);
-                let mut alt_summaries = h.encoder.forward(states.clone(), states, &alt_window); // [b m, t, s]
-                if w.encoder_frozen {
-                    alt_summaries = alt_summaries.detach();
-                }
-                let flat: Vec<i32> = index_host
-                    .iter()
-                    .zip(&rows)
-                    .flat_map(|(&k, &r)| (0..m).map(move |a| ((r * m + a) * t + k as usize - r * t) as i32))
-                    .collect();
-                let picked = alt_summaries
-                    .reshape([b * m * t, s])
-                    .select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n * m]), &device));
-                let width = n + n * m;
-                let mut keep = vec![0f32; n * width];
-                for i in 0..n {
-                    if c.negatives == Negatives::CounterfactualBatch {
-                        keep[i * width..i * width + n].fill(1.0);
+        // counterfactual summaries). With λ = 0 InfoNCE is only measured, on the inner backend,
+        // so that no gradient (not even a zero one, which AdamW's momentum would still act on)
+        // reaches the scorer.
+        let contrast = |encoder: &FutureEncoder<B>, scorer: &Scorer<B>, horizon: usize| {
+            let window = future_window(&lens, t, horizon);
+            let mut summaries = encoder.forward(states.clone(), states.clone(), &window); // [b, t, s]
+            if w.encoder_frozen {
+                summaries = summaries.detach();
+            }
+            let f = pick(summaries, s); // [n, s]
+            let (candidates, keep) = match (&alternatives, &alt_states) {
+                (Some(alt), Some(alt_states)) => {
+                    let m = alt.per_row;
+                    let alt_lens: Vec<usize> = lens.iter().flat_map(|&l| std::iter::repeat_n(l, m)).collect();
+                    let alt_window = future_window(&alt_lens, t, horizon);
+                    let mut alt_summaries = encoder.forward(alt_states.clone(), alt_states.clone(), &alt_window);
+                    if w.encoder_frozen {
+                        alt_summaries = alt_summaries.detach(); // [b m, t, s]
                     }
-                    keep[i * width + i] = 1.0;
-                    keep[i * width + n + i * m..i * width + n + (i + 1) * m].fill(1.0);
+                    let flat: Vec<i32> = index_host
+                        .iter()
+                        .zip(&rows)
+                        .flat_map(|(&k, &r)| (0..m).map(move |a| ((r * m + a) * t + k as usize - r * t) as i32))
+                        .collect();
+                    let picked = alt_summaries
+                        .reshape([b * m * t, s])
+                        .select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n * m]), &device));
+                    let width = n + n * m;
+                    let mut keep = vec![0f32; n * width];
+                    for i in 0..n {
+                        if c.negatives == Negatives::CounterfactualBatch {
+                            keep[i * width..i * width + n].fill(1.0);
+                        }
+                        keep[i * width + i] = 1.0;
+                        keep[i * width + n + i * m..i * width + n + (i + 1) * m].fill(1.0);
+                    }
+                    (Tensor::cat(vec![f.clone(), picked], 0), Some(keep))
                 }
-                (Tensor::cat(vec![f.clone(), picked], 0), Some(keep))
-            }
-            _ => (f.clone(), None),
-        };
-        let nce_of = |scores| -> (Tensor<_, 1>, f64) {
-            match &keep {
-                Some(keep) => info_nce_among(scores, c.temperature, &(0..n).collect::<Vec<_>>(), keep),
-                None => info_nce(scores, c.temperature, c.negatives, &rows),
-            }
-        };
-
-        // InfoNCE. With λ = 0 it is only measured, on the inner backend, so that no gradient
-        // (not even a zero one, which AdamW's momentum would still act on) reaches the scorer.
-        let (nce, log_k) = if w.infonce > 0.0 {
-            nce_of(h.scorer.scores(hs.clone(), candidates))
-        } else {
-            let scores = h.scorer.valid().scores(hs.clone().inner(), candidates.inner());
-            let (loss, log_k) = match &keep {
-                Some(keep) => info_nce_among(scores, c.temperature, &(0..n).collect::<Vec<_>>(), keep),
-                None => info_nce(scores, c.temperature, c.negatives, &rows),
+                _ => (f.clone(), None),
             };
-            (Tensor::from_inner(loss), log_k)
+            let positives: Vec<usize> = (0..n).collect();
+            let (nce, log_k) = if w.infonce > 0.0 {
+                let scores = scorer.scores(hs.clone(), candidates);
+                match &keep {
+                    Some(keep) => info_nce_among(scores, c.temperature, &positives, keep),
+                    None => info_nce(scores, c.temperature, c.negatives, &rows),
+                }
+            } else {
+                let scores = scorer.valid().scores(hs.clone().inner(), candidates.inner());
+                let (loss, log_k) = match &keep {
+                    Some(keep) => info_nce_among(scores, c.temperature, &positives, keep),
+                    None => info_nce(scores, c.temperature, c.negatives, &rows),
+                };
+                (Tensor::from_inner(loss), log_k)
+            };
+            (f, nce, log_k)
+        };
+        let (f, nce, log_k) = contrast(&h.encoder, &h.scorer, c.horizon);
+        let far = match (&h.far_encoder, &h.far_scorer) {
+            (Some(encoder), Some(scorer)) => Some(contrast(encoder, scorer, c.far_horizon)),
+            _ => None,
         };
 
         // The token-level reward.
@@ -426,6 +450,11 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         if let Some(lm) = reverse_loss {
             total = total + lm.clone();
             parts.push(("reverse_lm".to_string(), lm));
+        }
+        if let Some((_, nce_far, log_k_far)) = far {
+            total = total + nce_far.clone().mul_scalar(w.infonce);
+            stats.push(("mi_bound_far".to_string(), nce_far.clone().neg() + log_k_far));
+            parts.push(("infonce_far".to_string(), nce_far));
         }
         LossOutput { total, parts, stats }
     }
@@ -792,6 +821,35 @@ mod tests {
         let mut any = Any(&grads, 0);
         h.reverse.as_ref().unwrap().visit(&mut any);
         assert_eq!(any.1, 0);
+    }
+
+    #[test]
+    fn a_far_summary_adds_its_own_contrast() {
+        let (task, batch, config) = path_star_case();
+        for negatives in [Negatives::Batch, Negatives::Counterfactual] {
+            let mc = MiConfig {
+                encoder_input: EncoderInput::FutureTokens,
+                negatives,
+                horizon: 1,
+                far_horizon: 3,
+                schedule: MiSchedule::Constant,
+                lambda_infonce: 0.5,
+                ..Default::default()
+            };
+            let obj = mi_on(task.as_ref(), &config, mc).unwrap();
+            let m = model(&obj, &config);
+            let out = obj.loss(&m, &batch, 0);
+            let part = |name: &str| scalar(out.parts.iter().find(|(n, _)| n == name).unwrap().1.clone()) as f64;
+            let stat = |name: &str| scalar(out.stats.iter().find(|(n, _)| n == name).unwrap().1.clone()) as f64;
+            let log_k = stat("mi_log_k");
+            assert!((stat("mi_bound_far") - (log_k - part("infonce_far"))).abs() < 1e-5);
+            let want = part("ntp") + 0.5 * (part("infonce") + part("infonce_far")) + part("token_rl") + part("rollout");
+            assert!((scalar(out.total.clone()) as f64 - want).abs() < 1e-4, "{negatives:?}");
+            // The two horizons summarise different windows, so their contrasts differ.
+            assert_ne!(part("infonce"), part("infonce_far"));
+        }
+        let bad = MiConfig { horizon: 4, far_horizon: 4, ..Default::default() };
+        assert!(mi_on(task.as_ref(), &config, bad).is_err());
     }
 
     #[test]
