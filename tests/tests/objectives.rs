@@ -278,22 +278,23 @@ fn next_lat_predicts_its_latents_at_600_steps() {
     );
 }
 
-/// The positive control of LOG.md (2026-12-01): BST plans on G(2,4,10) within 512,000 sequences
-/// where NTP stays at 1/d. About 8 CPU-minutes on two cores, so not in the default suite:
+/// The positive control of LOG.md (2026-12-01): BST plans on G(2,4,10) within 768,000 sequences
+/// (12,000 steps; seeds 0 and 1 reached 0.996 and 0.989 in the sweep) where NTP stays at 1/d.
+/// About 10 CPU-minutes on two cores, so not in the default suite:
 /// `cargo test --release -p tests --test objectives -- --ignored`.
 #[test]
-#[ignore = "about 8 minutes on two cores; run with --ignored"]
-fn bst_plans_where_ntp_cheats_at_512k_sequences() {
+#[ignore = "about 10 minutes on two cores; run with --ignored"]
+fn bst_plans_where_ntp_cheats_at_768k_sequences() {
     let dir = tempfile::tempdir().unwrap();
     let long = |name: &str| {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/path-star").join(name);
-        let config = RunConfig::load(&path, &["schedule.steps=8000".into(), "schedule.eval_every=0".into()]).unwrap();
+        let config = RunConfig::load(&path, &["schedule.steps=12000".into(), "schedule.eval_every=0".into()]).unwrap();
         let options = TrainOptions { progress: false, stop_after: None, ..Default::default() };
         let out = dir.path().join(name);
         trainer::train::<B>(&config, &out, false, &FlexDevice, &options).unwrap().report.unwrap()
     };
     let bst = long("bst.toml");
     let ntp = long("ntp.toml");
-    assert!(bst.free.exact >= 0.9, "bst: free-running exact {}", bst.free.exact);
+    assert!(bst.free.exact >= 0.95, "bst: free-running exact {}", bst.free.exact);
     assert!((ntp.free.exact - 0.5).abs() <= 0.05, "ntp: free-running exact {}", ntp.free.exact);
 }
