@@ -208,6 +208,22 @@ fn mi_counterfactual_negatives_are_the_other_arm() {
 }
 
 #[test]
+fn mi_scheme_a_trains_its_reverse_lm_and_contrasts_the_other_arm() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), "mi-scheme-a.toml", &mi_schedule());
+    // Measured at 600 steps: exact 0.507, bound 0.26 of 0.693 nats, the reverse LM at 0.83 nats a
+    // token (it must guess the prompt's edges from their right; it reads the path well).
+    check(
+        "mi-scheme-a",
+        &r,
+        0.42..0.62,
+        0.42..0.62,
+        0.95..1.01,
+        &[("mi_bound", 0.15..0.40), ("mi_log_k", 0.693..0.694), ("loss.reverse_lm", 0.70..0.95)],
+    );
+}
+
+#[test]
 fn avatarl_with_an_ntp_critic_still_cheats() {
     let dir = tempfile::tempdir().unwrap();
     // The critic: the NTP run of the Pitfalls band test, trained here.
