@@ -7,6 +7,7 @@
 //!   config.toml  command.txt  metrics.jsonl  eval.json  failures.txt
 //!   checkpoints/step_NNNNNN.mpk         the GPT
 //!               step_NNNNNN-heads.mpk   the objective's heads (if it has any)
+//!               step_NNNNNN-decoder.mpk an objective's own decoder (BST's), when the sidecar names one
 //!               step_NNNNNN-optim.mpk   the optimizer state
 //!               step_NNNNNN.json        the sidecar (CheckpointMeta), written last
 //!   evals/<what was scored>.json        re-evaluations (`eval RUN`), one report each

@@ -124,6 +124,14 @@ fn run(cli: Cli) -> Result<()> {
             Some(step) => run_dir::at_step(run, *step)?,
             None => run_dir::latest(run)?,
         };
+        if checkpoint.meta.decoder != models::DecoderKind::Gpt {
+            anyhow::bail!(
+                "{} is decoded by its objective's own decoder ({}), which nanoGPT's layout cannot hold; its GPT's head \
+                 was never trained, so an export of the GPT alone would not be the model",
+                run.display(),
+                checkpoint.meta.decoder.name()
+            );
+        }
         let model = run_dir::load_gpt::<burn::backend::Flex>(&checkpoint, &burn::backend::flex::FlexDevice)?;
         models::export::export_safetensors(&model, &checkpoint.meta.model, out)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;

@@ -44,6 +44,13 @@ pub fn load_frozen<B: Backend>(
         ),
         _ => {}
     }
+    if meta.decoder != models::DecoderKind::Gpt {
+        bail!(
+            "{key} = {} is decoded by its objective's own decoder ({}): its GPT's head was never trained",
+            run.display(),
+            meta.decoder.name()
+        );
+    }
     if meta.model.vocab_size != forward.vocab_size || meta.model.max_seq_len < forward.max_seq_len {
         bail!(
             "the model in {} has vocabulary {} and {} positions; this run needs {} and {}",

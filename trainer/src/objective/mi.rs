@@ -55,9 +55,10 @@ pub enum EncoderInput {
     /// GELU layer: a summary that cannot see the prompt.
     FutureTokens,
     /// Scheme A (seed §2.2.1): the states of a right-to-left LM trained jointly with its own
-    /// loss (`fsp-summary`'s reverse LM), s_j = its state after reading x_{len-1} down to x_j,
-    /// which has seen only the future of any t < j. Held fixed by the InfoNCE term (only its own
-    /// loss trains it), as in `fsp-summary`.
+    /// loss (`fsp-summary`'s reverse LM), s_j = its state after reading x_{len-2} down to x_j,
+    /// which has seen only the future of any t < j (not the last token, which on path-star is the
+    /// goal the prompt names). Held fixed by the InfoNCE term (only its own loss trains it), as in
+    /// `fsp-summary`.
     ReverseLm,
 }
 
@@ -227,10 +228,17 @@ impl<B: AutodiffBackend> Mi<B> {
             (_, None) => None,
         };
         let task = cx.task.spec().build().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if config.encoder_input.future_only() && config.pooler == PoolerKind::Attention {
+            // The attention pooler's query is the pooled states' own s_t, not h_t: with a
+            // future-only encoder it would read x_t, which differs between a future and its
+            // counterfactuals after the decision and gives the scorer a cue that needs no plan.
+            bail!("objective.pooler = \"attention\" is defined for scheme B; future-only encoders pool by the mean");
+        }
         if config.negatives.counterfactual() {
             if !config.encoder_input.future_only() {
                 bail!(
-                    "objective.negatives = {:?} needs a future-only encoder (encoder_input = \"future-tokens\"): \
+                    "objective.negatives = {:?} needs a future-only encoder (encoder_input = \"future-tokens\" or \
+                     \"reverse-lm\"): \
                      a summary of hidden states that read the prompt cannot be computed for a future that did not \
                      happen without running the LM on it",
                     config.negatives
@@ -338,8 +346,17 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             }
         };
         let lens = batch.lens();
-        let host = c.negatives.counterfactual() || self.task.as_path_star().is_some();
+        // The decision's reward mass is read for forward path-star answers (whose second token is
+        // the arm's first node).
+        let forward_star = self.task.as_path_star().is_some_and(|p| !p.params().reverse);
+        let host = c.negatives.counterfactual() || forward_star;
         let alternatives = host.then(|| self.alternatives(batch)).flatten();
+        // Checked when built: the task has counterfactual futures. A batch whose rows do not (a
+        // malformed prompt) must not quietly fall back to in-batch negatives.
+        assert!(
+            alternatives.is_some() || !c.negatives.counterfactual(),
+            "counterfactual negatives: a row of the batch has no counterfactual futures of the answer's length"
+        );
         let alt_states = match (&alternatives, c.negatives.counterfactual()) {
             (Some(alt), true) => Some(future_states(h, &model.gpt, &alt.batch).0),
             _ => None,
@@ -422,7 +439,10 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         let predicted_gt = (predicted.clone() * is_gt.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([n, s]);
         let rollout = (unit_rows(predicted_gt) * unit_rows(target.clone())).sum().neg() / n as f64 + 1.0;
         let reward = rewards(predicted.detach(), target, valid, is_gt.clone(), c.lambda_gt, c.reward_tau);
-        let decision = alternatives.as_ref().map(|alt| decision_mass(alt, batch, &index_host, t, &actions, &reward));
+        let decision = alternatives
+            .as_ref()
+            .filter(|_| forward_star)
+            .map(|alt| decision_mass(alt, batch, &index_host, t, &actions, &reward));
         let rl = reward_weighted_nll(logits.clone(), actions, reward.clone());
 
         let mut total = ntp.clone()
@@ -475,18 +495,33 @@ fn future_states<B: AutodiffBackend>(
     batch: &Batch<B>,
 ) -> (Tensor<B, 3>, Option<Tensor<B, 1>>) {
     let Some(reverse) = &h.reverse else { return (token_states(h, gpt, batch.inputs.clone()), None) };
-    let rev = reverse_rows(batch);
+    // The reverse LM reads each row without its last token: it would read it first, and on
+    // path-star that is the goal, which every state h_t after the prompt knows, so a summary
+    // holding it would tell the true future from the other arms' without any plan. The windows
+    // never reach the last token either (`future_window`).
+    let [b, t] = batch.inputs.dims();
+    let device = batch.inputs.device();
+    let shortened: Vec<tasks::Example> = host_rows(batch)
+        .iter()
+        .zip(&batch.prefix_lens)
+        .map(|(row, &p)| {
+            let tokens: Vec<u32> = row[..row.len() - 1].iter().map(|&x| x as u32).collect();
+            tasks::Example { prefix_len: p.min(tokens.len()), tokens }
+        })
+        .collect();
+    let shortened = Batch::<B>::new(&shortened.iter().collect::<Vec<_>>(), 0, &device);
+    let rev = reverse_rows(&shortened);
     let out = reverse.forward(rev.inputs.clone());
     let lm = masked_cross_entropy(out.logits, rev.targets, rev.mask);
-    // Reversed position p holds the state after reading x_{len-1} down to x_{len-1-p}: the state
-    // of original position j is at p = len - 1 - j (j = 0, which would need the whole sequence,
-    // and padding are never in a window; they take position 0).
-    let [b, t, d] = out.hidden.dims();
+    // Reversed position p holds the state after reading x_{len-2} down to x_{len-2-p}: the state
+    // of original position j is at p = len - 2 - j. Position 0 (which would need the whole
+    // sequence), the last token and padding are never in a window; they take position 0.
+    let [_, tr, d] = out.hidden.dims();
     let mut index = Vec::with_capacity(b * t);
-    for &len in &rev.lens {
-        index.extend((0..t).map(|j| if j >= 1 && j < len && len - 1 - j < t { (len - 1 - j) as i32 } else { 0 }));
+    for &len in &batch.lens() {
+        index.extend((0..t).map(|j| if j >= 1 && j + 2 <= len && len - 2 - j < tr { (len - 2 - j) as i32 } else { 0 }));
     }
-    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [b, t]), &batch.inputs.device());
+    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [b, t]), &device);
     let states = out.hidden.detach().gather(1, index.unsqueeze_dim::<3>(2).expand([b, t, d]));
     (states, Some(lm))
 }
@@ -726,7 +761,7 @@ mod tests {
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(index.clone(), [index.len()]), &FlexDevice);
             f.reshape([b * t, s]).select(0, idx).into_data().to_vec::<f32>().unwrap()
         };
-        // The same targets after other prompts: the first edge and the goal token changed.
+        // The same futures after other prompts: the first edge and the goal token changed.
         let examples: Vec<tasks::Example> = host_rows(&batch)
             .iter()
             .zip(&batch.prefix_lens)
@@ -734,6 +769,10 @@ mod tests {
                 let mut tokens: Vec<u32> = row.iter().map(|&x| x as u32).collect();
                 tokens[0] = (tokens[0] + 1) % 10;
                 tokens[p - 2] = (tokens[p - 2] + 3) % 10;
+                // And the last token (the goal, again): no window reaches it, and scheme A's
+                // reverse LM must not read it first.
+                let last = tokens.len() - 1;
+                tokens[last] = (tokens[last] + 5) % 10;
                 tasks::Example { tokens, prefix_len: p }
             })
             .collect();
