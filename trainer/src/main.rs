@@ -97,6 +97,10 @@ enum Cmd {
         /// --steps, --examples, --lr and --seed.
         #[arg(long)]
         counterfactual: bool,
+        /// With --counterfactual: match every node between source and goal instead of the
+        /// decision token alone (a weaker test: the goal's parent names the arm).
+        #[arg(long)]
+        inner_nodes: bool,
     },
     /// Probe what a finished run's heads know (fsp-bow: exact bag recovery per position).
     Probe {
@@ -161,9 +165,11 @@ fn run(cli: Cli) -> Result<()> {
     let (config, overrides, out, resume, quiet) = match cli.cmd {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
         Cmd::Probe { run, examples } => return probe(&run, examples, device),
-        Cmd::Mi { run, counterfactual: true, steps, examples, lr, seed, .. } => {
-            let steps = steps.unwrap_or(trainer::plan_mi::PlanMiOptions::default().steps);
-            let options = trainer::plan_mi::PlanMiOptions { steps, examples, lr, seed, ..Default::default() };
+        Cmd::Mi { run, counterfactual: true, steps, examples, lr, seed, inner_nodes, .. } => {
+            use trainer::plan_mi::{PlanAnswer, PlanMiOptions};
+            let steps = steps.unwrap_or(PlanMiOptions::default().steps);
+            let answer = if inner_nodes { PlanAnswer::Inner } else { PlanAnswer::Decision };
+            let options = PlanMiOptions { answer, steps, examples, lr, seed, ..Default::default() };
             return plan_mi(&run, &options, device);
         }
         Cmd::Mi { run, k, horizon, steps, examples, lr, seed, .. } => {

@@ -4,7 +4,10 @@
 //! answers the same graph has (one per arm: the task's counterfactual futures). The negatives
 //! share the prompt, so a state that only knows the prompt scores 0 and a state that knows the
 //! way to the goal scores up to log d. Since the d answers differ only in their arm, this is also
-//! I(h_t; arm | graph).
+//! I(h_t; arm | graph). By default each answer is reduced to the arm's first node, the decision
+//! token, so that the bilinear critic credits only a state that represents what the decoder must
+//! emit; `--inner-nodes` matches every node between source and goal instead, which the goal's
+//! parent (one edge back from the goal) already gives away.
 //!
 //! Read per position it is the Thinking-Tokens-style curve over the whole sequence: nothing can
 //! be known before the goal token (prompt position p − 2); a planner's states should carry the
@@ -40,9 +43,26 @@ use tasks::{Example, Task};
 use crate::RunConfig;
 use crate::objective::infonce::{Scorer, ScorerKind};
 
+/// Which part of each answer the critic matches h_t against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanAnswer {
+    /// The arm's first node, the decision token: a bilinear critic finds it only in a state that
+    /// represents the node the decoder must emit.
+    #[default]
+    Decision,
+    /// Every node between source and goal. The same information given the graph (any of them
+    /// names the arm), but the goal's parent, one edge back from the goal the prompt names, is
+    /// enough to match: a weaker test of planning.
+    Inner,
+}
+
 /// How the critic is trained and the bound measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanMiOptions {
+    /// What of each answer is matched.
+    #[serde(default)]
+    pub answer: PlanAnswer,
     /// Width of the critic's answer summary.
     pub summary_dim: usize,
     /// Critic training steps.
@@ -59,7 +79,15 @@ pub struct PlanMiOptions {
 
 impl Default for PlanMiOptions {
     fn default() -> Self {
-        PlanMiOptions { summary_dim: 64, steps: 2000, batch: 64, lr: 3e-3, examples: 1024, seed: 0 }
+        PlanMiOptions {
+            answer: PlanAnswer::Decision,
+            summary_dim: 64,
+            steps: 2000,
+            batch: 64,
+            lr: 3e-3,
+            examples: 1024,
+            seed: 0,
+        }
     }
 }
 
@@ -164,6 +192,7 @@ fn prepare<B: Backend>(
     gpt: &Gpt<B>,
     task: &dyn Task,
     rows: &[&Example],
+    answer: PlanAnswer,
     device: &B::Device,
 ) -> Result<(Tensor<B, 3>, Tensor<B, 3>, usize)> {
     let pad = task.vocab().dummy();
@@ -180,15 +209,20 @@ fn prepare<B: Backend>(
         per_row = alt.len() + 1;
         // The answers without their first token (the source, shared by all) and their last (the
         // goal, or another arm's leaf): a state that has read the goal in the prompt would tell
-        // its answer by the goal alone. What is left, the arm's inner nodes, is what a plan knows.
-        let inner = |y: &[u32]| -> Vec<i32> { y[1..y.len() - 1].iter().map(|&x| x as i32).collect() };
+        // its answer by the goal alone. What is left, the arm's inner nodes (or only the first of
+        // them, the decision token; see `PlanAnswer`), is what a plan knows.
+        let end = |y: &[u32]| match answer {
+            PlanAnswer::Decision => 2,
+            PlanAnswer::Inner => y.len() - 1,
+        };
+        let inner = |y: &[u32]| -> Vec<i32> { y[1..end(y)].iter().map(|&x| x as i32).collect() };
         if ex.target().len() < 3 {
             bail!("the planning MI analysis needs paths of at least 3 nodes (an inner node to know)");
         }
-        len = ex.target().len() - 2;
+        len = end(ex.target()) - 1;
         flat.extend(inner(ex.target()));
         for a in alt {
-            if a.len() != len + 2 {
+            if a.len() != ex.target().len() {
                 bail!("counterfactual answers of another length than the answer");
             }
             flat.extend(inner(&a));
@@ -245,7 +279,7 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &PlanMiOptions, device: 
         let rows: Vec<&Example> =
             order[cursor..(cursor + options.batch).min(order.len())].iter().map(|&i| &loaded.train[i]).collect();
         cursor += options.batch;
-        let (hidden, answers, per_row) = prepare(&gpt, task.as_ref(), &rows, device)?;
+        let (hidden, answers, per_row) = prepare(&gpt, task.as_ref(), &rows, options.answer, device)?;
         let log_p = critic.log_p(Tensor::from_inner(hidden), Tensor::from_inner(answers), per_row);
         let loss = log_p.mean().neg();
         recent.push(loss.clone().into_scalar().elem::<f64>());
@@ -263,7 +297,7 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &PlanMiOptions, device: 
     let mut sums: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
     for chunk in loaded.test[..n].chunks(options.batch) {
         let rows: Vec<&Example> = chunk.iter().collect();
-        let (hidden, answers, per_row) = prepare(&gpt, task.as_ref(), &rows, device)?;
+        let (hidden, answers, per_row) = prepare(&gpt, task.as_ref(), &rows, options.answer, device)?;
         let t = hidden.dims()[1];
         let log_p =
             critic.log_p(hidden, answers, per_row).into_data().convert::<f32>().to_vec::<f32>().expect("floats");
@@ -312,9 +346,17 @@ impl PlanMi {
     pub fn table(&self) -> String {
         use std::fmt::Write as _;
         let mut out = format!(
-            "InfoNCE bound on I(h_t; y | graph) with the other arms' answers as negatives (ceiling log d = {:.3} \
-             nats), critic trained {} steps (final loss {:.3})\n\n{:<22}{:>10}\n",
-            self.log_d, self.options.steps, self.critic_final_loss, "h_t", "bound"
+            "InfoNCE bound on I(h_t; y | graph) with the other arms' answers as negatives, y = {} (ceiling log d = \
+             {:.3} nats), critic trained {} steps (final loss {:.3})\n\n{:<22}{:>10}\n",
+            match self.options.answer {
+                PlanAnswer::Decision => "the decision token",
+                PlanAnswer::Inner => "the nodes between source and goal",
+            },
+            self.log_d,
+            self.options.steps,
+            self.critic_final_loss,
+            "h_t",
+            "bound"
         );
         let from = self.per_position.len().saturating_sub(8);
         for q in &self.per_position[from..] {
