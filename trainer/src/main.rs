@@ -101,6 +101,10 @@ enum Cmd {
         /// decision token alone (a weaker test: the goal's parent names the arm).
         #[arg(long)]
         inner_nodes: bool,
+        /// With --counterfactual: the critic's score, `mlp` (a nonlinear readout of h_t, as BST's
+        /// text head) or `bilinear` (a linear one, as the GPT's head).
+        #[arg(long, default_value = "mlp")]
+        critic: String,
     },
     /// Probe what a finished run's heads know (fsp-bow: exact bag recovery per position).
     Probe {
@@ -165,11 +169,17 @@ fn run(cli: Cli) -> Result<()> {
     let (config, overrides, out, resume, quiet) = match cli.cmd {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
         Cmd::Probe { run, examples } => return probe(&run, examples, device),
-        Cmd::Mi { run, counterfactual: true, steps, examples, lr, seed, inner_nodes, .. } => {
+        Cmd::Mi { run, counterfactual: true, steps, examples, lr, seed, inner_nodes, critic, .. } => {
+            use trainer::objective::infonce::ScorerKind;
             use trainer::plan_mi::{PlanAnswer, PlanMiOptions};
             let steps = steps.unwrap_or(PlanMiOptions::default().steps);
             let answer = if inner_nodes { PlanAnswer::Inner } else { PlanAnswer::Decision };
-            let options = PlanMiOptions { answer, steps, examples, lr, seed, ..Default::default() };
+            let critic = match critic.as_str() {
+                "bilinear" => ScorerKind::Bilinear,
+                "mlp" => ScorerKind::Mlp,
+                other => bail!("--critic {other}: use bilinear or mlp"),
+            };
+            let options = PlanMiOptions { answer, critic, steps, examples, lr, seed, ..Default::default() };
             return plan_mi(&run, &options, device);
         }
         Cmd::Mi { run, k, horizon, steps, examples, lr, seed, .. } => {

@@ -91,6 +91,20 @@ impl<B: Backend> Scorer<B> {
             (None, None) => unit_rows(q).matmul(unit_rows(f).transpose()),
         }
     }
+
+    /// Scores of each state against its own candidates only, `[b, c]`: `h` `[b, d]`, `f`
+    /// `[b, c, s]`. The same function as [`Scorer::scores`] on the pairs it computes, without
+    /// the b × (b c) pairs a grouped contrast never reads (the MLP scores every pair it is given).
+    pub fn scores_grouped(&self, h: Tensor<B, 2>, f: Tensor<B, 3>) -> Tensor<B, 2> {
+        let q = self.query.forward(h); // [b, s]
+        let [b, c, s] = f.dims();
+        let q3 = q.unsqueeze_dim::<3>(1).expand([b, c, s]);
+        match (&self.bilinear, &self.mlp) {
+            (Some(w), _) => (q3 * w.forward(f)).sum_dim(2).reshape([b, c]),
+            (None, Some((l1, l2))) => l2.forward(gelu(l1.forward(Tensor::cat(vec![q3, f], 2)))).reshape([b, c]),
+            (None, None) => (unit_rows(q3) * unit_rows(f)).sum_dim(2).reshape([b, c]),
+        }
+    }
 }
 
 /// Rows scaled to unit length.
@@ -184,6 +198,28 @@ mod tests {
         let (loss, log_k) = info_nce(s, 0.01, Negatives::Batch, &(0..n).collect::<Vec<_>>());
         let bound = log_k - loss.into_scalar() as f64;
         assert!(bound <= log_k && bound > log_k - 1e-6, "{bound} vs log K {log_k}");
+    }
+
+    #[test]
+    fn grouped_scores_are_the_matching_entries_of_all_scores() {
+        let d = FlexDevice;
+        let data = |n: usize, k: usize, seed: usize| -> Tensor<Flex, 2> {
+            let v: Vec<f32> = (0..n * k).map(|i| (((i + seed) * 29 % 13) as f32 - 6.0) / 4.0).collect();
+            Tensor::from_data(TensorData::new(v, [n, k]), &d)
+        };
+        let (h, f) = (data(3, 6, 0), data(6, 4, 5)); // 3 states, 2 candidates each
+        for kind in [ScorerKind::Dot, ScorerKind::Bilinear, ScorerKind::Mlp] {
+            let scorer = models::seeded::<Flex, _>(3, &d, || Scorer::<Flex>::new(kind, 6, 4, 0.3, &d));
+            let all = scorer.scores(h.clone(), f.clone()).into_data().to_vec::<f32>().unwrap(); // [3, 6]
+            let grouped =
+                scorer.scores_grouped(h.clone(), f.clone().reshape([3, 2, 4])).into_data().to_vec::<f32>().unwrap();
+            for r in 0..3 {
+                for c in 0..2 {
+                    let (a, b) = (all[r * 6 + r * 2 + c], grouped[r * 2 + c]);
+                    assert!((a - b).abs() < 1e-5, "{kind:?} row {r} candidate {c}: {a} vs {b}");
+                }
+            }
+        }
     }
 
     #[test]
