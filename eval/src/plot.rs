@@ -292,6 +292,43 @@ fn curve_by_sequences(runs: &[&RunResult], dir: &Path, key: &str) -> Result<Vec<
         .collect())
 }
 
+/// One series per group from an analysis file each run may hold (`mi_analysis.json`,
+/// `mi_plan.json`): its `per_position` bounds against `x_key`, averaged over the group's runs that
+/// have the file, and the largest ceiling (`ceiling_key`) among them.
+fn analysis_series(
+    order: &[String],
+    groups: &BTreeMap<String, Vec<&RunResult>>,
+    root: &Path,
+    file: &str,
+    x_key: &str,
+    ceiling_key: &str,
+    label: &dyn Fn(&str) -> String,
+) -> Result<(Vec<Series>, Option<f64>)> {
+    let (mut series, mut ceiling) = (Vec::new(), None::<f64>);
+    for (i, g) in order.iter().enumerate() {
+        let mut sums: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
+        for r in &groups[g] {
+            let Ok(text) = std::fs::read_to_string(root.join(&r.name).join(file)) else { continue };
+            let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("reading {file}"))?;
+            if let Some(c) = v[ceiling_key].as_f64() {
+                ceiling = Some(ceiling.map_or(c, |a| a.max(c)));
+            }
+            for p in v["per_position"].as_array().into_iter().flatten() {
+                if let (Some(x), Some(b)) = (p[x_key].as_u64(), p["bound"].as_f64()) {
+                    let e = sums.entry(x).or_default();
+                    e.0 += b;
+                    e.1 += 1;
+                }
+            }
+        }
+        let points: Vec<(f64, f64)> = sums.into_iter().map(|(p, (s, n))| (p as f64, s / n as f64)).collect();
+        if !points.is_empty() {
+            series.push(Series { label: label(g), points, dashed: false, color: i });
+        }
+    }
+    Ok((series, ceiling))
+}
+
 fn mean_of(runs: &[&RunResult], key: &str) -> Option<f64> {
     let xs: Vec<f64> = runs.iter().filter_map(|r| r.metrics.get(key).copied()).collect();
     (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
@@ -470,30 +507,7 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
             }),
         ));
     }
-    let mut mi = Vec::new();
-    let mut log_k = None;
-    for (i, g) in order.iter().enumerate() {
-        let mut sums: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
-        for r in &groups[g] {
-            let Ok(text) = std::fs::read_to_string(root.join(&r.name).join("mi_analysis.json")) else { continue };
-            let v: serde_json::Value = serde_json::from_str(&text).context("reading mi_analysis.json")?;
-            log_k = match (log_k, v["log_k"].as_f64()) {
-                (Some(a), Some(b)) => Some(f64::max(a, b)),
-                (a, b) => a.or(b),
-            };
-            for p in v["per_position"].as_array().into_iter().flatten() {
-                if let (Some(pos), Some(b)) = (p["position"].as_u64(), p["bound"].as_f64()) {
-                    let e = sums.entry(pos).or_default();
-                    e.0 += b;
-                    e.1 += 1;
-                }
-            }
-        }
-        let points: Vec<(f64, f64)> = sums.into_iter().map(|(p, (s, n))| (p as f64, s / n as f64)).collect();
-        if !points.is_empty() {
-            mi.push(Series { label: label(g), points, dashed: false, color: i });
-        }
-    }
+    let (mi, log_k) = analysis_series(&order, &groups, &root, "mi_analysis.json", "position", "log_k", &label)?;
     if !mi.is_empty() {
         // The ceiling is the largest log K of the runs; a bound can be negative on test rows.
         let top = log_k.unwrap_or(1.0);
@@ -515,27 +529,7 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
     }
     // The planning analysis (`trainer mi RUN --counterfactual`): I(h_t; y | graph) at every input
     // position, the prompt included, averaged over the runs of a group that have it.
-    let mut plan = Vec::new();
-    let mut log_d = None;
-    for (i, g) in order.iter().enumerate() {
-        let mut sums: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
-        for r in &groups[g] {
-            let Ok(text) = std::fs::read_to_string(root.join(&r.name).join("mi_plan.json")) else { continue };
-            let v: serde_json::Value = serde_json::from_str(&text).context("reading mi_plan.json")?;
-            log_d = log_d.or(v["log_d"].as_f64());
-            for p in v["per_position"].as_array().into_iter().flatten() {
-                if let (Some(index), Some(b)) = (p["index"].as_u64(), p["bound"].as_f64()) {
-                    let e = sums.entry(index).or_default();
-                    e.0 += b;
-                    e.1 += 1;
-                }
-            }
-        }
-        let points: Vec<(f64, f64)> = sums.into_iter().map(|(p, (s, n))| (p as f64, s / n as f64)).collect();
-        if !points.is_empty() {
-            plan.push(Series { label: label(g), points, dashed: false, color: i });
-        }
-    }
+    let (plan, log_d) = analysis_series(&order, &groups, &root, "mi_plan.json", "index", "log_d", &label)?;
     if !plan.is_empty() {
         let top = log_d.unwrap_or(1.0);
         let bottom = plan.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::min);
