@@ -177,6 +177,33 @@ fn batch_terms<B: burn::tensor::backend::Backend>(
     out
 }
 
+/// Batches of indices into n examples, drawn without replacement within an epoch (a fresh
+/// seeded shuffle each epoch; a batch never spans two): how the analyses' critics visit a
+/// training split.
+pub(crate) struct Epochs {
+    order: Vec<usize>,
+    cursor: usize,
+    rng: ChaCha8Rng,
+}
+
+impl Epochs {
+    /// Batches over `n` examples under `seed`.
+    pub(crate) fn new(n: usize, seed: u64) -> Epochs {
+        Epochs { order: (0..n).collect(), cursor: n, rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    /// The next `k` indices (all of them, reshuffled, if there are fewer than `k`).
+    pub(crate) fn next(&mut self, k: usize) -> &[usize] {
+        if self.cursor + k > self.order.len() {
+            self.order.shuffle(&mut self.rng);
+            self.cursor = 0;
+        }
+        let start = self.cursor;
+        self.cursor += k;
+        &self.order[start..(start + k).min(self.order.len())]
+    }
+}
+
 /// Analyses the latest checkpoint of `run`.
 pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, device: &B::Device) -> Result<MiAnalysis> {
     if options.k < 2 || options.horizon == 0 || options.steps == 0 {
@@ -223,18 +250,10 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
     };
 
     // Training: batches of K training rows, drawn without replacement per epoch.
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let mut order: Vec<usize> = (0..loaded.train.len()).collect();
-    let mut cursor = order.len();
+    let mut epochs = Epochs::new(loaded.train.len(), options.seed);
     let mut recent = Vec::new();
     for _ in 0..options.steps {
-        if cursor + options.k > order.len() {
-            order.shuffle(&mut rng);
-            cursor = 0;
-        }
-        let rows: Vec<&Example> =
-            order[cursor..cursor + options.k.min(order.len())].iter().map(|&i| &loaded.train[i]).collect();
-        cursor += options.k;
+        let rows: Vec<&Example> = epochs.next(options.k).iter().map(|&i| &loaded.train[i]).collect();
         let (hidden, prefix_lens, lens) = frozen(&rows);
         let terms = batch_terms(&critic, hidden, &prefix_lens, &lens, options.horizon);
         if terms.is_empty() {

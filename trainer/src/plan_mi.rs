@@ -34,13 +34,11 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use lab_core::Batch;
 use lab_core::run_dir;
 use models::{Gpt, linear_rows};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tasks::{Example, Task};
 
 use crate::RunConfig;
+use crate::mi_analysis::Epochs;
 use crate::objective::infonce::{Scorer, ScorerKind};
 
 fn bilinear() -> ScorerKind {
@@ -270,18 +268,10 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &PlanMiOptions, device: 
     });
     let mut critic: Critics<B> = models::transfer(drawn, shell, device)?;
     let mut optim = AdamWConfig::new().init::<B, Critics<B>>();
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let mut order: Vec<usize> = (0..loaded.train.len()).collect();
-    let mut cursor = order.len();
+    let mut epochs = Epochs::new(loaded.train.len(), options.seed);
     let mut recent = Vec::new();
     for _ in 0..options.steps {
-        if cursor + options.batch > order.len() {
-            order.shuffle(&mut rng);
-            cursor = 0;
-        }
-        let rows: Vec<&Example> =
-            order[cursor..(cursor + options.batch).min(order.len())].iter().map(|&i| &loaded.train[i]).collect();
-        cursor += options.batch;
+        let rows: Vec<&Example> = epochs.next(options.batch).iter().map(|&i| &loaded.train[i]).collect();
         let (hidden, answers, per_row) = prepare(&gpt, task.as_ref(), &rows, options.answer, device)?;
         let log_p = critic.log_p(Tensor::from_inner(hidden), Tensor::from_inner(answers), per_row);
         let loss = log_p.mean().neg();
@@ -378,6 +368,8 @@ impl PlanMi {
 mod tests {
     use burn::backend::flex::FlexDevice;
     use burn::backend::{Autodiff, Flex};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     use super::*;
 
