@@ -334,13 +334,21 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
 
         // Future summaries of every position, then those with a future.
         let mut reverse_loss = None;
+        // No gradient reaches the encoder when it is frozen (stage 2) or InfoNCE is only
+        // measured (λ = 0): the rollout head's target is detached.
+        let no_encoder_gradient = w.encoder_frozen || w.infonce == 0.0;
+        let untracked_cell = std::cell::OnceCell::new();
+        let untracked =
+            |h: &MiHeads<B>, model: &LabModel<B>| untracked_cell.get_or_init(|| Untracked::new(h, &model.gpt));
         let states = match (c.encoder_input, &self.frozen_lm) {
             (EncoderInput::Live, _) => out.hidden.clone(),
             (EncoderInput::StopGradient, _) => out.hidden.clone().detach(),
             (EncoderInput::FrozenCopy, Some(lm)) => Tensor::from_inner(lm.forward(batch.inputs.clone().inner()).hidden),
             (EncoderInput::FrozenCopy, None) => unreachable!("checked when built"),
+            (EncoderInput::FutureTokens, _) if no_encoder_gradient => untracked(h, model).future_states(batch),
             (EncoderInput::FutureTokens | EncoderInput::ReverseLm, _) => {
-                let (states, reverse_lm) = future_states(h, &model.gpt, batch);
+                let (states, reverse_lm) =
+                    future_states(h.tokens.as_ref(), h.reverse.as_ref(), &model.gpt, batch, true);
                 reverse_loss = reverse_lm;
                 states
             }
@@ -358,7 +366,12 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             "counterfactual negatives: a row of the batch has no counterfactual futures of the answer's length"
         );
         let alt_states = match (&alternatives, c.negatives.counterfactual()) {
-            (Some(alt), true) => Some(future_states(h, &model.gpt, &alt.batch).0),
+            // The counterfactual futures' reverse-LM states are detached and its loss is not
+            // taken on them, so they never need a gradient.
+            (Some(alt), true) if no_encoder_gradient || c.encoder_input == EncoderInput::ReverseLm => {
+                Some(untracked(h, model).future_states(&alt.batch))
+            }
+            (Some(alt), true) => Some(future_states(h.tokens.as_ref(), None, &model.gpt, &alt.batch, false).0),
             _ => None,
         };
         let hs = pick(out.hidden.clone(), d); // [n, d]
@@ -371,20 +384,21 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         // reaches the scorer.
         let contrast = |encoder: &FutureEncoder<B>, scorer: &Scorer<B>, horizon: usize| {
             let window = future_window(&lens, t, horizon);
-            let mut summaries = encoder.forward(states.clone(), states.clone(), &window); // [b, t, s]
-            if w.encoder_frozen {
-                summaries = summaries.detach();
-            }
+            // An encoder no gradient reaches runs on the inner backend (see `Untracked`).
+            let encode = |states: &Tensor<B, 3>, window: &[f32]| match no_encoder_gradient {
+                true => {
+                    Tensor::from_inner(encoder.valid().forward(states.clone().inner(), states.clone().inner(), window))
+                }
+                false => encoder.forward(states.clone(), states.clone(), window),
+            };
+            let summaries = encode(&states, &window); // [b, t, s]
             let f = pick(summaries, s); // [n, s]
             let (candidates, keep) = match (&alternatives, &alt_states) {
                 (Some(alt), Some(alt_states)) => {
                     let m = alt.per_row;
                     let alt_lens: Vec<usize> = lens.iter().flat_map(|&l| std::iter::repeat_n(l, m)).collect();
                     let alt_window = future_window(&alt_lens, t, horizon);
-                    let mut alt_summaries = encoder.forward(alt_states.clone(), alt_states.clone(), &alt_window);
-                    if w.encoder_frozen {
-                        alt_summaries = alt_summaries.detach(); // [b m, t, s]
-                    }
+                    let alt_summaries = encode(alt_states, &alt_window); // [b m, t, s]
                     let flat: Vec<i32> = index_host
                         .iter()
                         .zip(&rows)
@@ -480,21 +494,22 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
     }
 }
 
-/// Per-position states of the future tokens, `[b, t, d]`: GELU(W e(x_j)) with the GPT's token
-/// embedding held fixed (no positions: the summary of a future does not depend on where it is).
-fn token_states<B: AutodiffBackend>(h: &MiHeads<B>, gpt: &Gpt<B>, inputs: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-    let layer = h.tokens.as_ref().expect("future-tokens builds its token layer");
-    gelu(linear_rows(layer, gpt.embed_tokens(inputs).detach()))
-}
-
 /// The per-position states a future-only encoder pools, `[b, t, d]` in the batch's layout, and
-/// (scheme A) the reverse LM's own loss on the batch.
-fn future_states<B: AutodiffBackend>(
-    h: &MiHeads<B>,
-    gpt: &Gpt<B>,
-    batch: &Batch<B>,
-) -> (Tensor<B, 3>, Option<Tensor<B, 1>>) {
-    let Some(reverse) = &h.reverse else { return (token_states(h, gpt, batch.inputs.clone()), None) };
+/// (scheme A, when `with_loss`) the reverse LM's own loss on the batch. Generic over the backend
+/// so that states no gradient may reach are computed on the inner one (see [`Untracked`]).
+fn future_states<R: Backend>(
+    tokens: Option<&Linear<R>>,
+    reverse: Option<&Gpt<R>>,
+    gpt: &Gpt<R>,
+    batch: &Batch<R>,
+    with_loss: bool,
+) -> (Tensor<R, 3>, Option<Tensor<R, 1>>) {
+    let Some(reverse) = reverse else {
+        // GELU(W e(x_j)) with the GPT's token embedding held fixed (no positions: the summary
+        // of a future does not depend on where it is).
+        let layer = tokens.expect("future-tokens builds its token layer");
+        return (gelu(linear_rows(layer, gpt.embed_tokens(batch.inputs.clone()).detach())), None);
+    };
     // The reverse LM reads each row without its last token: it would read it first, and on
     // path-star that is the goal, which every state h_t after the prompt knows, so a summary
     // holding it would tell the true future from the other arms' without any plan. The windows
@@ -509,10 +524,10 @@ fn future_states<B: AutodiffBackend>(
             tasks::Example { prefix_len: p.min(tokens.len()), tokens }
         })
         .collect();
-    let shortened = Batch::<B>::new(&shortened.iter().collect::<Vec<_>>(), 0, &device);
+    let shortened = Batch::<R>::new(&shortened.iter().collect::<Vec<_>>(), 0, &device);
     let rev = reverse_rows(&shortened);
     let out = reverse.forward(rev.inputs.clone());
-    let lm = masked_cross_entropy(out.logits, rev.targets, rev.mask);
+    let lm = with_loss.then(|| masked_cross_entropy(out.logits, rev.targets, rev.mask));
     // Reversed position p holds the state after reading x_{len-2} down to x_{len-2-p}: the state
     // of original position j is at p = len - 2 - j. Position 0 (which would need the whole
     // sequence), the last token and padding are never in a window; they take position 0.
@@ -521,9 +536,41 @@ fn future_states<B: AutodiffBackend>(
     for &len in &batch.lens() {
         index.extend((0..t).map(|j| if j >= 1 && j + 2 <= len && len - 2 - j < tr { (len - 2 - j) as i32 } else { 0 }));
     }
-    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [b, t]), &device);
+    let index = Tensor::<R, 2, Int>::from_data(TensorData::new(index, [b, t]), &device);
     let states = out.hidden.detach().gather(1, index.unsqueeze_dim::<3>(2).expand([b, t, d]));
-    (states, Some(lm))
+    (states, lm)
+}
+
+/// The modules of a step on the inner backend, for what no gradient may reach: the future
+/// encoder when it is frozen (stage 2) or InfoNCE is only measured, and the counterfactual
+/// futures' reverse-LM states.
+///
+/// Computing those on the autodiff backend and detaching the result is not enough: the graph
+/// hangs off parameters that get no gradient that step, so the optimizer keeps them (and their
+/// graph) alive, and burn never frees it. Stage 2 of a future-only encoder grew by 1.7-3.2 MB a
+/// step that way (LOG.md, 2026-12-01).
+struct Untracked<B: AutodiffBackend> {
+    heads: MiHeads<B::InnerBackend>,
+    gpt: Gpt<B::InnerBackend>,
+}
+
+impl<B: AutodiffBackend> Untracked<B> {
+    fn new(heads: &MiHeads<B>, gpt: &Gpt<B>) -> Self {
+        Untracked { heads: heads.valid(), gpt: gpt.valid() }
+    }
+
+    /// [`future_states`] without a gradient or the reverse LM's loss.
+    fn future_states(&self, batch: &Batch<B>) -> Tensor<B, 3> {
+        let inner = Batch {
+            inputs: batch.inputs.clone().inner(),
+            targets: batch.targets.clone().inner(),
+            target_mask: batch.target_mask.clone().inner(),
+            prefix_lens: batch.prefix_lens.clone(),
+            target_lens: batch.target_lens.clone(),
+        };
+        let h = &self.heads;
+        Tensor::from_inner(future_states(h.tokens.as_ref(), h.reverse.as_ref(), &self.gpt, &inner, false).0)
+    }
 }
 
 /// Each row's counterfactual examples, `per_row` of them per row, row-major, as a batch of the
@@ -750,7 +797,9 @@ mod tests {
             let Some(Heads::Mi(h)) = &m.heads else { panic!() };
             let out = m.gpt.forward(batch.inputs.clone());
             let states = match encoder_input {
-                EncoderInput::FutureTokens | EncoderInput::ReverseLm => future_states(h, &m.gpt, batch).0,
+                EncoderInput::FutureTokens | EncoderInput::ReverseLm => {
+                    future_states(h.tokens.as_ref(), h.reverse.as_ref(), &m.gpt, batch, false).0
+                }
                 _ => out.hidden,
             };
             let [_, t, _] = states.dims();
