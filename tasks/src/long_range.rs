@@ -584,6 +584,68 @@ impl Task for GraphWalk {
         Ok(())
     }
 
+    fn counterfactual_targets(&self, example: &Example) -> Option<Vec<Vec<u32>>> {
+        // Walks of the same length from the same start that end elsewhere: the answers to the
+        // same graph with another goal. Other walks that end at the goal are right answers, not
+        // counterfactuals. out_degree - 1 of them (as many as a path-star graph's other arms),
+        // drawn uniformly among the wrong walks (with replacement, so that every example has as
+        // many) by a generator seeded from the prompt: the same prompt always gets the same
+        // counterfactuals, and no other stream of randomness is touched. None if every walk
+        // ends at the goal.
+        let (g, start, goal) = self.parse_prompt(example.prefix()).ok()?;
+        let (n, steps) = (self.params.nodes as usize, self.params.steps as usize);
+        let succ: Vec<Vec<u32>> = (0..n as u32)
+            .map(|v| {
+                let mut s: Vec<u32> = g.neighbors(v).collect();
+                s.sort_unstable();
+                s
+            })
+            .collect();
+        // wrong[t][v]: walks of t steps from v that do not end at the goal.
+        let mut wrong = vec![vec![0f64; n]; steps + 1];
+        for v in 0..n {
+            wrong[0][v] = if v == goal as usize { 0.0 } else { 1.0 };
+        }
+        for t in 1..=steps {
+            for v in 0..n {
+                wrong[t][v] = succ[v].iter().map(|&w| wrong[t - 1][w as usize]).sum();
+            }
+        }
+        if wrong[steps][start as usize] == 0.0 || self.params.out_degree < 2 {
+            return None;
+        }
+        let seed = example
+            .prefix()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100_0000_01b3));
+        let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+        let walks = (1..self.params.out_degree)
+            .map(|_| {
+                let mut walk = vec![start];
+                let mut node = start as usize;
+                for left in (0..steps).rev() {
+                    let total: f64 = succ[node].iter().map(|&w| wrong[left][w as usize]).sum();
+                    let mut pick = rng.random::<f64>() * total;
+                    let mut chosen = None;
+                    for &w in &succ[node] {
+                        let c = wrong[left][w as usize];
+                        if c > 0.0 {
+                            chosen = Some(w);
+                            if pick < c {
+                                break;
+                            }
+                            pick -= c;
+                        }
+                    }
+                    node = chosen.expect("a start with wrong walks leaves a successor with some") as usize;
+                    walk.push(node as u32);
+                }
+                walk
+            })
+            .collect();
+        Some(walks)
+    }
+
     fn instance_key(&self, example: &Example) -> Vec<u32> {
         let e = self.edge_count();
         let p = example.prefix();
@@ -640,6 +702,26 @@ mod tests {
                 let ex = task.sample(&mut rng);
                 task.check(&ex).unwrap_or_else(|e| panic!("{}: {e}", task.spec().name()));
             }
+        }
+    }
+
+    #[test]
+    fn graph_walk_counterfactuals_are_walks_of_the_same_length_to_other_goals() {
+        let t = GraphWalk::new(GraphWalkParams { nodes: 10, out_degree: 3, steps: 4 }).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..50 {
+            let ex = t.sample(&mut rng);
+            let (g, start, goal) = t.parse_prompt(ex.prefix()).unwrap();
+            let alts = t.counterfactual_targets(&ex).expect("out-degree 3 leaves wrong walks");
+            assert_eq!(alts.len(), 2, "out_degree - 1 of them");
+            for alt in &alts {
+                assert_eq!(alt.len(), ex.target().len());
+                assert_eq!(alt[0], start);
+                assert!(alt.windows(2).all(|w| g.contains_edge(w[0], w[1])), "{alt:?} follows the edges");
+                assert_ne!(*alt.last().unwrap(), goal, "a counterfactual ends elsewhere");
+                assert!(!t.verify(ex.prefix(), alt).is_valid());
+            }
+            assert_eq!(t.counterfactual_targets(&ex), Some(alts), "the same example, the same counterfactuals");
         }
     }
 

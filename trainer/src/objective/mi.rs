@@ -8,7 +8,8 @@
 //!   cannot see the prompt, the "causally clean" summary of seed §2.2.1);
 //! - InfoNCE between h_t and F_t ([`super::infonce`]), logged with its bound log K − L and K;
 //!   negatives from the batch, or counterfactual: the summaries of the futures the same prompt
-//!   would have had down another path (the task's `counterfactual_targets`; path-star: K = d),
+//!   would have had down another path (the task's `counterfactual_targets`; path-star: K = d; graph-walk:
+//!   K = out-degree, walks of the same length to other goals),
 //!   which only a state that knows the plan can tell from the true one;
 //! - the token-level reward over TopK ∪ {x_{t+1}} from a rollout head
 //!   ([`super::token_reward`]), trained with reward-weighted log-probabilities;
@@ -251,7 +252,7 @@ impl<B: AutodiffBackend> Mi<B> {
             match task.counterfactual_targets(&probe) {
                 Some(alt) if !alt.is_empty() => {}
                 _ => bail!(
-                    "objective.negatives = {:?}: task {} has no counterfactual futures (only path-star does); use \
+                    "objective.negatives = {:?}: task {} has no counterfactual futures (path-star and graph-walk have them); use \
                      \"batch\" or \"other-sequences\"",
                     config.negatives,
                     task.spec().name()
@@ -947,20 +948,40 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("future-only encoder"), "{e}");
-        let walk = tasks::TaskSpec::default_of("graph-walk").unwrap().build().unwrap();
-        let cfg = GptConfig::tiny(walk.vocab().len(), 64).with_d_model(16);
-        let e = mi_on(
-            walk.as_ref(),
-            &cfg,
-            MiConfig {
-                negatives: Negatives::Counterfactual,
-                encoder_input: EncoderInput::FutureTokens,
-                ..Default::default()
-            },
-        )
-        .err()
-        .unwrap();
+        let recall = tasks::TaskSpec::default_of("key-recall").unwrap().build().unwrap();
+        let cfg = GptConfig::tiny(recall.vocab().len(), 96).with_d_model(16);
+        let counterfactual = MiConfig {
+            negatives: Negatives::Counterfactual,
+            encoder_input: EncoderInput::FutureTokens,
+            ..Default::default()
+        };
+        let e = mi_on(recall.as_ref(), &cfg, counterfactual.clone()).err().unwrap();
         assert!(e.to_string().contains("no counterfactual futures"), "{e}");
+    }
+
+    #[test]
+    fn graph_walk_takes_counterfactual_walks_to_other_goals() {
+        use rand::SeedableRng;
+        let walk = tasks::TaskSpec::GraphWalk(tasks::long_range::GraphWalkParams { nodes: 8, out_degree: 3, steps: 3 })
+            .build()
+            .unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let examples: Vec<tasks::Example> = (0..4).map(|_| walk.sample(&mut rng)).collect();
+        let batch = Batch::new(&examples.iter().collect::<Vec<_>>(), walk.vocab().dummy(), &FlexDevice);
+        let cfg = GptConfig::tiny(walk.vocab().len(), 96).with_d_model(16).with_d_ff(32);
+        let config = MiConfig {
+            negatives: Negatives::Counterfactual,
+            encoder_input: EncoderInput::FutureTokens,
+            schedule: MiSchedule::Constant,
+            ..Default::default()
+        };
+        let obj = mi_on(walk.as_ref(), &cfg, config).unwrap();
+        let out = obj.loss(&model(&obj, &cfg), &batch, 0);
+        let stat = |name: &str| scalar(out.stats.iter().find(|(n, _)| n == name).unwrap().1.clone()) as f64;
+        // out_degree - 1 = 2 counterfactual walks per anchor: K = 3.
+        assert!((stat("mi_log_k") - 3f64.ln()).abs() < 1e-6);
+        assert!(stat("mi_bound") <= 3f64.ln() + 1e-6);
+        assert!(scalar(out.total).is_finite());
     }
 
     #[test]
