@@ -3,7 +3,9 @@
 //!
 //! DIR is a sweep directory (its `manifest.json` names the runs and their groups) or any
 //! directory of run directories (a run `<group>-s<seed>` belongs to `<group>`). Only finished
-//! runs count: those whose `eval.json` holds the evaluation of their last step.
+//! runs count: those whose `eval.json` holds the evaluation of their last step. Beside its
+//! evaluation, a run contributes its last logged `train/` metrics and, where `trainer mi
+//! --counterfactual` analysed its last step, `plan/decision` (I(h_t; arm | graph) at the decision).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,11 +17,12 @@ use crate::files::EvalFile;
 use lab_core::sweep::{Manifest, finished};
 
 /// The metrics shown when none are asked for (those that no run has are left out).
-pub const DEFAULT_METRICS: [&str; 10] = [
+pub const DEFAULT_METRICS: [&str; 11] = [
     "eval/free/exact",
     "eval/free/valid",
     "eval/path_star/decision",
     "eval/path_star/clever_hans",
+    "plan/decision",
     "eval/diversity/creativity",
     "eval/diversity/diversity",
     "eval/diversity/memorized",
@@ -107,7 +110,52 @@ fn read_run(run: &Path) -> Result<Option<(toml::Table, BTreeMap<String, f64>)>> 
     if file.step != steps {
         return Ok(None);
     }
-    Ok(Some((config, file.report.metrics().into_iter().collect())))
+    let mut metrics: BTreeMap<String, f64> = file.report.metrics().into_iter().collect();
+    metrics.extend(final_train_metrics(run)?);
+    if let Some((name, value)) = plan_mi(run, steps)? {
+        metrics.insert(name, value);
+    }
+    Ok(Some((config, metrics)))
+}
+
+/// The last logged value of every `train/` metric in the run's `metrics.jsonl` (each is already
+/// the mean over its logging window): what the objective's own statistics ended at, e.g.
+/// `train/decision_reward_arm` or `train/mi_bound`.
+fn final_train_metrics(run: &Path) -> Result<BTreeMap<String, f64>> {
+    let path = run.join("metrics.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(BTreeMap::new()) };
+    let mut last = BTreeMap::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let row: BTreeMap<String, serde_json::Value> = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not a JSON object", path.display(), i + 1))?;
+        for (k, v) in row {
+            if let (true, Some(x)) = (k.starts_with("train/"), v.as_f64()) {
+                last.insert(k, x);
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// `trainer mi RUN --counterfactual`'s bound at the decision (`mi_plan.json`), if it analysed the
+/// run's last step: `plan/decision`, or `plan/decision.inner` when the critic matched the inner
+/// nodes.
+fn plan_mi(run: &Path, steps: u64) -> Result<Option<(String, f64)>> {
+    let path = run.join("mi_plan.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a lab mi_plan.json", path.display()))?;
+    let (Some(step), Some(decision)) = (v["step"].as_u64(), v["decision"].as_f64()) else {
+        bail!("{} is not a lab mi_plan.json (no step or decision)", path.display());
+    };
+    if step != steps {
+        return Ok(None);
+    }
+    let name = match v["options"]["answer"].as_str() {
+        Some("decision") | None => "plan/decision".to_string(),
+        Some(other) => format!("plan/decision.{other}"),
+    };
+    Ok(Some((name, decision)))
 }
 
 /// A dotted key's value in a config, as text (`objective.kind` → `mi`).
@@ -168,7 +216,11 @@ pub fn aggregate(runs: &[RunResult], by: &[String], metrics: &[String], unfinish
     } else {
         let mut out = Vec::new();
         for m in metrics {
-            let full = if m.starts_with("eval/") || m.starts_with("train/") { m.clone() } else { format!("eval/{m}") };
+            let full = if ["eval/", "train/", "plan/"].iter().any(|p| m.starts_with(p)) {
+                m.clone()
+            } else {
+                format!("eval/{m}")
+            };
             if !runs.iter().any(|r| r.metrics.contains_key(&full)) {
                 let known: std::collections::BTreeSet<&String> = runs.iter().flat_map(|r| r.metrics.keys()).collect();
                 let known: Vec<&str> = known.into_iter().map(|s| s.as_str()).collect();
@@ -353,6 +405,37 @@ mod tests {
         let keys: Vec<Vec<String>> = t.rows.iter().map(|r| r.key.clone()).collect();
         assert_eq!(keys, [vec!["ntp", "10"], vec!["ntp", "20"], vec!["mi", "10"]]);
         assert_eq!(t.rows[0].values[0].unwrap().0, 0.6);
+    }
+
+    #[test]
+    fn a_run_contributes_its_last_train_metrics_and_the_plan_bound_of_its_last_step() {
+        let dir = std::env::temp_dir().join(format!("lab-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("metrics.jsonl"),
+            "{\"step\":50,\"train/loss\":2.0,\"train/mi_bound\":0.1}\n\
+             {\"step\":100,\"eval/free/exact\":0.5}\n\
+             {\"step\":100,\"train/loss\":1.5}\n",
+        )
+        .unwrap();
+        let train = final_train_metrics(&dir).unwrap();
+        assert_eq!(train.get("train/loss"), Some(&1.5), "the last logged value");
+        assert_eq!(train.get("train/mi_bound"), Some(&0.1));
+        assert!(!train.contains_key("eval/free/exact"));
+        let plan = |step: u64, answer: &str| {
+            std::fs::write(
+                dir.join("mi_plan.json"),
+                format!("{{\"step\":{step},\"decision\":0.6,\"options\":{{\"answer\":\"{answer}\"}}}}"),
+            )
+            .unwrap();
+            plan_mi(&dir, 100).unwrap()
+        };
+        assert_eq!(plan(100, "decision"), Some(("plan/decision".to_string(), 0.6)));
+        assert_eq!(plan(100, "inner"), Some(("plan/decision.inner".to_string(), 0.6)));
+        assert_eq!(plan(50, "decision"), None, "an analysis of an earlier checkpoint does not count");
+        std::fs::write(dir.join("mi_plan.json"), "{}").unwrap();
+        assert!(plan_mi(&dir, 100).unwrap_err().to_string().contains("not a lab mi_plan.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
