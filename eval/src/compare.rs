@@ -138,8 +138,9 @@ fn final_train_metrics(run: &Path) -> Result<BTreeMap<String, f64>> {
 }
 
 /// `trainer mi RUN --counterfactual`'s bound at the decision (`mi_plan.json`), if it analysed the
-/// run's last step: `plan/decision`, or `plan/decision.inner` when the critic matched the inner
-/// nodes.
+/// run's last step: `plan/decision` for the default protocol (the decision token, an MLP critic),
+/// else `plan/decision.<answer>-<critic>`, so that bounds of different protocols never share a
+/// column.
 fn plan_mi(run: &Path, steps: u64) -> Result<Option<(String, f64)>> {
     let path = run.join("mi_plan.json");
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
@@ -151,9 +152,12 @@ fn plan_mi(run: &Path, steps: u64) -> Result<Option<(String, f64)>> {
     if step != steps {
         return Ok(None);
     }
-    let name = match v["options"]["answer"].as_str() {
-        Some("decision") | None => "plan/decision".to_string(),
-        Some(other) => format!("plan/decision.{other}"),
+    // Files written before the options existed matched the inner nodes with a bilinear critic.
+    let answer = v["options"]["answer"].as_str().unwrap_or("inner");
+    let critic = v["options"]["critic"].as_str().unwrap_or("bilinear");
+    let name = match (answer, critic) {
+        ("decision", "mlp") => "plan/decision".to_string(),
+        _ => format!("plan/decision.{answer}-{critic}"),
     };
     Ok(Some((name, decision)))
 }
@@ -425,14 +429,19 @@ mod tests {
         let plan = |step: u64, answer: &str| {
             std::fs::write(
                 dir.join("mi_plan.json"),
-                format!("{{\"step\":{step},\"decision\":0.6,\"options\":{{\"answer\":\"{answer}\"}}}}"),
+                format!(
+                    "{{\"step\":{step},\"decision\":0.6,\"options\":{{\"answer\":\"{answer}\",\"critic\":\"mlp\"}}}}"
+                ),
             )
             .unwrap();
             plan_mi(&dir, 100).unwrap()
         };
         assert_eq!(plan(100, "decision"), Some(("plan/decision".to_string(), 0.6)));
-        assert_eq!(plan(100, "inner"), Some(("plan/decision.inner".to_string(), 0.6)));
+        assert_eq!(plan(100, "inner"), Some(("plan/decision.inner-mlp".to_string(), 0.6)));
         assert_eq!(plan(50, "decision"), None, "an analysis of an earlier checkpoint does not count");
+        // Before the options existed: the inner nodes, a bilinear critic.
+        std::fs::write(dir.join("mi_plan.json"), "{\"step\":100,\"decision\":0.1,\"options\":{}}").unwrap();
+        assert_eq!(plan_mi(&dir, 100).unwrap(), Some(("plan/decision.inner-bilinear".to_string(), 0.1)));
         std::fs::write(dir.join("mi_plan.json"), "{}").unwrap();
         assert!(plan_mi(&dir, 100).unwrap_err().to_string().contains("not a lab mi_plan.json"));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -62,8 +62,9 @@ pub enum PlanAnswer {
 /// How the critic is trained and the bound measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanMiOptions {
-    /// What of each answer is matched.
-    #[serde(default)]
+    /// What of each answer is matched. Files written before this option existed matched the
+    /// inner nodes.
+    #[serde(default = "inner")]
     pub answer: PlanAnswer,
     /// The critic's score of (h_t, answer summary): `mlp` (a nonlinear readout, as BST's text
     /// head reads its state; measured: a bilinear critic found 0.002 nats in a BST state whose
@@ -83,6 +84,10 @@ pub struct PlanMiOptions {
     pub examples: usize,
     /// Seed of the critic's initialisation and its batches.
     pub seed: u64,
+}
+
+fn inner() -> PlanAnswer {
+    PlanAnswer::Inner
 }
 
 impl Default for PlanMiOptions {
