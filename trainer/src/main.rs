@@ -105,6 +105,10 @@ enum Cmd {
         /// text head) or `bilinear` (a linear one, as the GPT's head).
         #[arg(long, default_value = "mlp")]
         critic: String,
+        /// With --counterfactual: only the decision's critic (the number `eval compare` shows as
+        /// plan/decision), not one per position.
+        #[arg(long)]
+        decision_only: bool,
     },
     /// Probe what a finished run's heads know (fsp-bow: exact bag recovery per position).
     Probe {
@@ -169,7 +173,9 @@ fn run(cli: Cli) -> Result<()> {
     let (config, overrides, out, resume, quiet) = match cli.cmd {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
         Cmd::Probe { run, examples } => return probe(&run, examples, device),
-        Cmd::Mi { run, counterfactual: true, steps, examples, lr, seed, inner_nodes, critic, .. } => {
+        Cmd::Mi {
+            run, counterfactual: true, steps, examples, lr, seed, inner_nodes, critic, decision_only, ..
+        } => {
             use trainer::objective::infonce::ScorerKind;
             use trainer::plan_mi::{PlanAnswer, PlanMiOptions};
             let steps = steps.unwrap_or(PlanMiOptions::default().steps);
@@ -179,7 +185,8 @@ fn run(cli: Cli) -> Result<()> {
                 "mlp" => ScorerKind::Mlp,
                 other => bail!("--critic {other}: use bilinear or mlp"),
             };
-            let options = PlanMiOptions { answer, critic, steps, examples, lr, seed, ..Default::default() };
+            let options =
+                PlanMiOptions { answer, critic, steps, examples, lr, seed, decision_only, ..Default::default() };
             return plan_mi(&run, &options, device);
         }
         Cmd::Mi { run, k, horizon, steps, examples, lr, seed, .. } => {
