@@ -8,6 +8,7 @@ set -euo pipefail
 
 dir=${1:?usage: scripts/plan-mi.sh SWEEP_DIR}
 [ -d "$dir" ] || { echo "$dir is not a directory" >&2; exit 1; }
+dir=$(cd "$dir" && pwd)
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-$HOME/.cache/lab-target}
 CARGO_TARGET_DIR=$target cargo build --release -p trainer --quiet
@@ -19,9 +20,13 @@ for run in "$dir"/*/; do
     # The last step the run was trained to, and whether its analysis is of that step already.
     steps=$(sed -n 's/^steps *= *\([0-9]*\)/\1/p' "$run/config.toml" | head -1)
     [ -f "$run/checkpoints/$(printf 'step_%06d' "$steps").json" ] || continue
-    if [ -f "$run/mi_plan.json" ] && grep -q "\"step\": *$steps[,}]" "$run/mi_plan.json"; then
+    # Done if the analysis is of that step and of the default protocol (the decision token, an
+    # MLP critic); an older protocol's file is replaced.
+    plan=$run/mi_plan.json
+    if [ -f "$plan" ] && grep -q "\"step\": *$steps[,}]" "$plan" && grep -q '"answer": *"decision"' "$plan" \
+        && grep -q '"critic": *"mlp"' "$plan"; then
         continue
     fi
     echo "== $run"
-    "$trainer" mi "$run" --counterfactual --decision-only | tail -2
+    "$trainer" mi "$run" --counterfactual --decision-only 2>&1 | tail -2 || echo "failed: $run (see above)" >&2
 done

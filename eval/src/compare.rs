@@ -126,12 +126,14 @@ fn final_train_metrics(run: &Path) -> Result<BTreeMap<String, f64>> {
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(BTreeMap::new()) };
     let mut last = BTreeMap::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let row: BTreeMap<String, serde_json::Value> = serde_json::from_str(line)
-            .with_context(|| format!("{} line {}: not a JSON object", path.display(), i + 1))?;
-        for (k, v) in row {
-            if let (true, Some(x)) = (k.starts_with("train/"), v.as_f64()) {
-                last.insert(k, x);
-            }
+        // A line cut short (a run killed while writing) costs that line, not the table.
+        let Ok(row) = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(line) else {
+            eprintln!("warning: {} line {}: not a JSON object; skipped", path.display(), i + 1);
+            continue;
+        };
+        for (k, v) in row.into_iter().filter(|(k, _)| k.starts_with("train/")) {
+            // serde_json writes a non-finite value as null: it was the last value, so it shows.
+            last.insert(k, v.as_f64().unwrap_or(f64::NAN));
         }
     }
     Ok(last)
@@ -146,9 +148,11 @@ fn plan_mi(run: &Path, steps: u64) -> Result<Option<(String, f64)>> {
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not a lab mi_plan.json", path.display()))?;
-    let (Some(step), Some(decision)) = (v["step"].as_u64(), v["decision"].as_f64()) else {
+    let (Some(step), Some(decision)) = (v["step"].as_u64(), v.get("decision")) else {
         bail!("{} is not a lab mi_plan.json (no step or decision)", path.display());
     };
+    // A NaN bound (no decision position measured) is written as null.
+    let decision = decision.as_f64().unwrap_or(f64::NAN);
     if step != steps {
         return Ok(None);
     }

@@ -585,15 +585,20 @@ impl Task for GraphWalk {
     }
 
     fn counterfactual_targets(&self, example: &Example) -> Option<Vec<Vec<u32>>> {
-        // Walks of the same length from the same start that end elsewhere: the answers to the
-        // same graph with another goal. Other walks that end at the goal are right answers, not
-        // counterfactuals. out_degree - 1 of them (as many as a path-star graph's other arms),
-        // drawn uniformly among the wrong walks (with replacement, so that every example has as
-        // many) by a generator seeded from the prompt: the same prompt always gets the same
-        // counterfactuals, and no other stream of randomness is touched. None if every walk
-        // ends at the goal.
+        // Walks of the same length from the same start that leave it by another edge than the
+        // answer and end elsewhere than the goal: the answers to the same graph with another
+        // goal, one per other first step (out_degree - 1 of them, as a path-star graph has d - 1
+        // other arms). Diverging at the first step matters: a wrong walk that shares the
+        // answer's first nodes and differs only at its last would give the same future summary
+        // as the answer (the summaries never read the last token), a negative equal to the
+        // positive. Each continuation is drawn uniformly among the wrong ones by a generator
+        // seeded from the prompt, so the same example always gets the same counterfactuals and
+        // no other stream of randomness is touched. A first step from which every walk reaches
+        // the goal (it is right too) is replaced by another other first step's walk; None if
+        // no other first step has a wrong walk.
         let (g, start, goal) = self.parse_prompt(example.prefix()).ok()?;
         let (n, steps) = (self.params.nodes as usize, self.params.steps as usize);
+        let first = *example.target().get(1)?;
         let succ: Vec<Vec<u32>> = (0..n as u32)
             .map(|v| {
                 let mut s: Vec<u32> = g.neighbors(v).collect();
@@ -602,16 +607,18 @@ impl Task for GraphWalk {
             })
             .collect();
         // wrong[t][v]: walks of t steps from v that do not end at the goal.
-        let mut wrong = vec![vec![0f64; n]; steps + 1];
+        let mut wrong = vec![vec![0f64; n]; steps];
         for v in 0..n {
             wrong[0][v] = if v == goal as usize { 0.0 } else { 1.0 };
         }
-        for t in 1..=steps {
+        for t in 1..steps {
             for v in 0..n {
                 wrong[t][v] = succ[v].iter().map(|&w| wrong[t - 1][w as usize]).sum();
             }
         }
-        if wrong[steps][start as usize] == 0.0 || self.params.out_degree < 2 {
+        let others: Vec<u32> = succ[start as usize].iter().copied().filter(|&w| w != first).collect();
+        let usable: Vec<u32> = others.iter().copied().filter(|&w| wrong[steps - 1][w as usize] > 0.0).collect();
+        if usable.is_empty() {
             return None;
         }
         let seed = example
@@ -619,25 +626,28 @@ impl Task for GraphWalk {
             .iter()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100_0000_01b3));
         let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
-        let walks = (1..self.params.out_degree)
-            .map(|_| {
-                let mut walk = vec![start];
-                let mut node = start as usize;
-                for left in (0..steps).rev() {
-                    let total: f64 = succ[node].iter().map(|&w| wrong[left][w as usize]).sum();
+        let walks = others
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let w = if wrong[steps - 1][w as usize] > 0.0 { w } else { usable[i % usable.len()] };
+                let mut walk = vec![start, w];
+                let mut node = w as usize;
+                for left in (0..steps - 1).rev() {
+                    let total: f64 = succ[node].iter().map(|&v| wrong[left][v as usize]).sum();
                     let mut pick = rng.random::<f64>() * total;
                     let mut chosen = None;
-                    for &w in &succ[node] {
-                        let c = wrong[left][w as usize];
+                    for &v in &succ[node] {
+                        let c = wrong[left][v as usize];
                         if c > 0.0 {
-                            chosen = Some(w);
+                            chosen = Some(v);
                             if pick < c {
                                 break;
                             }
                             pick -= c;
                         }
                     }
-                    node = chosen.expect("a start with wrong walks leaves a successor with some") as usize;
+                    node = chosen.expect("a node with wrong walks leaves a successor with some") as usize;
                     walk.push(node as u32);
                 }
                 walk
@@ -714,9 +724,11 @@ mod tests {
             let (g, start, goal) = t.parse_prompt(ex.prefix()).unwrap();
             let alts = t.counterfactual_targets(&ex).expect("out-degree 3 leaves wrong walks");
             assert_eq!(alts.len(), 2, "out_degree - 1 of them");
+            assert_ne!(alts[0][1], alts[1][1], "one per other first step (every first step here has wrong walks)");
             for alt in &alts {
                 assert_eq!(alt.len(), ex.target().len());
                 assert_eq!(alt[0], start);
+                assert_ne!(alt[1], ex.target()[1], "it leaves the start by another edge");
                 assert!(alt.windows(2).all(|w| g.contains_edge(w[0], w[1])), "{alt:?} follows the edges");
                 assert_ne!(*alt.last().unwrap(), goal, "a counterfactual ends elsewhere");
                 assert!(!t.verify(ex.prefix(), alt).is_valid());

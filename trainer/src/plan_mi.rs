@@ -264,6 +264,10 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &PlanMiOptions, device: 
         bail!("{} answers right to left; the analysis reads forward answers", run.display());
     }
     let d_arms = star.params().degree as f64;
+    let n = options.examples.min(loaded.test.len());
+    if n == 0 || loaded.train.is_empty() {
+        bail!("the planning MI analysis needs training and test examples (a split is empty)");
+    }
     let gpt = run_dir::load_gpt::<B>(&checkpoint, device)?.valid();
     let d = checkpoint.meta.model.d_model;
     let t = loaded.train.first().map_or(0, |e| e.tokens.len() - 1);
@@ -297,10 +301,6 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &PlanMiOptions, device: 
     let critic_final_loss = tail.iter().sum::<f64>() / tail.len() as f64;
 
     let critic = critic.valid();
-    let n = options.examples.min(loaded.test.len());
-    if n == 0 {
-        bail!("the test split is empty");
-    }
     let mut sums: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
     for chunk in loaded.test[..n].chunks(options.batch) {
         let rows: Vec<&Example> = chunk.iter().collect();

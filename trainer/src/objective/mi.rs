@@ -214,6 +214,10 @@ impl<B: AutodiffBackend> Mi<B> {
         if config.temperature <= 0.0 || config.reward_tau <= 0.0 {
             bail!("objective.temperature and objective.reward_tau must be positive");
         }
+        let weights = [config.lambda_infonce, config.lambda_rl, config.lambda_rollout, config.lambda_gt];
+        if weights.iter().any(|&x| !(x >= 0.0) || !x.is_finite()) {
+            bail!("objective.lambda_infonce, lambda_rl, lambda_rollout and lambda_gt must be finite and >= 0");
+        }
         let frozen_lm = match (config.encoder_input, &config.frozen_lm_run) {
             (EncoderInput::FrozenCopy, Some(run)) => Some(load_frozen::<B::InnerBackend>(
                 run,
@@ -991,6 +995,8 @@ mod tests {
         for bad in [
             MiConfig { top_k: 0, ..Default::default() },
             MiConfig { reward_tau: 0.0, ..Default::default() },
+            MiConfig { lambda_infonce: -0.1, ..Default::default() },
+            MiConfig { lambda_gt: f64::NAN, ..Default::default() },
             MiConfig { encoder_input: EncoderInput::FrozenCopy, ..Default::default() },
             MiConfig { frozen_lm_run: Some("x".into()), ..Default::default() },
         ] {
