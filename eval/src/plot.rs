@@ -613,7 +613,8 @@ mod tests {
             );
             std::fs::write(dir.path().join(name).join("metrics.jsonl"), metrics).unwrap();
         }
-        let plan = r#"{"log_d": 0.693, "per_position": [{"index": 0, "bound": 0.0}, {"index": 1, "bound": 0.6}]}"#;
+        let plan = r#"{"step": 20, "decision": 0.6, "options": {"answer": "decision", "critic": "mlp"},
+            "log_d": 0.693, "per_position": [{"index": 0, "bound": 0.0}, {"index": 1, "bound": 0.6}]}"#;
         std::fs::write(dir.path().join("bst-s0/mi_plan.json"), plan).unwrap();
         let figs = figures(dir.path()).unwrap();
         let get = |name: &str| match &figs.iter().find(|(n, _)| n == name).unwrap().1 {
