@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Copies what a LOG.md entry cites from a sweep directory into the repository, so that no result
 # depends on one machine: compare.md/csv, manifest.json, the figures (SVG), and per run its
-# resolved config, eval.json, the evaluation lines of metrics.jsonl, the last train line, and the
-# analyses (mi_plan.json, mi_analysis.json, robustness reports). Checkpoints stay behind.
+# resolved config, eval.json, a thinned metrics.jsonl (every evaluation line, the training lines of
+# the evaluated steps and the last one), and the analyses (mi_plan.json, mi_analysis.json,
+# robustness reports). Checkpoints stay behind. The exported runs are themselves a directory that
+# `eval compare DEST/runs` and `eval plot DEST/runs` read.
 #   scripts/export-results.sh runs/sweeps/planners docs/results/2026-12-01-planners
 set -euo pipefail
 
@@ -23,8 +25,12 @@ for run in "$src"/*/; do
     out=$dest/runs/$name
     mkdir -p "$out"
     cp "$run/config.toml" "$run/eval.json" "$out/"
-    grep '"eval/' "$run/metrics.jsonl" > "$out/eval-metrics.jsonl" || true
-    grep '"train/' "$run/metrics.jsonl" | tail -1 > "$out/train-last.jsonl" || true
+    # The steps that were evaluated, then their lines (training and evaluation) and the last line.
+    steps=$(grep '"eval/' "$run/metrics.jsonl" | sed -n 's/^{"step":\([0-9]*\),.*/\1/p' | sort -u | tr '\n' '|')
+    {
+        grep -E "^\{\"step\":(${steps%|})," "$run/metrics.jsonl" || true
+        tail -1 "$run/metrics.jsonl"
+    } | awk '!seen[$0]++' > "$out/metrics.jsonl"
     for f in mi_plan.json mi_analysis.json; do
         [ -f "$run/$f" ] && cp "$run/$f" "$out/"
     done

@@ -100,7 +100,11 @@ fn read_run(run: &Path) -> Result<Option<(toml::Table, BTreeMap<String, f64>)>> 
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
     let config: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let steps = config.get("schedule").and_then(|s| s.get("steps")).and_then(|s| s.as_integer()).unwrap_or(0) as u64;
-    if !finished(run, steps) {
+    // A live run is finished when its last checkpoint is written. A run copied out of its sweep
+    // without checkpoints (scripts/export-results.sh) is finished when its eval.json is of the
+    // last step, checked below.
+    let exported = !run.join("checkpoints").exists();
+    if !exported && !finished(run, steps) {
         return Ok(None);
     }
     let path = run.join("eval.json");
@@ -448,6 +452,30 @@ mod tests {
         assert_eq!(plan_mi(&dir, 100).unwrap(), Some(("plan/decision.inner-bilinear".to_string(), 0.1)));
         std::fs::write(dir.join("mi_plan.json"), "{}").unwrap();
         assert!(plan_mi(&dir, 100).unwrap_err().to_string().contains("not a lab mi_plan.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_exported_run_counts_by_its_eval_json_and_a_live_one_by_its_last_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("lab-compare-export-{}", std::process::id()));
+        let run = dir.join("ntp-s0");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("config.toml"), "[schedule]\nsteps = 100\n").unwrap();
+        let eval = |step: u64| {
+            let scores = "{\"exact\":0.5,\"per_position\":[1.0,0.5]}";
+            format!(
+                "{{\"step\":{step},\"examples\":10,\"forced\":{scores},\"free\":{scores},\"free_valid\":0.5,\
+                 \"teacherless\":null,\"path_star\":null,\"failures\":[]}}"
+            )
+        };
+        std::fs::write(run.join("eval.json"), eval(50)).unwrap();
+        assert!(read_run(&run).unwrap().is_none(), "an evaluation of an earlier step");
+        std::fs::write(run.join("eval.json"), eval(100)).unwrap();
+        let (_, metrics) = read_run(&run).unwrap().expect("exported and evaluated at its last step");
+        assert_eq!(metrics.get("eval/free/exact"), Some(&0.5));
+        // With checkpoints it is a live run: finished only once its last checkpoint exists.
+        std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+        assert!(read_run(&run).unwrap().is_none(), "a live run without its last checkpoint");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
