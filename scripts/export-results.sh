@@ -31,8 +31,9 @@ for run in "$src"/*/; do
         grep -E "^\{\"step\":(${steps%|})," "$run/metrics.jsonl" || true
         tail -1 "$run/metrics.jsonl"
     } | awk '!seen[$0]++' > "$out/metrics.jsonl"
-    for f in mi_plan.json mi_analysis.json; do
-        [ -f "$run/$f" ] && cp "$run/$f" "$out/"
+    # The analyses, with the variants kept beside them (e.g. mi_plan-inner.json).
+    for f in "$run"/mi_plan*.json "$run"/mi_analysis*.json; do
+        [ -f "$f" ] && cp "$f" "$out/"
     done
     if [ -d "$run/evals" ]; then
         find "$run/evals" -maxdepth 1 -name 'robustness-*.json' -exec cp {} "$out/" \;
