@@ -16,11 +16,11 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::fused;
 use crate::gpt::{Gpt, KvCache, linear_rows};
 
 /// The text head's shape.
@@ -89,8 +89,8 @@ impl<B: Backend> BeliefHead<B> {
     /// [f; b] + SwiGLU([f; b]), RMS-normalised, `[b, n, 2d]`.
     fn mix(&self, f: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = Tensor::cat(vec![f, b], 2);
-        let hidden = silu(linear_rows(&self.gate, x.clone())) * linear_rows(&self.up, x.clone());
-        self.norm.forward(x + linear_rows(&self.down, hidden))
+        let hidden = fused::swiglu(linear_rows(&self.gate, x.clone()), linear_rows(&self.up, x.clone()));
+        fused::rms_norm(x + linear_rows(&self.down, hidden), self.norm.gamma.val(), self.norm.epsilon)
     }
 }
 

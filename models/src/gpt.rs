@@ -151,8 +151,10 @@ pub fn linear_rows<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3>
     rows(x, |x| fused::linear(x, lin.weight.val(), lin.bias.as_ref().map(|b| b.val())))
 }
 
-/// `ln` applied to `x` through the fused kernel (`fused::layer_norm`), with `eps` its epsilon.
-fn norm<B: Backend>(ln: &LayerNorm<B>, eps: f64, x: Tensor<B, 3>) -> Tensor<B, 3> {
+/// `ln` applied to `x` through the fused kernel (`fused::layer_norm`), with `eps` its epsilon
+/// (burn's `LayerNorm` keeps its own private, so a module that uses this keeps a copy). Objectives'
+/// heads use it too: burn's LayerNorm is nine recorded ops under autodiff.
+pub fn norm<B: Backend>(ln: &LayerNorm<B>, eps: f64, x: Tensor<B, 3>) -> Tensor<B, 3> {
     match &ln.beta {
         Some(beta) => fused::layer_norm(x, ln.gamma.val(), beta.val(), eps),
         None => ln.forward(x),

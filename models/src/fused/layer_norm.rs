@@ -2,6 +2,9 @@
 //! training one runs, plain flex included, which has a fused forward of its own), its autodiff op
 //! with the hand-written backward, and the row-wise kernels. The forward pass keeps each row's
 //! normalised values and `1 / sqrt(var + eps)` for the backward pass.
+//!
+//! RMSNorm (BST's text head), LayerNorm without the centring and the bias, shares the op: burn
+//! records it as six ops with two broadcasts, each a pass forward and backward.
 
 use std::mem::MaybeUninit;
 
@@ -49,8 +52,36 @@ pub(super) fn layer_norm_reference<B: Backend, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// RMSNorm over the last dimension, `x / sqrt(mean(x²) + eps) * gamma`, as burn's `RmsNorm`
+/// computes it; `x` `[..., d]`, `gamma` `[d]`.
+pub fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, gamma: Tensor<B, 1>, epsilon: f64) -> Tensor<B, D> {
+    if is::<B, Ad>() {
+        return same(rms_norm_autodiff::<D>(same(x), same(gamma), epsilon));
+    }
+    if is::<B, Flex>() {
+        let (x, gamma): (Tensor<Flex, D>, Tensor<Flex, 1>) = (same(x.clone()), same(gamma.clone()));
+        let dims = x.dims();
+        let (xc, gc) = (x.into_primitive().tensor().to_contiguous(), gamma.into_primitive().tensor().to_contiguous());
+        if let (Some(xs), Some(gs)) = (f32s(&xc), f32s(&gc)) {
+            let (out, ..) = norm_forward(xs, gs, None, epsilon as f32);
+            return same(float::<Flex, D>(flex(out, dims)));
+        }
+    }
+    rms_norm_reference(x, gamma, epsilon)
+}
+
+/// burn's RMSNorm (`burn::nn::RmsNorm::forward`), on every backend but flex's.
+pub(super) fn rms_norm_reference<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    epsilon: f64,
+) -> Tensor<B, D> {
+    let rms = (x.clone().square().mean_dim(D - 1) + epsilon).sqrt();
+    (x / rms) * gamma.unsqueeze()
+}
+
 // ---------------------------------------------------------------------------------------------
-// The autodiff op.
+// The autodiff ops.
 
 /// LayerNorm's backward: the normalised input, each row's `1 / sqrt(var + eps)`, and gamma.
 #[derive(Debug)]
@@ -72,7 +103,7 @@ impl Backward<Flex, 3> for LayerNormOp {
         let s = &ops.state;
         let gamma = values(&s.gamma);
         let g = values(&grad);
-        let (dx, dgamma, dbeta) = layer_norm_backward(g, &s.normalized, &s.rstd, gamma);
+        let (dx, dgamma, dbeta) = norm_backward(g, &s.normalized, &s.rstd, gamma, true);
         let d = gamma.len();
         let [px, pg, pb] = ops.parents;
         for (parent, value, dims) in [(px, dx, s.dims.clone()), (pg, dgamma, vec![d]), (pb, dbeta, vec![d])] {
@@ -96,16 +127,51 @@ fn layer_norm_autodiff<const D: usize>(
     let (Some(xs), Some(gs), Some(bs)) = (f32s(&xc), f32s(&gc), f32s(&bc)) else {
         return layer_norm_reference(float(x), float(gamma), float(beta), epsilon);
     };
-    let (out, normalized, rstd) = layer_norm_forward(xs, gs, bs, epsilon as f32);
+    let (out, normalized, rstd) = norm_forward(xs, gs, Some(bs), epsilon as f32);
     let out = flex(out, dims);
     let op = LayerNormOp.prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()]);
     record(op.compute_bound().stateful(), LayerNormState { normalized, rstd, gamma: gc, dims: dims.to_vec() }, out)
 }
 
-// ---------------------------------------------------------------------------------------------
-// The kernels, on contiguous f32 rows.
+/// RMSNorm's backward: the normalised input, each row's `1 / sqrt(mean(x²) + eps)`, and gamma.
+#[derive(Debug)]
+struct RmsNormOp;
 
-fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+impl Backward<Flex, 2> for RmsNormOp {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let s = &ops.state;
+        let gamma = values(&s.gamma);
+        let (dx, dgamma, _) = norm_backward(values(&grad), &s.normalized, &s.rstd, gamma, false);
+        let [px, pg] = ops.parents;
+        for (parent, value, dims) in [(px, dx, s.dims.clone()), (pg, dgamma, vec![gamma.len()])] {
+            if let Some(node) = parent {
+                grads.register::<Flex>(node.id, flex(value, dims));
+            }
+        }
+    }
+}
+
+fn rms_norm_autodiff<const D: usize>(x: Tensor<Ad, D>, gamma: Tensor<Ad, 1>, epsilon: f64) -> Tensor<Ad, D> {
+    let dims = x.dims();
+    let (x, gamma) = (x.into_primitive().tensor(), gamma.into_primitive().tensor());
+    let (xc, gc) = (x.primitive.to_contiguous(), gamma.primitive.to_contiguous());
+    let (Some(xs), Some(gs)) = (f32s(&xc), f32s(&gc)) else {
+        return rms_norm_reference(float(x), float(gamma), epsilon);
+    };
+    let (out, normalized, rstd) = norm_forward(xs, gs, None, epsilon as f32);
+    let out = flex(out, dims);
+    let op = RmsNormOp.prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone()]);
+    record(op.compute_bound().stateful(), LayerNormState { normalized, rstd, gamma: gc, dims: dims.to_vec() }, out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernels, on contiguous f32 rows: LayerNorm's with `beta`, RMSNorm's (no centring, no bias)
+// without.
+
+fn norm_forward(x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let rows = x.len() / d;
     let per = rows_per_part(d);
@@ -115,15 +181,23 @@ fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<
             rows.div_ceil(per),
             [rows * d, rows * d, rows],
             [per * d, per * d, per],
-            |i, [out, n, r]| {
-                layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, out, n, r);
+            |i, [out, n, r]| match beta {
+                Some(beta) => layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, out, n, r),
+                None => rms_norm_forward_kernel(&x[i * per * d..], gamma, eps, out, n, r),
             },
         )
     };
     (out, normalized, rstd)
 }
 
-fn layer_norm_backward(g: &[f32], normalized: &[f32], rstd: &[f32], gamma: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+/// `dx`, `dgamma` and `dbeta` (zeros for RMSNorm, `centred` false, which has no beta).
+fn norm_backward(
+    g: &[f32],
+    normalized: &[f32],
+    rstd: &[f32],
+    gamma: &[f32],
+    centred: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let rows = rstd.len();
     let per = rows_per_part(d);
@@ -134,7 +208,8 @@ fn layer_norm_backward(g: &[f32], normalized: &[f32], rstd: &[f32], gamma: &[f32
         par::outputs_uninit(parts, [rows * d, parts * 2 * d], [per * d, 2 * d], |i, [dx, sums]| {
             let (rows, at) = (&rstd[i * per..][..per.min(rows - i * per)], i * per * d);
             let (dgamma, dbeta) = par::zero(sums).split_at_mut(d);
-            layer_norm_backward_kernel(&g[at..], &normalized[at..], rows, gamma, dx, dgamma, dbeta);
+            let centring = if centred { 1.0 } else { 0.0 };
+            layer_norm_backward_kernel(&g[at..], &normalized[at..], rows, gamma, centring, dx, dgamma, dbeta);
         })
     };
     let mut dgamma = add_parts(&partial, 2 * d);
@@ -175,11 +250,13 @@ multiversion! {
         normalized: &[f32],
         rstd: &[f32],
         gamma: &[f32],
+        centring: f32,
         dx: &mut [MaybeUninit<f32>],
         dgamma: &mut [f32],
         dbeta: &mut [f32],
     ) {
         // dx = rstd (a - mean(a) - x^ mean(a x^)) with a = g gamma; dgamma = sum g x^; dbeta = sum g.
+        // RMSNorm (`centring` 0) has no mean to subtract, so its dx lacks the mean(a) term.
         let d = gamma.len();
         let mut a = vec![0.0f32; d];
         for r in 0..rstd.len() {
@@ -189,11 +266,35 @@ multiversion! {
                 dgamma[i] += gr[i] * nr[i];
                 dbeta[i] += gr[i];
             }
-            let m1 = sum(&a) / d as f32;
+            let m1 = centring * sum(&a) / d as f32;
             let m2 = dot(&a, nr) / d as f32;
             let dxr = &mut dx[r * d..][..d];
             for i in 0..d {
                 dxr[i].write(rstd[r] * (a[i] - m1 - nr[i] * m2));
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn rms_norm_forward_kernel(
+        x: &[f32],
+        gamma: &[f32],
+        eps: f32,
+        out: &mut [MaybeUninit<f32>],
+        normalized: &mut [MaybeUninit<f32>],
+        rstd: &mut [MaybeUninit<f32>],
+    ) {
+        let d = gamma.len();
+        for r in 0..rstd.len() {
+            let xr = &x[r * d..][..d];
+            let inv = 1.0 / (dot(xr, xr) / d as f32 + eps).sqrt();
+            rstd[r].write(inv);
+            let (or, nr) = (&mut out[r * d..][..d], &mut normalized[r * d..][..d]);
+            for i in 0..d {
+                let n = xr[i] * inv;
+                nr[i].write(n);
+                or[i].write(n * gamma[i]);
             }
         }
     }
@@ -217,5 +318,23 @@ mod tests {
         close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
         close(gamma.grad(&g1).unwrap(), gamma.grad(&g2).unwrap());
         close(beta.grad(&g1).unwrap(), beta.grad(&g2).unwrap());
+    }
+
+    #[test]
+    fn rms_norm_matches_burns_forward_and_gradients() {
+        let x = random::<Ad, 3>([3, 5, 16], 8).require_grad();
+        let gamma = random::<Ad, 1>([16], 9).require_grad();
+        let w = random::<Ad, 3>([3, 5, 16], 11);
+        let module = burn::nn::RmsNormConfig::new(16).init::<Ad>(&Default::default());
+        let eps = 1e-5;
+        // The reference is burn's module's arithmetic (its gamma is ones; ours is random).
+        close(rms_norm_reference(x.clone(), module.gamma.val(), eps), module.forward(x.clone()));
+        let fused = rms_norm(x.clone(), gamma.clone(), eps);
+        let reference = rms_norm_reference(x.clone(), gamma.clone(), eps);
+        close(fused.clone(), reference.clone());
+        close(rms_norm(x.clone().inner(), gamma.clone().inner(), eps), reference.clone().inner());
+        let (g1, g2) = ((fused * w.clone()).sum().backward(), (reference * w).sum().backward());
+        close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap());
+        close(gamma.grad(&g1).unwrap(), gamma.grad(&g2).unwrap());
     }
 }

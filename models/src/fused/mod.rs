@@ -1,6 +1,6 @@
-//! Fused kernels for burn's CPU backend: linear maps, causal attention over packed heads, GELU and
-//! LayerNorm, forward and backward, so that a training step on flex is a few passes over memory
-//! instead of a chain of small ops.
+//! Fused kernels for burn's CPU backend: linear maps, causal attention over packed heads, GELU,
+//! SwiGLU's gate, LayerNorm and RMSNorm, forward and backward, so that a training step on flex is
+//! a few passes over memory instead of a chain of small ops.
 //!
 //! Why: under `Autodiff<Flex>`, burn 0.21 runs attention as its generic fallback (a mask, a scale,
 //! a softmax decomposed into five recorded ops, two batched products, each with its backward) on
@@ -21,16 +21,17 @@
 //! 1e-6, tested) that vectorize. Each kernel's work is cut into parts by shape alone and spread
 //! over the cores by [`par`](crate::par), so results do not depend on the thread count.
 //!
-//! Beside the model's ops: the AdamW update ([`adamw()`], bit for bit burn's) and the squared norm
-//! gradient clipping needs ([`sum_of_squares`]), which were most of what the training step still
-//! ran serially.
+//! Beside the model's ops: two weighted row-wise losses that objectives' heads use
+//! ([`smooth_l1`], [`distillation_kl`]), the AdamW update ([`adamw()`], bit for bit burn's) and
+//! the squared norm gradient clipping needs ([`sum_of_squares`]), which were most of what the
+//! training step still ran serially.
 //!
 //! Layout: this file holds the public re-exports and the helpers that recognise the backend and
 //! move tensors between burn's types; each op has a file of its own with its dispatch, its autodiff
-//! op and its kernels (`linear.rs`, `attention.rs`, `gelu.rs`, `layer_norm.rs`, and `adamw.rs` for
-//! the optimizer's math). `product.rs` holds the matrix products through `gemm` that the linear map
-//! and attention share, and `kernels.rs` the compile-per-CPU macro, the cut into parts and the
-//! vectorizable row helpers (`dot`, `exp`, `erf`, ...) that every kernel uses.
+//! op and its kernels (`linear.rs`, `attention.rs`, `gelu.rs`, `swiglu.rs`, `layer_norm.rs`,
+//! `loss.rs`, and `adamw.rs` for the optimizer's math). `product.rs` holds the matrix products through `gemm` that
+//! the linear map and attention share, and `kernels.rs` the compile-per-CPU macro, the cut into
+//! parts and the vectorizable row helpers (`dot`, `exp`, `erf`, ...) that every kernel uses.
 
 use std::any::Any;
 
@@ -47,13 +48,17 @@ mod gelu;
 mod kernels;
 mod layer_norm;
 mod linear;
+mod loss;
 mod product;
+mod swiglu;
 
 pub use adamw::{AdamWStep, adamw, sum_of_squares};
 pub use attention::causal_attention;
 pub use gelu::gelu;
-pub use layer_norm::layer_norm;
+pub use layer_norm::{layer_norm, rms_norm};
 pub use linear::linear;
+pub use loss::{distillation_kl, smooth_l1};
+pub use swiglu::swiglu;
 
 /// The training backend the kernels serve.
 type Ad = Autodiff<Flex>;
@@ -159,7 +164,22 @@ mod tests {
             layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5),
             layer_norm_reference(x.clone(), gamma, beta, 1e-5),
         );
-        let (rows, weight) = (x.reshape([8, 6]), random::<Other, 2>([6, 5], 14));
+        let (rows, weight) = (x.clone().reshape([8, 6]), random::<Other, 2>([6, 5], 14));
         close(linear(rows.clone(), weight.clone(), None), burn::tensor::module::linear(rows, weight, None));
+        let w = random::<Other, 2>([2, 4], 15);
+        close(
+            smooth_l1(x.clone(), x.clone().mul_scalar(0.5), w.clone()),
+            loss::smooth_l1_reference(x.clone(), x.clone().mul_scalar(0.5), w.clone()),
+        );
+        close(
+            distillation_kl(x.clone(), x.clone().mul_scalar(2.0), w.clone()),
+            loss::kl_reference(x.clone(), x.clone().mul_scalar(2.0), w),
+        );
+        close(
+            swiglu(x.clone(), x.clone().mul_scalar(0.5)),
+            swiglu::swiglu_reference(x.clone(), x.clone().mul_scalar(0.5)),
+        );
+        let gamma = random::<Other, 1>([6], 16);
+        close(rms_norm(x.clone(), gamma.clone(), 1e-5), layer_norm::rms_norm_reference(x, gamma, 1e-5));
     }
 }

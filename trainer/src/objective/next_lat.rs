@@ -24,11 +24,11 @@
 use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Numeric, Tensor, TensorData};
 use lab_core::Batch;
-use models::{GptConfig, linear_rows};
+use models::fused::{self, gelu};
+use models::{GptConfig, linear_rows, norm};
 use serde::{Deserialize, Serialize};
 
 use super::{Heads, LabModel, LossOutput, Objective, heads, masked_cross_entropy};
@@ -61,6 +61,8 @@ pub struct Transition<B: Backend> {
     fc1: Linear<B>,
     fc2: Linear<B>,
     fc3: Linear<B>,
+    /// The LayerNorm's epsilon, which the fused kernel needs (burn's module keeps it private).
+    eps: f64,
 }
 
 impl<B: Backend> Transition<B> {
@@ -68,8 +70,10 @@ impl<B: Backend> Transition<B> {
     pub fn new(d: usize, hidden: usize, std: f64, device: &B::Device) -> Self {
         let init = Initializer::Normal { mean: 0.0, std };
         let linear = |i, o| LinearConfig::new(i, o).with_initializer(init.clone()).init(device);
+        let norm = LayerNormConfig::new(2 * d);
         Transition {
-            norm: LayerNormConfig::new(2 * d).init(device),
+            eps: norm.epsilon,
+            norm: norm.init(device),
             fc1: linear(2 * d, hidden),
             fc2: linear(hidden, hidden),
             fc3: linear(hidden, d),
@@ -78,7 +82,7 @@ impl<B: Backend> Transition<B> {
 
     /// The next latent from latents `h` and the next tokens' embeddings `e`, each `[b, n, d]`.
     pub fn forward(&self, h: Tensor<B, 3>, e: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.norm.forward(Tensor::cat(vec![e, h.clone()], 2));
+        let x = norm(&self.norm, self.eps, Tensor::cat(vec![e, h.clone()], 2));
         let x = gelu(linear_rows(&self.fc2, gelu(linear_rows(&self.fc1, x))));
         h + linear_rows(&self.fc3, x)
     }
@@ -105,13 +109,6 @@ impl NextLat {
     }
 }
 
-/// SmoothL1 with β = 1, elementwise: ½ min(|x|, 1)² + (|x| − min(|x|, 1)).
-fn smooth_l1<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let a = x.abs();
-    let small = a.clone().clamp_max(1.0);
-    small.clone().powi_scalar(2).mul_scalar(0.5) + (a - small)
-}
-
 /// 1.0 at input positions that hold a real token (not padding), `[b, t]`.
 fn real_positions<B: Backend>(batch: &Batch<B>) -> Tensor<B, 2> {
     let [b, t] = batch.inputs.dims();
@@ -131,34 +128,33 @@ impl<B: AutodiffBackend> Objective<B> for NextLat {
 
     fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
         let Heads::NextLat(p) = heads(model) else { unreachable!("next-lat builds its transition model") };
-        let [b, t] = batch.inputs.dims();
+        let [_, t] = batch.inputs.dims();
         let out = model.gpt.forward(batch.inputs.clone());
         let ntp = masked_cross_entropy(out.logits.clone(), batch.targets.clone(), batch.target_mask.clone());
         let d = out.hidden.dims()[2];
-        let v = out.logits.dims()[2];
         let target = out.hidden.clone().detach(); // sg[h], [b, t, d]
-        let teacher = softmax(out.logits.detach(), 2); // [b, t, v]
+        let teacher = out.logits.detach(); // sg[W h], [b, t, v]
         let real = real_positions(batch);
 
+        // The rollout keeps all t positions at every step: row s of step i holds ĥ_{s+i}, and
+        // the last i rows (past the sequence's end, fed padding) get weight 0 in both losses.
+        // Slicing instead costs a strided copy and its backward per step, more than the few
+        // extra rows (LOG.md, 2026-12-01). Only constants and token ids are shifted.
         let mut predicted = out.hidden; // ĥ^{(0)} = h, with its gradient
         let (mut latent, mut kl) = (Vec::new(), Vec::new());
         let mut parts = vec![("ntp".to_string(), ntp.clone())];
         for i in 1..=self.config.horizon.min(t.saturating_sub(1)) {
-            let len = t - i;
-            // ĥ_{s+i} from ĥ_{s+i-1} and x_{s+i} = inputs[s + i], for s = 0..len.
-            let e = model.gpt.embed_tokens(batch.inputs.clone().slice([0..b, i..t]));
-            predicted = p.forward(predicted.slice([0..b, 0..len, 0..d]), e); // [b, len, d]
+            // ĥ_{s+i} from ĥ_{s+i-1} and x_{s+i} = inputs[s + i].
+            let e = model.gpt.embed_tokens(ahead(batch.inputs.clone(), i));
+            predicted = p.forward(predicted, e); // [b, t, d]
 
-            let mask = real.clone().slice([0..b, i..t]); // position s + i is a real token
-            let count = mask.clone().sum().clamp_min(1.0).mul_scalar(d as f64);
-            let diff = predicted.clone() - target.clone().slice([0..b, i..t, 0..d]);
-            let l = (smooth_l1(diff) * mask.unsqueeze_dim::<3>(2)).sum() / count;
+            let w = ahead(real.clone(), i); // position s + i is a real token
+            let count = w.clone().sum().clamp_min(1.0).mul_scalar(d as f64);
+            let l = fused::smooth_l1(predicted.clone(), ahead(target.clone(), i), w) / count;
 
-            let kl_mask = batch.target_mask.clone().slice([0..b, i..t]);
-            let p_t = teacher.clone().slice([0..b, i..t, 0..v]);
-            let log_s = log_softmax(model.gpt.unembed_frozen(predicted.clone()), 2);
-            let per_pos = (p_t.clone() * (p_t.clamp_min(1e-30).log() - log_s)).sum_dim(2).squeeze_dim::<2>(2);
-            let k = (per_pos * kl_mask.clone()).sum() / kl_mask.sum().clamp_min(1.0);
+            let w = ahead(batch.target_mask.clone(), i); // position s + i predicts a target
+            let student = model.gpt.unembed_frozen(predicted.clone());
+            let k = fused::distillation_kl(student, ahead(teacher.clone(), i), w.clone()) / w.sum().clamp_min(1.0);
 
             parts.push((format!("latent{i}"), l.clone()));
             parts.push((format!("kl{i}"), k.clone()));
@@ -176,6 +172,16 @@ impl<B: AutodiffBackend> Objective<B> for NextLat {
     }
 }
 
+/// `x` moved `i` positions back along the sequence (dimension 1): position s holds x's s + i,
+/// and the last `i` positions hold zeros.
+fn ahead<B: Backend, const D: usize, K: Numeric<B>>(x: Tensor<B, D, K>, i: usize) -> Tensor<B, D, K> {
+    let mut dims = x.dims();
+    let t = dims[1];
+    dims[1] = i;
+    let zeros = Tensor::zeros(dims, &x.device());
+    Tensor::cat(vec![x.narrow(1, i, t - i), zeros], 1)
+}
+
 #[cfg(test)]
 mod tests {
     use burn::backend::flex::FlexDevice;
@@ -186,14 +192,6 @@ mod tests {
 
     fn next_lat(horizon: usize) -> NextLat {
         NextLat::new(&NextLatConfig { horizon, ..Default::default() }, &tiny()).unwrap()
-    }
-
-    #[test]
-    fn smooth_l1_is_quadratic_then_linear() {
-        let x =
-            Tensor::<B, 3>::from_data(TensorData::new(vec![0.0f32, 0.5, -0.5, 1.0, 3.0, -2.0], [1, 1, 6]), &FlexDevice);
-        let y = smooth_l1(x).into_data().to_vec::<f32>().unwrap();
-        assert_eq!(y, vec![0.0, 0.125, 0.125, 0.5, 2.5, 1.5]);
     }
 
     #[test]
