@@ -23,6 +23,7 @@ fn run(dir: &Path, config: &str, extra: &[String]) -> (EvalReport, HashMap<Strin
     let mut overrides: Vec<String> =
         ["schedule.steps=600", "schedule.eval_every=0", "eval.examples=1000"].iter().map(|s| s.to_string()).collect();
     overrides.extend_from_slice(extra);
+    overrides.extend(setting_overrides());
     let config = RunConfig::load(&path, &overrides).unwrap();
     let out = dir.join(path.file_stem().unwrap());
     let options = TrainOptions { progress: false, stop_after: None, ..Default::default() };
@@ -37,6 +38,13 @@ fn run(dir: &Path, config: &str, extra: &[String]) -> (EvalReport, HashMap<Strin
         .collect();
     eprintln!("{config:?}\n{}{values:?}", report.table());
     (report, values)
+}
+
+/// Overrides from `LAB_TEST_OVERRIDES` (space-separated `key=value`) for every run: the bands
+/// re-measured under a setting, e.g. `LAB_TEST_OVERRIDES=model.bf16_products=true` (LOG.md,
+/// 2026-12-02). Unset in CI.
+fn setting_overrides() -> Vec<String> {
+    std::env::var("LAB_TEST_OVERRIDES").unwrap_or_default().split_whitespace().map(str::to_string).collect()
 }
 
 /// Asserts free-running exact match, decision-token accuracy and Clever-Hans rate bands, and

@@ -14,7 +14,11 @@ type B = Autodiff<Flex>;
 
 fn run(config: &str, overrides: &[&str]) -> EvalReport {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/path-star").join(config);
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    // LAB_TEST_OVERRIDES (space-separated `key=value`) re-measures the bands under a setting, e.g.
+    // `model.bf16_products=true` (LOG.md, 2026-12-02). Unset in CI.
+    let setting = std::env::var("LAB_TEST_OVERRIDES").unwrap_or_default();
+    let overrides: Vec<String> =
+        overrides.iter().copied().chain(setting.split_whitespace()).map(str::to_string).collect();
     let config = RunConfig::load(&path, &overrides).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let options = TrainOptions { progress: false, stop_after: None, ..Default::default() };

@@ -114,6 +114,11 @@ pub struct ModelSection {
     pub max_seq_len: Option<usize>,
     /// Vocabulary size; must equal the task's if given.
     pub vocab_size: Option<usize>,
+    /// Run the linear maps' matrix products with bf16 inputs and f32 accumulation (weights,
+    /// gradients and the optimizer stay f32), on the CPU backend of a CPU with AVX512-BF16; an
+    /// error elsewhere on the CPU backend, ignored on GPU backends. Default false. It holds for
+    /// the whole process (`models::fused::set_bf16_products`).
+    pub bf16_products: Option<bool>,
 }
 
 impl ModelSection {
@@ -155,6 +160,7 @@ impl ModelSection {
             init_std: Some(c.init_std),
             max_seq_len: Some(c.max_seq_len),
             vocab_size: Some(c.vocab_size),
+            bf16_products: None,
         }
     }
 }

@@ -100,8 +100,16 @@ pub fn train<B: AutodiffBackend>(
     let mut sampler =
         StepSampler::new(&config.sampler, task.as_ref(), &train, &test, config.schedule.batch_size, config.seeds.data)?;
 
+    // The products' precision is process-wide: set it either way, so that a run after a bf16
+    // run in the same process (tests, sweeps) is f32 unless it asks.
+    // Only the CPU backend's kernels read it; GPU backends run burn's products.
+    let bf16 = config.model.bf16_products.unwrap_or(false);
+    let on_cpu = B::name(device) == "autodiff<flex>";
+    models::fused::set_bf16_products(bf16 && on_cpu).map_err(|e| anyhow::anyhow!("model.bf16_products: {e}"))?;
+
     let mut resolved = config.clone();
     resolved.model = ModelSection::from_resolved(config.model.preset, &model_config);
+    resolved.model.bf16_products = bf16.then_some(true); // written only when on
     let meta = |step, health| CheckpointMeta {
         step,
         model: model_config.clone(),

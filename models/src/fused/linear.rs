@@ -12,6 +12,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+use super::bf16::{bf16_products, product_bf16};
 use super::kernels::{add_parts, axpy, rows_per_part};
 use super::product::product;
 use super::{Ad, f32s, flex, float, is, optional, primitive, record, same, values};
@@ -65,9 +66,9 @@ impl<const N: usize> Backward<Flex, N> for LinearOp {
             let Some(node) = parent else { continue };
             let value = match index {
                 // dx = g W^T: [n, o] x [o, i], W^T read through W's strides.
-                0 => flex(product(g, [o as isize, 1], values(&s.weight), [1, o as isize], [n, o, i], None), [n, i]),
+                0 => flex(matmul(g, [o as isize, 1], values(&s.weight), [1, o as isize], [n, o, i], None), [n, i]),
                 // dW = x^T g: [i, n] x [n, o], x^T read through x's strides.
-                1 => flex(product(values(&s.x), [1, i as isize], g, [o as isize, 1], [i, n, o], None), [i, o]),
+                1 => flex(matmul(values(&s.x), [1, i as isize], g, [o as isize, 1], [i, n, o], None), [i, o]),
                 _ => flex(column_sums(g, o), [o]),
             };
             grads.register::<Flex>(node.id, value);
@@ -104,7 +105,24 @@ fn linear_autodiff(x: Tensor<Ad, 2>, weight: Tensor<Ad, 2>, bias: Option<Tensor<
 
 /// `x W (+ b)`: `x` `[n, i]`, `w` `[i, o]`, `b` `[o]`, row-major.
 fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, [n, i, o]: [usize; 3]) -> Vec<f32> {
-    product(x, [i as isize, 1], w, [o as isize, 1], [n, i, o], b)
+    matmul(x, [i as isize, 1], w, [o as isize, 1], [n, i, o], b)
+}
+
+/// The linear map's products: f32 through gemm, or with bf16 inputs once
+/// [`set_bf16_products`](super::set_bf16_products) turned those on.
+fn matmul(
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+    mkn: [usize; 3],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    if bf16_products() {
+        product_bf16(lhs, lhs_strides, rhs, rhs_strides, mkn, bias)
+    } else {
+        product(lhs, lhs_strides, rhs, rhs_strides, mkn, bias)
+    }
 }
 
 /// Sums of the columns of a row-major matrix with `n` columns: each part's rows summed on its

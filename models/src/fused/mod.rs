@@ -44,6 +44,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
 mod adamw;
 mod attention;
+mod bf16;
 mod gelu;
 mod kernels;
 mod layer_norm;
@@ -54,6 +55,7 @@ mod swiglu;
 
 pub use adamw::{AdamWStep, adamw, sum_of_squares};
 pub use attention::causal_attention;
+pub use bf16::{bf16_products, bf16_supported, set_bf16_products};
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, rms_norm};
 pub use linear::linear;

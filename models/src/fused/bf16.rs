@@ -1,0 +1,428 @@
+//! Matrix products with bf16 inputs and f32 accumulation, on CPUs with AVX512-BF16 (`vdpbf16ps`:
+//! 16 f32 lanes, each adding two bf16 products per instruction, twice the multiply-adds of an f32
+//! FMA). Off by default; [`set_bf16_products`] turns it on for the linear maps' three products
+//! (forward, input and weight gradients). Weights, activations, gradients and the optimizer stay
+//! f32: only each product's operands are rounded to bf16 (to nearest, ties to even) as they are
+//! packed, which is what mixed-precision training does on GPUs.
+//!
+//! The product: operands packed as 32-bit words of two bf16 neighbours along the shared
+//! dimension `k` (odd `k` padded with a zero), the right one in panels of 32 columns; an 8 × 32
+//! microkernel keeps 16 accumulators in registers. `k` is taken in chunks of [`KC`] pairs, each
+//! chunk's sums added to the output in order, so every element's sum depends on `k` alone and the
+//! products split among the cores give the same bits as one (tested).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::kernels::multiversion;
+use crate::par;
+
+/// Whether the linear maps' products run in bf16 (see [`set_bf16_products`]).
+static BF16: AtomicBool = AtomicBool::new(false);
+
+/// Pairs of `k` per chunk: a 32-column panel of the right operand is then 64 KB, within L2.
+const KC: usize = 512;
+/// Rows of the microkernel.
+const MR: usize = 8;
+/// Columns of the microkernel (two vectors of 16 f32).
+const NR: usize = 32;
+
+/// Whether this CPU can run the bf16 products.
+pub fn bf16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Runs the linear maps' products (on the CPU backend) with bf16 inputs and f32 accumulation
+/// from now on (`true`), or in f32 (`false`, the default). Process-wide, like the thread count.
+///
+/// # Errors
+/// When turning it on and the CPU lacks AVX512-BF16.
+pub fn set_bf16_products(on: bool) -> Result<(), String> {
+    if on && !bf16_supported() {
+        return Err(
+            "bf16 products need a CPU with AVX512-BF16 (avx512_bf16 in /proc/cpuinfo); this one has none".into()
+        );
+    }
+    BF16.store(on, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether [`set_bf16_products`] turned the bf16 products on.
+pub fn bf16_products() -> bool {
+    BF16.load(Ordering::Relaxed)
+}
+
+/// `lhs rhs (+ bias)` for `lhs` `[m, k]` and `rhs` `[k, n]` read through (row, column) strides,
+/// into a fresh row-major `[m, n]`, with the operands rounded to bf16; `bias` `[n]` is added to
+/// every row. Panics when the CPU lacks AVX512-BF16 (checked by [`set_bf16_products`]).
+pub(super) fn product_bf16(
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+    [m, k, n]: [usize; 3],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    assert!(bf16_supported(), "bf16 products on a CPU without AVX512-BF16");
+    let last = |rows: usize, cols: usize, [rs, cs]: [isize; 2]| {
+        (rows.max(1) - 1) as isize * rs + (cols.max(1) - 1) as isize * cs
+    };
+    assert!(m * k == 0 || (last(m, k, lhs_strides) as usize) < lhs.len(), "bf16 product: left operand too short");
+    assert!(k * n == 0 || (last(k, n, rhs_strides) as usize) < rhs.len(), "bf16 product: right operand too short");
+    assert!(bias.is_none_or(|b| b.len() == n), "bf16 product: bias of the wrong length");
+    let mut out = vec![0.0f32; m * n];
+    // Blocks of rows or of columns (the longer side), as `product.rs` cuts gemm's products; the
+    // column blocks are whole panels.
+    let parts = if m * k * n >= 1 << 20 { par::threads() } else { 1 };
+    let by_rows = m >= n;
+    let long = if by_rows { m } else { n };
+    let step = if by_rows { MR } else { NR };
+    let block = long.div_ceil(parts.max(1)).next_multiple_of(step).max(step);
+    let blocks = long.div_ceil(block);
+    let dst = par::Shared(out.as_mut_ptr());
+    par::for_each(blocks, |b| {
+        let start = b * block;
+        let size = block.min(long - start);
+        let (rows, cols) = if by_rows { (start..start + size, 0..n) } else { (0..m, start..start + size) };
+        // SAFETY: the blocks are disjoint rectangles of `out`; the operands' extents were checked.
+        unsafe { block_product(dst.get(), n, lhs, lhs_strides, rhs, rhs_strides, k, rows, cols, bias) };
+    });
+    out
+}
+
+/// One block `dst[rows, cols]` of the product, on the calling thread.
+///
+/// # Safety
+/// `dst` is row-major with `n` columns and the block is this call's alone; the CPU has
+/// AVX512-BF16; the operands hold every element the strides reach for these rows and columns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_product(
+    dst: *mut f32,
+    n: usize,
+    lhs: &[f32],
+    [lrs, lcs]: [isize; 2],
+    rhs: &[f32],
+    [rrs, rcs]: [isize; 2],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+) {
+    let (m, nc) = (rows.len(), cols.len());
+    let panels = nc.div_ceil(NR);
+    let kp_all = k.div_ceil(2);
+    let mut a = vec![0u32; m * KC.min(kp_all.max(1))];
+    let mut b = vec![0u32; panels * KC.min(kp_all.max(1)) * NR];
+    let c0 = unsafe { dst.add(rows.start * n + cols.start) };
+    if let Some(bias) = bias {
+        for r in 0..m {
+            unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr().add(cols.start), c0.add(r * n), nc) };
+        }
+    }
+    let mut read_dst = bias.is_some();
+    let lhs0 = rows.start as isize * lrs;
+    let rhs0 = cols.start as isize * rcs;
+    let mut kk0 = 0;
+    while kk0 < kp_all || (kk0 == 0 && k == 0) {
+        let kp = KC.min(kp_all - kk0);
+        let k0 = 2 * kk0;
+        // The left operand's words: [m][kp] when it is contiguous along k, [kp][m] otherwise
+        // (each layout written contiguously); the kernel reads either through strides.
+        let (a_rs, a_ks) = if lcs == 1 { (kp, 1) } else { (1, m) };
+        let a = &mut a[..m * kp];
+        let take = (2 * kp).min(k - k0); // elements of k in this chunk
+        if lcs == 1 {
+            for r in 0..m {
+                let at = (lhs0 + r as isize * lrs) as usize + k0;
+                to_pairs(&lhs[at..at + take], &mut a[r * kp..(r + 1) * kp]);
+            }
+        } else if lrs == 1 {
+            for p in 0..kp {
+                let at = (lhs0 + (k0 + 2 * p) as isize * lcs) as usize;
+                let next = (2 * p + 1 < take).then(|| &lhs[at + lcs as usize..][..m]);
+                interleave(&lhs[at..at + m], next, &mut a[p * m..(p + 1) * m]);
+            }
+        } else {
+            for r in 0..m {
+                for p in 0..kp {
+                    let at = lhs0 + r as isize * lrs + (k0 + 2 * p) as isize * lcs;
+                    let hi = if 2 * p + 1 < take { lhs[(at + lcs) as usize] } else { 0.0 };
+                    a[r * a_rs + p * a_ks] = pair(lhs[at as usize], hi);
+                }
+            }
+        }
+        // The right operand's words, in panels of NR columns: [panel][kp][NR], zero past `nc`.
+        let b = &mut b[..panels * kp * NR];
+        if rcs == 1 {
+            for p in 0..kp {
+                let at = (rhs0 + (k0 + 2 * p) as isize * rrs) as usize;
+                for panel in 0..panels {
+                    let (c, w) = (panel * NR, NR.min(nc - panel * NR));
+                    let next = (2 * p + 1 < take).then(|| &rhs[at + rrs as usize + c..][..w]);
+                    let words = &mut b[(panel * kp + p) * NR..][..NR];
+                    interleave(&rhs[at + c..at + c + w], next, &mut words[..w]);
+                    words[w..].fill(0);
+                }
+            }
+        } else if rrs == 1 {
+            let mut column = vec![0u32; kp];
+            for panel in 0..panels {
+                let words = &mut b[panel * kp * NR..][..kp * NR];
+                for j in 0..NR {
+                    let c = panel * NR + j;
+                    if c < nc {
+                        let at = (rhs0 + c as isize * rcs) as usize + k0;
+                        to_pairs(&rhs[at..at + take], &mut column);
+                        for p in 0..kp {
+                            words[p * NR + j] = column[p];
+                        }
+                    } else {
+                        for p in 0..kp {
+                            words[p * NR + j] = 0;
+                        }
+                    }
+                }
+            }
+        } else {
+            for panel in 0..panels {
+                let words = &mut b[panel * kp * NR..][..kp * NR];
+                for p in 0..kp {
+                    for j in 0..NR {
+                        let c = panel * NR + j;
+                        words[p * NR + j] = if c < nc {
+                            let at = rhs0 + (k0 + 2 * p) as isize * rrs + c as isize * rcs;
+                            let hi = if 2 * p + 1 < take { rhs[(at + rrs) as usize] } else { 0.0 };
+                            pair(rhs[at as usize], hi)
+                        } else {
+                            0
+                        };
+                    }
+                }
+            }
+        }
+        for panel in 0..panels {
+            let cols = NR.min(nc - panel * NR);
+            let bp = b[panel * kp * NR..].as_ptr();
+            let mut r = 0;
+            while r < m {
+                let mr = MR.min(m - r);
+                let ap = a[r * a_rs..].as_ptr();
+                let c = unsafe { c0.add(r * n + panel * NR) };
+                unsafe { microkernel(mr, ap, a_rs, a_ks, bp, kp, c, n, cols, read_dst) };
+                r += mr;
+            }
+        }
+        read_dst = true;
+        kk0 += kp.max(1);
+    }
+}
+
+multiversion! {
+    /// Consecutive pairs of `x` as words (`x[2p]` low, `x[2p + 1]` high; a missing last one 0).
+    fn to_pairs(x: &[f32], words: &mut [u32]) {
+        let whole = x.len() / 2;
+        for p in 0..whole {
+            words[p] = bf16_bits(x[2 * p]) | (bf16_bits(x[2 * p + 1]) << 16);
+        }
+        if x.len() % 2 == 1 {
+            words[whole] = bf16_bits(x[x.len() - 1]);
+        }
+    }
+}
+
+multiversion! {
+    /// `lo[j]` and `hi[j]` (0 without `hi`) as word `j`.
+    fn interleave(lo: &[f32], hi: Option<&[f32]>, words: &mut [u32]) {
+        let n = words.len();
+        let lo = &lo[..n];
+        match hi {
+            Some(hi) => {
+                let hi = &hi[..n];
+                for j in 0..n {
+                    words[j] = bf16_bits(lo[j]) | (bf16_bits(hi[j]) << 16);
+                }
+            }
+            None => {
+                for j in 0..n {
+                    words[j] = bf16_bits(lo[j]);
+                }
+            }
+        }
+    }
+}
+
+/// Two f32 as one word of two bf16 (`lo` in the low half), each rounded to nearest, ties to even.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    bf16_bits(lo) | (bf16_bits(hi) << 16)
+}
+
+#[inline(always)]
+fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1))) >> 16
+}
+
+/// `c[..mr, ..cols] (+)= a b` over `kp` pairs: `a`'s words at `r * a_rs + p * a_ks`, `b`'s at
+/// `p * NR + j`; `c` row-major with row stride `c_rs`, read (and added to) only when `read_dst`.
+///
+/// # Safety
+/// The CPU has AVX512-BF16; the pointers reach every element named.
+#[allow(clippy::too_many_arguments)]
+unsafe fn microkernel(
+    mr: usize,
+    a: *const u32,
+    a_rs: usize,
+    a_ks: usize,
+    b: *const u32,
+    kp: usize,
+    c: *mut f32,
+    c_rs: usize,
+    cols: usize,
+    read_dst: bool,
+) {
+    // One instance per row count, so that the accumulators are registers.
+    macro_rules! rows {
+        ($($n:literal)*) => {
+            match mr {
+                $($n => unsafe { kernel::<$n>(a, a_rs, a_ks, b, kp, c, c_rs, cols, read_dst) },)*
+                _ => unreachable!("at most {MR} rows"),
+            }
+        };
+    }
+    rows!(1 2 3 4 5 6 7 8)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const R: usize>(
+    a: *const u32,
+    a_rs: usize,
+    a_ks: usize,
+    b: *const u32,
+    kp: usize,
+    c: *mut f32,
+    c_rs: usize,
+    cols: usize,
+    read_dst: bool,
+) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for p in 0..kp {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let w = *a.add(r * a_rs + p * a_ks);
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(w as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+            }
+        }
+        let lo = if cols >= 16 { 0xffff } else { (1u32 << cols) as u16 - 1 };
+        let hi = if cols >= 32 {
+            0xffff
+        } else if cols > 16 {
+            (1u32 << (cols - 16)) as u16 - 1
+        } else {
+            0
+        };
+        for (r, acc) in acc.iter().enumerate() {
+            let row = c.add(r * c_rs);
+            for (h, mask) in [(0usize, lo), (1, hi)] {
+                let ptr = row.add(16 * h);
+                let mut v = acc[h];
+                if read_dst {
+                    v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, ptr), v);
+                }
+                _mm512_mask_storeu_ps(ptr, mask, v);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const R: usize>(
+    _: *const u32,
+    _: usize,
+    _: usize,
+    _: *const u32,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+    _: usize,
+    _: bool,
+) {
+    unreachable!("bf16 products are checked to be supported first")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product of the operands rounded to bf16, summed in f64.
+    fn reference(
+        a: &[f32],
+        [ars, acs]: [usize; 2],
+        b: &[f32],
+        [brs, bcs]: [usize; 2],
+        [m, k, n]: [usize; 3],
+    ) -> Vec<f64> {
+        let round = |x: f32| f32::from_bits(bf16_bits(x) << 16) as f64;
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| round(a[i * ars + p * acs]) * round(b[p * brs + j * bcs])).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        let bf = |x: f32| f32::from_bits(bf16_bits(x) << 16);
+        assert_eq!(bf(1.0), 1.0);
+        assert_eq!(bf(1.0 + 1.0 / 256.0), 1.0); // a tie, to the even neighbour 1.0
+        assert_eq!(bf(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0); // a tie, to the even 1 + 2^-6
+        assert_eq!(bf(1.0 + 1.5 / 256.0), 1.0 + 2.0 / 256.0);
+        assert_eq!(bf(-2.5), -2.5);
+    }
+
+    #[test]
+    fn bf16_products_match_the_rounded_operands_and_split_bit_for_bit() {
+        if !bf16_supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        // The linear map's three layouts at an experiment's size, odd sizes, and k past one chunk.
+        for &[m, k, n] in &[[300, 128, 384], [37, 7, 45], [64, 1500, 70], [1, 1, 1]] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 250.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 300.0).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 / 7.0).collect();
+            for (ls, rs) in [([k, 1], [n, 1]), ([1, m], [n, 1]), ([k, 1], [1, k])] {
+                let want = reference(&a, ls, &b, rs, [m, k, n]);
+                let strides = |[r, c]: [usize; 2]| [r as isize, c as isize];
+                let got = product_bf16(&a, strides(ls), &b, strides(rs), [m, k, n], Some(&bias));
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let w = w + bias[i % n] as f64;
+                    assert!((*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()), "[{m}, {k}, {n}] at {i}: {g} vs {w}");
+                }
+                // One block gives the same bits as the blocks the cores split it into.
+                let mut one = vec![f32::NAN; m * n];
+                // SAFETY: `one` holds [m, n]; the CPU was checked; the operands are whole.
+                unsafe {
+                    block_product(one.as_mut_ptr(), n, &a, strides(ls), &b, strides(rs), k, 0..m, 0..n, Some(&bias))
+                };
+                assert!(one.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()), "[{m}, {k}, {n}] split differs");
+            }
+        }
+    }
+}
