@@ -7,7 +7,9 @@
 //! the planning experiments' sizes; run one group with `-- experiment_step`.
 //!
 //! `cargo bench -p benches --bench train_step [--features wgpu|cuda]`; compare with
-//! `python3 benches/gpt_step.py --d-model 128 --n-layers 2 --n-heads 4 --batch 64 --seq-len 32 --vocab 54`.
+//! `python3 benches/gpt_step.py --d-model 128 --n-layers 2 --n-heads 4 --batch 64 --seq-len 32 --vocab 54`,
+//! or run `python3 benches/vs_torch.py`, which runs the `experiment_step` cases beside PyTorch and
+//! prints the table.
 
 use std::hint::black_box;
 
@@ -126,22 +128,30 @@ fn experiment_steps(c: &mut Criterion) {
     };
     for device in benches::devices() {
         let on = device.name();
-        on_device!(autodiff device, "benchmark", |B, dev| {
-            for (task_name, task) in [("g2-4-10", star(2, 4, 10)), ("g2-5-50", star(2, 5, 50))] {
-                for layers in [2, 4] {
-                    for objective in [
-                        ObjectiveConfig::Ntp,
-                        ObjectiveConfig::Bst(Default::default()),
-                        ObjectiveConfig::NextLat(Default::default()),
-                    ] {
-                        let name = format!("{on}/{}-d128-l{layers}-b128-{task_name}", objective.name());
-                        bench_objective::<B>(c, &name, &task, layers, &objective, &dev);
+        // On a CPU with AVX512-BF16, the same steps again with the linear maps' products in bf16
+        // (`flex-bf16/...`; models/src/fused/bf16.rs).
+        let bf16 = on == "flex" && models::fused::bf16_supported();
+        for precision in if bf16 { &[false, true][..] } else { &[false][..] } {
+            models::fused::set_bf16_products(*precision).expect("checked above");
+            let on = if *precision { format!("{on}-bf16") } else { on.to_string() };
+            on_device!(autodiff device, "benchmark", |B, dev| {
+                for (task_name, task) in [("g2-4-10", star(2, 4, 10)), ("g2-5-50", star(2, 5, 50))] {
+                    for layers in [2, 4] {
+                        for objective in [
+                            ObjectiveConfig::Ntp,
+                            ObjectiveConfig::Bst(Default::default()),
+                            ObjectiveConfig::NextLat(Default::default()),
+                        ] {
+                            let name = format!("{on}/{}-d128-l{layers}-b128-{task_name}", objective.name());
+                            bench_objective::<B>(c, &name, &task, layers, &objective, &dev);
+                        }
                     }
                 }
-            }
-            anyhow::Ok(())
-        })
-        .unwrap();
+                anyhow::Ok(())
+            })
+            .unwrap();
+        }
+        models::fused::set_bf16_products(false).expect("off always works");
     }
 }
 
