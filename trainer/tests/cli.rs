@@ -101,7 +101,7 @@ fn a_backend_this_build_lacks_is_a_clear_error() {
 
 /// Results do not depend on how many threads the kernels use (`models::par`): a run large enough
 /// to split its products, attention, LayerNorms and AdamW among threads logs and evaluates the
-/// same on one thread as on three.
+/// same on one thread as on three; with bf16 products too, where the CPU has them.
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let config = CONFIG
@@ -109,18 +109,26 @@ fn results_do_not_depend_on_the_thread_count() {
         .replace("d_model = 32\nd_ff = 64", "d_model = 128\nd_ff = 512")
         .replace("batch_size = 8", "batch_size = 64");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, config).unwrap();
-    let run = |threads: &str| {
-        let out = dir.path().join(format!("run-{threads}"));
-        train(&path, &out).env("LAB_THREADS", threads).assert().success();
-        // Every logged loss and gradient norm to the last digit, and the evaluation of the final
-        // weights. (Checkpoint files differ byte-wise between any two processes: they hold
-        // parameter ids drawn at random.)
-        let read = |file: &str| std::fs::read_to_string(out.join(file)).unwrap();
-        (read("metrics.jsonl"), read("eval.json"))
-    };
-    assert_eq!(run("1"), run("3"));
+    let mut precisions = vec![("f32", config.clone())];
+    if models::fused::bf16_supported() {
+        precisions.push(("bf16", config.replace("[model]\n", "[model]\nbf16_products = true\n")));
+    }
+    for (precision, config) in precisions {
+        let path = dir.path().join(format!("{precision}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let run = |threads: &str| {
+            let out = dir.path().join(format!("run-{precision}-{threads}"));
+            train(&path, &out).env("LAB_THREADS", threads).assert().success();
+            // Every logged loss and gradient norm to the last digit, and the evaluation of the
+            // final weights. (Checkpoint files differ byte-wise between any two processes: they
+            // hold parameter ids drawn at random.)
+            let read = |file: &str| std::fs::read_to_string(out.join(file)).unwrap();
+            (read("metrics.jsonl"), read("eval.json"), read("config.toml"))
+        };
+        let one = run("1");
+        assert_eq!(one.2.contains("bf16_products = true"), precision == "bf16", "{precision}: {}", one.2);
+        assert_eq!(one, run("3"), "{precision}");
+    }
 }
 
 /// `trainer train --quiet --config CONFIG --out OUT` with `sets` as `--set` overrides, in `dir`.
