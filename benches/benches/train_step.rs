@@ -4,7 +4,8 @@
 //! build (`benches::devices`).
 //!
 //! The `experiment_step` group times whole objectives (NTP, BST, NextLat) on path-star batches at
-//! the planning experiments' sizes; run one group with `-- experiment_step`.
+//! the planning experiments' sizes, `linear_product` the linear map's product alone (f32, and
+//! bf16 where the CPU has it); run one group with `-- experiment_step`.
 //!
 //! `cargo bench -p benches --bench train_step [--features wgpu|cuda]`; compare with
 //! `python3 benches/gpt_step.py --d-model 128 --n-layers 2 --n-heads 4 --batch 64 --seq-len 32 --vocab 54`,
@@ -155,5 +156,32 @@ fn experiment_steps(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, train_steps, experiment_steps);
+/// The linear map's forward product alone, at the shapes of the d 128 experiment step (3072 rows:
+/// 128 sequences of G(2,4,10)), in f32 through gemm and, on CPUs with AVX512-BF16, with bf16
+/// products (`linear_product/flex-bf16/...`): the kernels' own speed, apart from the step's other
+/// work. Throughput in FLOPs.
+fn linear_products(c: &mut Criterion) {
+    use burn::backend::Flex;
+    use burn::backend::flex::FlexDevice;
+    use burn::tensor::{Distribution, Tensor};
+    lab_core::alloc::keep_freed_memory();
+    let mut group = c.benchmark_group("linear_product");
+    let precisions: &[bool] = if models::fused::bf16_supported() { &[false, true] } else { &[false] };
+    for &bf16 in precisions {
+        models::fused::set_bf16_products(bf16).expect("checked above");
+        let on = if bf16 { "flex-bf16" } else { "flex" };
+        for [m, k, n] in [[3072, 128, 384], [3072, 128, 512], [3072, 512, 128]] {
+            let x = Tensor::<Flex, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &FlexDevice);
+            let w = Tensor::<Flex, 2>::random([k, n], Distribution::Normal(0.0, 0.1), &FlexDevice);
+            group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+            group.bench_function(format!("{on}/{m}x{k}x{n}"), |b| {
+                b.iter(|| black_box(models::fused::linear(x.clone(), w.clone(), None)))
+            });
+        }
+    }
+    models::fused::set_bf16_products(false).expect("off always works");
+    group.finish();
+}
+
+criterion_group!(benches, train_steps, experiment_steps, linear_products);
 criterion_main!(benches);
