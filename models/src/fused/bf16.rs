@@ -136,135 +136,109 @@ unsafe fn block_product(
         if b.len() < need_b {
             b.resize(need_b, 0);
         }
-        // SAFETY: forwarded from the caller.
-        unsafe { packed_product(dst, n, lhs, [lrs, lcs], rhs, [rrs, rcs], k, rows, cols, bias, a, b) };
-    });
-}
-
-/// [`block_product`] with its packing buffers `a` and `b`, long enough for one chunk of `k`.
-///
-/// # Safety
-/// As [`block_product`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn packed_product(
-    dst: *mut f32,
-    n: usize,
-    lhs: &[f32],
-    [lrs, lcs]: [isize; 2],
-    rhs: &[f32],
-    [rrs, rcs]: [isize; 2],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    bias: Option<&[f32]>,
-    a: &mut [u32],
-    b: &mut [u32],
-) {
-    let (m, nc) = (rows.len(), cols.len());
-    let panels = nc.div_ceil(NR);
-    let kp_all = k.div_ceil(2);
-    let c0 = unsafe { dst.add(rows.start * n + cols.start) };
-    if let Some(bias) = bias {
-        for r in 0..m {
-            unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr().add(cols.start), c0.add(r * n), nc) };
+        let c0 = unsafe { dst.add(rows.start * n + cols.start) };
+        if let Some(bias) = bias {
+            for r in 0..m {
+                unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr().add(cols.start), c0.add(r * n), nc) };
+            }
         }
-    }
-    let mut read_dst = bias.is_some();
-    let lhs0 = rows.start as isize * lrs;
-    let rhs0 = cols.start as isize * rcs;
-    let mut kk0 = 0;
-    while kk0 < kp_all || (kk0 == 0 && k == 0) {
-        let kp = KC.min(kp_all - kk0);
-        let k0 = 2 * kk0;
-        // The left operand's words: [m][kp] when it is contiguous along k, [kp][m] otherwise
-        // (each layout written contiguously); the kernel reads either through strides.
-        let (a_rs, a_ks) = if lcs == 1 { (kp, 1) } else { (1, m) };
-        let a = &mut a[..m * kp];
-        let take = (2 * kp).min(k - k0); // elements of k in this chunk
-        if lcs == 1 {
-            for r in 0..m {
-                let at = (lhs0 + r as isize * lrs) as usize + k0;
-                to_pairs(&lhs[at..at + take], &mut a[r * kp..(r + 1) * kp]);
-            }
-        } else if lrs == 1 {
-            for p in 0..kp {
-                let at = (lhs0 + (k0 + 2 * p) as isize * lcs) as usize;
-                let next = (2 * p + 1 < take).then(|| &lhs[at + lcs as usize..][..m]);
-                interleave(&lhs[at..at + m], next, &mut a[p * m..(p + 1) * m]);
-            }
-        } else {
-            for r in 0..m {
+        let mut read_dst = bias.is_some();
+        let lhs0 = rows.start as isize * lrs;
+        let rhs0 = cols.start as isize * rcs;
+        let mut kk0 = 0;
+        while kk0 < kp_all || (kk0 == 0 && k == 0) {
+            let kp = KC.min(kp_all - kk0);
+            let k0 = 2 * kk0;
+            // The left operand's words: [m][kp] when it is contiguous along k, [kp][m] otherwise
+            // (each layout written contiguously); the kernel reads either through strides.
+            let (a_rs, a_ks) = if lcs == 1 { (kp, 1) } else { (1, m) };
+            let a = &mut a[..m * kp];
+            let take = (2 * kp).min(k - k0); // elements of k in this chunk
+            if lcs == 1 {
+                for r in 0..m {
+                    let at = (lhs0 + r as isize * lrs) as usize + k0;
+                    to_pairs(&lhs[at..at + take], &mut a[r * kp..(r + 1) * kp]);
+                }
+            } else if lrs == 1 {
                 for p in 0..kp {
-                    let at = lhs0 + r as isize * lrs + (k0 + 2 * p) as isize * lcs;
-                    let hi = if 2 * p + 1 < take { lhs[(at + lcs) as usize] } else { 0.0 };
-                    a[r * a_rs + p * a_ks] = pair(lhs[at as usize], hi);
+                    let at = (lhs0 + (k0 + 2 * p) as isize * lcs) as usize;
+                    let next = (2 * p + 1 < take).then(|| &lhs[at + lcs as usize..][..m]);
+                    interleave(&lhs[at..at + m], next, &mut a[p * m..(p + 1) * m]);
                 }
-            }
-        }
-        // The right operand's words, in panels of NR columns: [panel][kp][NR], zero past `nc`.
-        let b = &mut b[..panels * kp * NR];
-        if rcs == 1 {
-            for p in 0..kp {
-                let at = (rhs0 + (k0 + 2 * p) as isize * rrs) as usize;
-                for panel in 0..panels {
-                    let (c, w) = (panel * NR, NR.min(nc - panel * NR));
-                    let next = (2 * p + 1 < take).then(|| &rhs[at + rrs as usize + c..][..w]);
-                    let words = &mut b[(panel * kp + p) * NR..][..NR];
-                    interleave(&rhs[at + c..at + c + w], next, &mut words[..w]);
-                    words[w..].fill(0);
-                }
-            }
-        } else if rrs == 1 {
-            let mut column = vec![0u32; kp];
-            for panel in 0..panels {
-                let words = &mut b[panel * kp * NR..][..kp * NR];
-                for j in 0..NR {
-                    let c = panel * NR + j;
-                    if c < nc {
-                        let at = (rhs0 + c as isize * rcs) as usize + k0;
-                        to_pairs(&rhs[at..at + take], &mut column);
-                        for p in 0..kp {
-                            words[p * NR + j] = column[p];
-                        }
-                    } else {
-                        for p in 0..kp {
-                            words[p * NR + j] = 0;
-                        }
+            } else {
+                for r in 0..m {
+                    for p in 0..kp {
+                        let at = lhs0 + r as isize * lrs + (k0 + 2 * p) as isize * lcs;
+                        let hi = if 2 * p + 1 < take { lhs[(at + lcs) as usize] } else { 0.0 };
+                        a[r * a_rs + p * a_ks] = pair(lhs[at as usize], hi);
                     }
                 }
             }
-        } else {
-            for panel in 0..panels {
-                let words = &mut b[panel * kp * NR..][..kp * NR];
+            // The right operand's words, in panels of NR columns: [panel][kp][NR], zero past `nc`.
+            let b = &mut b[..panels * kp * NR];
+            if rcs == 1 {
                 for p in 0..kp {
+                    let at = (rhs0 + (k0 + 2 * p) as isize * rrs) as usize;
+                    for panel in 0..panels {
+                        let (c, w) = (panel * NR, NR.min(nc - panel * NR));
+                        let next = (2 * p + 1 < take).then(|| &rhs[at + rrs as usize + c..][..w]);
+                        let words = &mut b[(panel * kp + p) * NR..][..NR];
+                        interleave(&rhs[at + c..at + c + w], next, &mut words[..w]);
+                        words[w..].fill(0);
+                    }
+                }
+            } else if rrs == 1 {
+                let mut column = vec![0u32; kp];
+                for panel in 0..panels {
+                    let words = &mut b[panel * kp * NR..][..kp * NR];
                     for j in 0..NR {
                         let c = panel * NR + j;
-                        words[p * NR + j] = if c < nc {
-                            let at = rhs0 + (k0 + 2 * p) as isize * rrs + c as isize * rcs;
-                            let hi = if 2 * p + 1 < take { rhs[(at + rrs) as usize] } else { 0.0 };
-                            pair(rhs[at as usize], hi)
+                        if c < nc {
+                            let at = (rhs0 + c as isize * rcs) as usize + k0;
+                            to_pairs(&rhs[at..at + take], &mut column);
+                            for p in 0..kp {
+                                words[p * NR + j] = column[p];
+                            }
                         } else {
-                            0
-                        };
+                            for p in 0..kp {
+                                words[p * NR + j] = 0;
+                            }
+                        }
+                    }
+                }
+            } else {
+                for panel in 0..panels {
+                    let words = &mut b[panel * kp * NR..][..kp * NR];
+                    for p in 0..kp {
+                        for j in 0..NR {
+                            let c = panel * NR + j;
+                            words[p * NR + j] = if c < nc {
+                                let at = rhs0 + (k0 + 2 * p) as isize * rrs + c as isize * rcs;
+                                let hi = if 2 * p + 1 < take { rhs[(at + rrs) as usize] } else { 0.0 };
+                                pair(rhs[at as usize], hi)
+                            } else {
+                                0
+                            };
+                        }
                     }
                 }
             }
-        }
-        for panel in 0..panels {
-            let cols = NR.min(nc - panel * NR);
-            let bp = b[panel * kp * NR..].as_ptr();
-            let mut r = 0;
-            while r < m {
-                let mr = MR.min(m - r);
-                let ap = a[r * a_rs..].as_ptr();
-                let c = unsafe { c0.add(r * n + panel * NR) };
-                unsafe { microkernel(mr, ap, a_rs, a_ks, bp, kp, c, n, cols, read_dst) };
-                r += mr;
+            for panel in 0..panels {
+                let cols = NR.min(nc - panel * NR);
+                let bp = b[panel * kp * NR..].as_ptr();
+                let mut r = 0;
+                while r < m {
+                    let mr = MR.min(m - r);
+                    let ap = a[r * a_rs..].as_ptr();
+                    let c = unsafe { c0.add(r * n + panel * NR) };
+                    unsafe { microkernel(mr, ap, a_rs, a_ks, bp, kp, c, n, cols, read_dst) };
+                    r += mr;
+                }
             }
+            read_dst = true;
+            kk0 += kp.max(1);
         }
-        read_dst = true;
-        kk0 += kp.max(1);
-    }
+    });
 }
 
 multiversion! {
