@@ -313,7 +313,9 @@ fn bst_plans_where_ntp_cheats_at_768k_sequences() {
     let dir = tempfile::tempdir().unwrap();
     let long = |name: &str| {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/path-star").join(name);
-        let config = RunConfig::load(&path, &["schedule.steps=12000".into(), "schedule.eval_every=0".into()]).unwrap();
+        let mut overrides = vec!["schedule.steps=12000".to_string(), "schedule.eval_every=0".to_string()];
+        overrides.extend(setting_overrides());
+        let config = RunConfig::load(&path, &overrides).unwrap();
         let options = TrainOptions { progress: false, stop_after: None, ..Default::default() };
         let out = dir.path().join(name);
         trainer::train::<B>(&config, &out, false, &FlexDevice, &options).unwrap().report.unwrap()
