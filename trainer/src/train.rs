@@ -101,11 +101,11 @@ pub fn train<B: AutodiffBackend>(
         StepSampler::new(&config.sampler, task.as_ref(), &train, &test, config.schedule.batch_size, config.seeds.data)?;
 
     // The products' precision is process-wide: set it either way, so that a run after a bf16
-    // run in the same process (tests, sweeps) is f32 unless it asks.
-    // Only the CPU backend's kernels read it; GPU backends run burn's products.
+    // run in the same process (tests, sweeps) is f32 unless it asks. Only the CPU backend's
+    // kernels read it; GPU backends run burn's products and ignore it.
     let bf16 = config.model.bf16_products.unwrap_or(false);
-    let on_cpu = B::name(device) == "autodiff<flex>";
-    models::fused::set_bf16_products(bf16 && on_cpu).map_err(|e| anyhow::anyhow!("model.bf16_products: {e}"))?;
+    let on = bf16 && models::fused::serves::<B>();
+    models::fused::set_bf16_products(on).map_err(|e| anyhow::anyhow!("model.bf16_products: {e}"))?;
 
     let mut resolved = config.clone();
     resolved.model = ModelSection::from_resolved(config.model.preset, &model_config);

@@ -54,7 +54,7 @@ pub fn set_bf16_products(on: bool) -> Result<(), String> {
 }
 
 /// Whether [`set_bf16_products`] turned the bf16 products on.
-pub fn bf16_products() -> bool {
+pub(super) fn bf16_products() -> bool {
     BF16.load(Ordering::Relaxed)
 }
 

@@ -29,9 +29,10 @@
 //! Layout: this file holds the public re-exports and the helpers that recognise the backend and
 //! move tensors between burn's types; each op has a file of its own with its dispatch, its autodiff
 //! op and its kernels (`linear.rs`, `attention.rs`, `gelu.rs`, `swiglu.rs`, `layer_norm.rs`,
-//! `loss.rs`, and `adamw.rs` for the optimizer's math). `product.rs` holds the matrix products through `gemm` that
-//! the linear map and attention share, and `kernels.rs` the compile-per-CPU macro, the cut into
-//! parts and the vectorizable row helpers (`dot`, `exp`, `erf`, ...) that every kernel uses.
+//! `loss.rs`, and `adamw.rs` for the optimizer's math). `product.rs` holds the matrix products
+//! through `gemm` that the linear map and attention share, `bf16.rs` the linear map's optional bf16
+//! products, and `kernels.rs` the compile-per-CPU macro, the cut into parts and the vectorizable
+//! row helpers (`dot`, `exp`, `erf`, ...) that every kernel uses.
 
 use std::any::Any;
 
@@ -55,7 +56,7 @@ mod swiglu;
 
 pub use adamw::{AdamWStep, adamw, sum_of_squares};
 pub use attention::causal_attention;
-pub use bf16::{bf16_products, bf16_supported, set_bf16_products};
+pub use bf16::{bf16_supported, set_bf16_products};
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, rms_norm};
 pub use linear::linear;
@@ -80,6 +81,12 @@ fn record<O: Backward<Flex, N>, const N: usize, const D: usize>(
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// Whether these kernels serve the backend `B` (the CPU training backend, `Autodiff<Flex>`); every
+/// other backend runs burn's ops, so settings of the kernels (bf16 products) do not apply to it.
+pub fn serves<B: 'static>() -> bool {
+    is::<B, Ad>()
 }
 
 /// Whether the backend `B` is `C`.
