@@ -99,6 +99,25 @@ pub(super) fn sum(a: &[f32]) -> f32 {
     s
 }
 
+/// The largest element (negative infinity for none), in eight lanes so that the loop vectorizes;
+/// a maximum does not depend on the order it is taken in.
+#[inline(always)]
+pub(super) fn max(a: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = a.chunks_exact(8);
+    let rest = chunks.remainder();
+    for x in chunks {
+        for l in 0..8 {
+            acc[l] = acc[l].max(x[l]);
+        }
+    }
+    let mut m = acc[0].max(acc[4]).max(acc[1].max(acc[5])).max(acc[2].max(acc[6]).max(acc[3].max(acc[7])));
+    for &x in rest {
+        m = m.max(x);
+    }
+    m
+}
+
 /// `sum (x_i - mean)^2`, in the order `dot` would sum the deviations' squares.
 #[inline(always)]
 pub(super) fn squared_deviations(a: &[f32], mean: f32) -> f32 {
