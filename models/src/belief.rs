@@ -88,7 +88,7 @@ impl<B: Backend> BeliefHead<B> {
 
     /// [f; b] + SwiGLU([f; b]), RMS-normalised, `[b, n, 2d]`.
     fn mix(&self, f: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = Tensor::cat(vec![f, b], 2);
+        let x = fused::cat_last(f, b);
         let hidden = fused::swiglu(linear_rows(&self.gate, x.clone()), linear_rows(&self.up, x.clone()));
         fused::rms_norm(x + linear_rows(&self.down, hidden), self.norm.gamma.val(), self.norm.epsilon)
     }

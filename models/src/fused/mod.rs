@@ -21,18 +21,19 @@
 //! 1e-6, tested) that vectorize. Each kernel's work is cut into parts by shape alone and spread
 //! over the cores by [`par`](crate::par), so results do not depend on the thread count.
 //!
-//! Beside the model's ops: two weighted row-wise losses that objectives' heads use
-//! ([`smooth_l1`], [`distillation_kl`]), the AdamW update ([`adamw()`], bit for bit burn's) and
-//! the squared norm gradient clipping needs ([`sum_of_squares`]), which were most of what the
-//! training step still ran serially.
+//! Beside the model's ops: the concatenation along the last dimension through which heads read
+//! pairs of vectors ([`cat_last`], whose backward hands out contiguous gradients), two weighted
+//! row-wise losses that objectives' heads use ([`smooth_l1`], [`distillation_kl`]), the AdamW
+//! update ([`adamw()`], bit for bit burn's) and the squared norm gradient clipping needs
+//! ([`sum_of_squares`]), which were most of what the training step still ran serially.
 //!
 //! Layout: this file holds the public re-exports and the helpers that recognise the backend and
 //! move tensors between burn's types; each op has a file of its own with its dispatch, its autodiff
 //! op and its kernels (`linear.rs`, `attention.rs`, `gelu.rs`, `swiglu.rs`, `layer_norm.rs`,
-//! `loss.rs`, and `adamw.rs` for the optimizer's math). `product.rs` holds the matrix products
-//! through `gemm` that the linear map and attention share, `bf16.rs` the linear map's optional bf16
-//! products, and `kernels.rs` the compile-per-CPU macro, the cut into parts and the vectorizable
-//! row helpers (`dot`, `exp`, `erf`, ...) that every kernel uses.
+//! `concat.rs`, `loss.rs`, and `adamw.rs` for the optimizer's math). `product.rs` holds the
+//! matrix products through `gemm` that the linear map and attention share, `bf16.rs` the linear
+//! map's optional bf16 products, and `kernels.rs` the compile-per-CPU macro, the cut into parts
+//! and the vectorizable row helpers (`dot`, `exp`, `erf`, ...) that every kernel uses.
 
 use std::any::Any;
 
@@ -46,6 +47,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 mod adamw;
 mod attention;
 mod bf16;
+mod concat;
 mod gelu;
 mod kernels;
 mod layer_norm;
@@ -57,6 +59,7 @@ mod swiglu;
 pub use adamw::{AdamWStep, adamw, sum_of_squares};
 pub use attention::causal_attention;
 pub use bf16::{bf16_supported, set_bf16_products};
+pub use concat::cat_last;
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, rms_norm};
 pub use linear::linear;

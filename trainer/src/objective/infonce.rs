@@ -8,6 +8,7 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, log_softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use models::fused;
 use serde::{Deserialize, Serialize};
 
 /// The score function f(h, F).
@@ -101,7 +102,7 @@ impl<B: Backend> Scorer<B> {
         let q3 = q.unsqueeze_dim::<3>(1).expand([b, c, s]);
         match (&self.bilinear, &self.mlp) {
             (Some(w), _) => (q3 * w.forward(f)).sum_dim(2).reshape([b, c]),
-            (None, Some((l1, l2))) => l2.forward(gelu(l1.forward(Tensor::cat(vec![q3, f], 2)))).reshape([b, c]),
+            (None, Some((l1, l2))) => l2.forward(gelu(l1.forward(fused::cat_last(q3, f)))).reshape([b, c]),
             (None, None) => (unit_rows(q3) * unit_rows(f)).sum_dim(2).reshape([b, c]),
         }
     }

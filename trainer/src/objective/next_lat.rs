@@ -82,7 +82,7 @@ impl<B: Backend> Transition<B> {
 
     /// The next latent from latents `h` and the next tokens' embeddings `e`, each `[b, n, d]`.
     pub fn forward(&self, h: Tensor<B, 3>, e: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = norm(&self.norm, self.eps, Tensor::cat(vec![e, h.clone()], 2));
+        let x = norm(&self.norm, self.eps, fused::cat_last(e, h.clone()));
         let x = gelu(linear_rows(&self.fc2, gelu(linear_rows(&self.fc1, x))));
         h + linear_rows(&self.fc3, x)
     }

@@ -41,7 +41,7 @@ impl<B: Backend> RolloutHead<B> {
     /// `[n, c, d]`.
     pub fn forward(&self, h: Tensor<B, 2>, e: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, c, d] = e.dims();
-        let joined = Tensor::cat(vec![h.unsqueeze_dim::<3>(1).expand([n, c, d]), e], 2);
+        let joined = fused::cat_last(h.unsqueeze_dim::<3>(1).expand([n, c, d]), e);
         linear_rows(&self.out, fused::gelu(linear_rows(&self.hidden, joined)))
     }
 }
