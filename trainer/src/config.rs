@@ -117,7 +117,10 @@ pub struct ModelSection {
     /// Run the linear maps' matrix products with bf16 inputs and f32 accumulation (weights,
     /// gradients and the optimizer stay f32), on the CPU backend of a CPU with AVX512-BF16; an
     /// error elsewhere on the CPU backend, ignored on GPU backends. Default false. It holds for
-    /// the whole process (`models::fused::set_bf16_products`).
+    /// the whole process (`models::fused::set_bf16_products`). Whether it pays depends on the
+    /// CPU: on AMD Zen 4 the products ran 1.8x f32's speed, on an Intel Xeon without AMX
+    /// (Emerald Rapids) at half of it (LOG.md, 2026-12-02); `cargo bench -p benches --bench
+    /// train_step -- linear_product` measures both on this machine.
     pub bf16_products: Option<bool>,
 }
 

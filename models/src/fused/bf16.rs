@@ -5,6 +5,11 @@
 //! f32: only each product's operands are rounded to bf16 (to nearest, ties to even) as they are
 //! packed, which is what mixed-precision training does on GPUs.
 //!
+//! Whether it pays depends on the CPU, not only on the instruction: on AMD Zen 4 the products ran
+//! at 376-401 GFLOP/s against gemm's f32 212-214; on an Intel Xeon of the Emerald Rapids family
+//! (no AMX in the guest) at 153-161 against f32's 248-320, so there it slows the step by a third
+//! (LOG.md, 2026-12-02, both sessions).
+//!
 //! The product: operands packed as 32-bit words of two bf16 neighbours along the shared
 //! dimension `k` (odd `k` padded with a zero), the right one in panels of 32 columns; an 8 × 32
 //! microkernel keeps 16 accumulators in registers. `k` is taken in chunks of [`KC`] pairs, each
