@@ -7,8 +7,8 @@
 //!
 //! Whether it pays depends on the CPU, not only on the instruction: on AMD Zen 4 the products ran
 //! at 376-401 GFLOP/s against gemm's f32 212-214; on an Intel Xeon of the Emerald Rapids family
-//! (no AMX in the guest) at 153-161 against f32's 248-320, so there it slows the step by a third
-//! (LOG.md, 2026-12-02, both sessions).
+//! (no AMX in the guest) at 153-161 against f32's 248-320, where it cut the step's throughput by
+//! a third (LOG.md, 2026-12-02, both sessions).
 //!
 //! The product: operands packed as 32-bit words of two bf16 neighbours along the shared
 //! dimension `k` (odd `k` padded with a zero), the right one in panels of 32 columns; an 8 × 32
