@@ -64,6 +64,13 @@ pub(super) fn add_parts(partial: &[f32], width: usize) -> Vec<f32> {
     sums
 }
 
+/// Eight partial sums added pairwise: the order every eight-lane sum here and in the ops' kernels
+/// ends with.
+#[inline(always)]
+pub(super) fn lanes(acc: [f32; 8]) -> f32 {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
 #[inline(always)]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums, so that the loop vectorizes without reassociating floats.
@@ -75,7 +82,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += x[l] * y[l];
         }
     }
-    let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut sum = lanes(acc);
     for (x, y) in ra.iter().zip(rb) {
         sum += x * y;
     }
@@ -92,7 +99,7 @@ pub(super) fn sum(a: &[f32]) -> f32 {
             acc[l] += x[l];
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = lanes(acc);
     for x in rest {
         s += x;
     }
@@ -129,7 +136,7 @@ pub(super) fn squared_deviations(a: &[f32], mean: f32) -> f32 {
             acc[l] += (x[l] - mean) * (x[l] - mean);
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = lanes(acc);
     for x in rest {
         s += (x - mean) * (x - mean);
     }

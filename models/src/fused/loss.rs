@@ -20,7 +20,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 
-use super::kernels::{exp, max, multiversion, rows_per_part};
+use super::kernels::{exp, lanes, max, multiversion, rows_per_part};
 use super::{Ad, f32s, flex, float, is, record, same, values};
 use crate::par;
 
@@ -237,7 +237,7 @@ multiversion! {
                 let small = x.abs().min(1.0);
                 acc[j % 8] += 0.5 * small * small + (x.abs() - small);
             }
-            loss[r].write(((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])));
+            loss[r].write(lanes(acc));
             if keep {
                 let sr = &mut slope[r * d..][..d];
                 for j in 0..d {
@@ -329,12 +329,6 @@ fn log_sum_exp(x: &[f32]) -> f32 {
         s += exp(y - m);
     }
     m + s.ln()
-}
-
-/// Eight partial sums added pairwise, in the order of `kernels.rs`'s `sum`.
-#[inline(always)]
-fn lanes(acc: [f32; 8]) -> f32 {
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 #[cfg(test)]
