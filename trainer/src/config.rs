@@ -119,8 +119,9 @@ pub struct ModelSection {
     /// error elsewhere on the CPU backend, ignored on GPU backends. Default false. It holds for
     /// the whole process (`models::fused::set_bf16_products`). Whether it pays depends on the
     /// CPU: on AMD Zen 4 the products ran 1.8x f32's speed, on an Intel Xeon without AMX
-    /// (Emerald Rapids) at half of it (LOG.md, 2026-12-02); `cargo bench -p benches --bench
-    /// train_step -- linear_product` measures both on this machine.
+    /// (Emerald Rapids) at half of it, on a Xeon with AMX (where they run on its tiles) at 3-4x
+    /// (LOG.md, 2026-12-02); `cargo bench -p benches --bench train_step -- linear_product`
+    /// measures both on this machine.
     pub bf16_products: Option<bool>,
 }
 

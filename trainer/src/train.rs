@@ -106,6 +106,10 @@ pub fn train<B: AutodiffBackend>(
     let bf16 = config.model.bf16_products.unwrap_or(false);
     let on = bf16 && models::fused::serves::<B>();
     models::fused::set_bf16_products(on).map_err(|e| anyhow::anyhow!("model.bf16_products: {e}"))?;
+    if let (true, Some(kernel)) = (on, models::fused::bf16_kernel()) {
+        // Runs reproduce bit for bit only on CPUs that run the same kernel: say which this is.
+        eprintln!("bf16 products on the {kernel} kernel");
+    }
 
     let mut resolved = config.clone();
     resolved.model = ModelSection::from_resolved(config.model.preset, &model_config);

@@ -1,14 +1,16 @@
 //! Matrix products with bf16 inputs and f32 accumulation, on CPUs with AVX512-BF16 (`vdpbf16ps`:
 //! 16 f32 lanes, each adding two bf16 products per instruction, twice the multiply-adds of an f32
-//! FMA). Off by default; [`set_bf16_products`] turns it on for the linear maps' three products
-//! (forward, input and weight gradients). Weights, activations, gradients and the optimizer stay
-//! f32: only each product's operands are rounded to bf16 (to nearest, ties to even) as they are
-//! packed, which is what mixed-precision training does on GPUs.
+//! FMA), and on AMX tiles where the CPU has them (`amx.rs`). Off by default;
+//! [`set_bf16_products`] turns it on for the linear maps' three products (forward, input and
+//! weight gradients). Weights, activations, gradients and the optimizer stay f32: only each
+//! product's operands are rounded to bf16 (to nearest, ties to even) as they are packed, which is
+//! what mixed-precision training does on GPUs.
 //!
 //! Whether it pays depends on the CPU, not only on the instruction: on AMD Zen 4 the products ran
 //! at 376-401 GFLOP/s against gemm's f32 212-214; on an Intel Xeon of the Emerald Rapids family
-//! (no AMX in the guest) at 153-161 against f32's 248-320, where it cut the step's throughput by
-//! a third (LOG.md, 2026-12-02, both sessions).
+//! with no AMX in the guest at 153-161 against f32's 248-320, where it cut the step's throughput
+//! by a third; on a Xeon with AMX, on the tiles, at 1.1-1.55 TFLOP/s against f32's 370-390
+//! (LOG.md, 2026-12-02, three sessions).
 //!
 //! The product: operands packed as 32-bit words of two bf16 neighbours along the shared
 //! dimension `k` (odd `k` padded with a zero), the right one in panels of 32 columns; an 8 × 32
@@ -18,8 +20,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::kernels::multiversion;
 use crate::par;
+
+mod amx;
 
 /// Whether the linear maps' products run in bf16 (see [`set_bf16_products`]).
 static BF16: AtomicBool = AtomicBool::new(false);
@@ -41,6 +44,13 @@ pub fn bf16_supported() -> bool {
     {
         false
     }
+}
+
+/// Which kernel the bf16 products run on here: `"amx"` (the tiles), `"avx512-bf16"`
+/// (`vdpbf16ps`), or `None` on a CPU without AVX512-BF16. The two kernels' sums differ in their
+/// last bits, so a bf16 run reproduces bit for bit on CPUs that run the same one.
+pub fn bf16_kernel() -> Option<&'static str> {
+    bf16_supported().then(|| if amx::ready() { "amx" } else { "avx512-bf16" })
 }
 
 /// Runs the linear maps' products (on the CPU backend) with bf16 inputs and f32 accumulation
@@ -112,13 +122,35 @@ thread_local! {
     static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// One block `dst[rows, cols]` of the product, on the calling thread.
+/// One block `dst[rows, cols]` of the product, on the calling thread: on AMX tiles where the
+/// CPU and the OS allow them, with `vdpbf16ps` otherwise.
 ///
 /// # Safety
 /// `dst` is row-major with `n` columns and the block is this call's alone; the CPU has
 /// AVX512-BF16; the operands hold every element the strides reach for these rows and columns.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block_product(
+    dst: *mut f32,
+    n: usize,
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+) {
+    let product = if amx::ready() { amx::block_product } else { block_product_avx512 };
+    unsafe { product(dst, n, lhs, lhs_strides, rhs, rhs_strides, k, rows, cols, bias) }
+}
+
+/// [`block_product`] with the `vdpbf16ps` microkernel.
+///
+/// # Safety
+/// As [`block_product`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_product_avx512(
     dst: *mut f32,
     n: usize,
     lhs: &[f32],
@@ -179,55 +211,8 @@ unsafe fn block_product(
                     }
                 }
             }
-            // The right operand's words, in panels of NR columns: [panel][kp][NR], zero past `nc`.
             let b = &mut b[..panels * kp * NR];
-            if rcs == 1 {
-                for p in 0..kp {
-                    let at = (rhs0 + (k0 + 2 * p) as isize * rrs) as usize;
-                    for panel in 0..panels {
-                        let (c, w) = (panel * NR, NR.min(nc - panel * NR));
-                        let next = (2 * p + 1 < take).then(|| &rhs[at + rrs as usize + c..][..w]);
-                        let words = &mut b[(panel * kp + p) * NR..][..NR];
-                        interleave(&rhs[at + c..at + c + w], next, &mut words[..w]);
-                        words[w..].fill(0);
-                    }
-                }
-            } else if rrs == 1 {
-                let mut column = vec![0u32; kp];
-                for panel in 0..panels {
-                    let words = &mut b[panel * kp * NR..][..kp * NR];
-                    for j in 0..NR {
-                        let c = panel * NR + j;
-                        if c < nc {
-                            let at = (rhs0 + c as isize * rcs) as usize + k0;
-                            to_pairs(&rhs[at..at + take], &mut column);
-                            for p in 0..kp {
-                                words[p * NR + j] = column[p];
-                            }
-                        } else {
-                            for p in 0..kp {
-                                words[p * NR + j] = 0;
-                            }
-                        }
-                    }
-                }
-            } else {
-                for panel in 0..panels {
-                    let words = &mut b[panel * kp * NR..][..kp * NR];
-                    for p in 0..kp {
-                        for j in 0..NR {
-                            let c = panel * NR + j;
-                            words[p * NR + j] = if c < nc {
-                                let at = rhs0 + (k0 + 2 * p) as isize * rrs + c as isize * rcs;
-                                let hi = if 2 * p + 1 < take { rhs[(at + rrs) as usize] } else { 0.0 };
-                                pair(rhs[at as usize], hi)
-                            } else {
-                                0
-                            };
-                        }
-                    }
-                }
-            }
+            pack_b(rhs, [rrs, rcs], rhs0, k0, take, nc, kp, b);
             for panel in 0..panels {
                 let cols = NR.min(nc - panel * NR);
                 let bp = b[panel * kp * NR..].as_ptr();
@@ -246,36 +231,156 @@ unsafe fn block_product(
     });
 }
 
-multiversion! {
-    /// Consecutive pairs of `x` as words (`x[2p]` low, `x[2p + 1]` high; a missing last one 0).
-    fn to_pairs(x: &[f32], words: &mut [u32]) {
-        let whole = x.len() / 2;
-        for p in 0..whole {
-            words[p] = bf16_bits(x[2 * p]) | (bf16_bits(x[2 * p + 1]) << 16);
+/// The right operand's words for `kp` pairs of `k` from `k0` (`take` elements of `k` left in the
+/// chunk), in panels of [`NR`] columns: `b` is `[panel][rows][NR]` with `rows = b.len() / (panels
+/// NR)`, zero past column `nc` and past pair `kp` (the AMX kernel's whole tiles read those).
+#[allow(clippy::too_many_arguments)]
+fn pack_b(
+    rhs: &[f32],
+    [rrs, rcs]: [isize; 2],
+    rhs0: isize,
+    k0: usize,
+    take: usize,
+    nc: usize,
+    kp: usize,
+    b: &mut [u32],
+) {
+    let panels = nc.div_ceil(NR);
+    if panels == 0 {
+        return;
+    }
+    let rows = b.len() / (panels * NR);
+    debug_assert!(rows >= kp && b.len() == panels * rows * NR);
+    for panel in 0..panels {
+        b[(panel * rows + kp) * NR..(panel + 1) * rows * NR].fill(0);
+    }
+    if rcs == 1 {
+        for p in 0..kp {
+            let at = (rhs0 + (k0 + 2 * p) as isize * rrs) as usize;
+            for panel in 0..panels {
+                let (c, w) = (panel * NR, NR.min(nc - panel * NR));
+                let next = (2 * p + 1 < take).then(|| &rhs[at + rrs as usize + c..][..w]);
+                let words = &mut b[(panel * rows + p) * NR..][..NR];
+                interleave(&rhs[at + c..at + c + w], next, &mut words[..w]);
+                words[w..].fill(0);
+            }
         }
-        if x.len() % 2 == 1 {
-            words[whole] = bf16_bits(x[x.len() - 1]);
+    } else if rrs == 1 {
+        let mut column = vec![0u32; kp];
+        for panel in 0..panels {
+            let words = &mut b[panel * rows * NR..][..kp * NR];
+            for j in 0..NR {
+                let c = panel * NR + j;
+                if c < nc {
+                    let at = (rhs0 + c as isize * rcs) as usize + k0;
+                    to_pairs(&rhs[at..at + take], &mut column);
+                    for p in 0..kp {
+                        words[p * NR + j] = column[p];
+                    }
+                } else {
+                    for p in 0..kp {
+                        words[p * NR + j] = 0;
+                    }
+                }
+            }
+        }
+    } else {
+        for panel in 0..panels {
+            let words = &mut b[panel * rows * NR..][..kp * NR];
+            for p in 0..kp {
+                for j in 0..NR {
+                    let c = panel * NR + j;
+                    words[p * NR + j] = if c < nc {
+                        let at = rhs0 + (k0 + 2 * p) as isize * rrs + c as isize * rcs;
+                        let hi = if 2 * p + 1 < take { rhs[(at + rrs) as usize] } else { 0.0 };
+                        pair(rhs[at as usize], hi)
+                    } else {
+                        0
+                    };
+                }
+            }
         }
     }
 }
 
-multiversion! {
-    /// `lo[j]` and `hi[j]` (0 without `hi`) as word `j`.
-    fn interleave(lo: &[f32], hi: Option<&[f32]>, words: &mut [u32]) {
-        let n = words.len();
-        let lo = &lo[..n];
-        match hi {
-            Some(hi) => {
-                let hi = &hi[..n];
-                for j in 0..n {
-                    words[j] = bf16_bits(lo[j]) | (bf16_bits(hi[j]) << 16);
-                }
-            }
-            None => {
-                for j in 0..n {
-                    words[j] = bf16_bits(lo[j]);
-                }
-            }
+/// Consecutive pairs of `x` as words (`x[2p]` low, `x[2p + 1]` high; a missing last one 0):
+/// the bf16 of `x` in order. The bf16 products run only on CPUs with AVX512-BF16, whose
+/// `vcvtne2ps2bf16` converts 32 at a time.
+fn to_pairs(x: &[f32], words: &mut [u32]) {
+    assert!(words.len() >= x.len().div_ceil(2), "to_pairs: too few words");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: every caller runs under `product_bf16`, which checked the CPU; the lengths hold.
+    unsafe {
+        to_pairs_avx512(x, words)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (p, w) in words[..x.len().div_ceil(2)].iter_mut().enumerate() {
+        *w = pair(x[2 * p], x.get(2 * p + 1).copied().unwrap_or(0.0));
+    }
+}
+
+/// `lo[j]` and `hi[j]` (0 without `hi`) as word `j`, for every word of `words`.
+fn interleave(lo: &[f32], hi: Option<&[f32]>, words: &mut [u32]) {
+    let n = words.len();
+    let (lo, hi) = (&lo[..n], hi.map(|hi| &hi[..n]));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `to_pairs`; `lo` and `hi` hold `n` elements each.
+    unsafe {
+        interleave_avx512(lo, hi, words)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for j in 0..n {
+        words[j] = pair(lo[j], hi.map_or(0.0, |hi| hi[j]));
+    }
+}
+
+/// The mask of the first `n` (at most 16) lanes.
+#[inline(always)]
+fn lanes_mask(n: usize) -> u16 {
+    if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 }
+}
+
+/// # Safety
+/// The CPU has AVX512-BF16; `words` holds `x.len().div_ceil(2)` words.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn to_pairs_avx512(x: &[f32], words: &mut [u32]) {
+    use std::arch::x86_64::*;
+    for c in (0..x.len()).step_by(32) {
+        let left = x.len() - c;
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(lanes_mask(left), x.as_ptr().add(c));
+            let hi = _mm512_maskz_loadu_ps(lanes_mask(left.saturating_sub(16)), x.as_ptr().add(c + 16));
+            // The second operand's bf16 come first: x[c..c + 32] in order, two to a word.
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_mask_storeu_epi32(
+                words.as_mut_ptr().add(c / 2) as *mut i32,
+                lanes_mask(left.min(32).div_ceil(2)),
+                v,
+            );
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has AVX512-BF16; `lo` and `hi` hold `words.len()` elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn interleave_avx512(lo: &[f32], hi: Option<&[f32]>, words: &mut [u32]) {
+    use std::arch::x86_64::*;
+    // After the conversion the 16 bf16 of `lo` come first, then those of `hi`; word j takes
+    // halves j and 16 + j.
+    let order = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+        16, 0,
+    );
+    for c in (0..words.len()).step_by(16) {
+        let mask = lanes_mask(words.len() - c);
+        unsafe {
+            let l = _mm512_maskz_loadu_ps(mask, lo.as_ptr().add(c));
+            let h = hi.map_or(_mm512_setzero_ps(), |hi| _mm512_maskz_loadu_ps(mask, hi.as_ptr().add(c)));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(h, l));
+            _mm512_mask_storeu_epi32(words.as_mut_ptr().add(c) as *mut i32, mask, _mm512_permutexvar_epi16(order, v));
         }
     }
 }
@@ -286,10 +391,19 @@ fn pair(lo: f32, hi: f32) -> u32 {
     bf16_bits(lo) | (bf16_bits(hi) << 16)
 }
 
+/// `x` rounded to bf16 (its upper 16 bits) as `vcvtne2ps2bf16` rounds it: to nearest, ties to
+/// even; subnormals to zero of the same sign (the bf16 instructions read subnormal inputs as
+/// zero anyway), NaN to a quiet NaN.
 #[inline(always)]
 fn bf16_bits(x: f32) -> u32 {
     let b = x.to_bits();
-    (b.wrapping_add(0x7fff + ((b >> 16) & 1))) >> 16
+    if b & 0x7f80_0000 == 0 {
+        (b >> 16) & 0x8000
+    } else if x.is_nan() {
+        (b >> 16) | 0x0040
+    } else {
+        (b.wrapping_add(0x7fff + ((b >> 16) & 1))) >> 16
+    }
 }
 
 /// `c[..mr, ..cols] (+)= a b` over `kp` pairs: `a`'s words at `r * a_rs + p * a_ks`, `b`'s at
@@ -389,6 +503,8 @@ unsafe fn kernel<const R: usize>(
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Range;
+
     use super::*;
 
     /// The product of the operands rounded to bf16, summed in f64.
@@ -409,6 +525,19 @@ mod tests {
         out
     }
 
+    type Kernel = unsafe fn(
+        *mut f32,
+        usize,
+        &[f32],
+        [isize; 2],
+        &[f32],
+        [isize; 2],
+        usize,
+        Range<usize>,
+        Range<usize>,
+        Option<&[f32]>,
+    );
+
     #[test]
     fn rounding_is_to_nearest_even() {
         let bf = |x: f32| f32::from_bits(bf16_bits(x) << 16);
@@ -420,31 +549,82 @@ mod tests {
     }
 
     #[test]
+    fn the_scalar_rounding_is_the_cpus() {
+        if !bf16_supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        // Zeros, subnormals, the normal extremes, infinities, NaNs with payloads, ties, and
+        // pseudo-random bit patterns; an odd count, so that the last word is half a pair.
+        let mut x: Vec<f32> = [0.0, -0.0, 1e-40, -1e-40, 1.1754942e-38, f32::MIN_POSITIVE, f32::MAX, -f32::MAX]
+            .into_iter()
+            .chain([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0])
+            .chain([0x7f80_0001u32, 0xffc0_1234, 0x7fbf_ffff, 0x0080_8000].map(f32::from_bits))
+            .collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..4000 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x.push(f32::from_bits((state >> 32) as u32));
+        }
+        x.push(2.5);
+        let mut words = vec![0u32; x.len().div_ceil(2)];
+        to_pairs(&x, &mut words);
+        for (i, &v) in x.iter().enumerate() {
+            let cpu = (words[i / 2] >> (16 * (i % 2))) & 0xffff;
+            assert_eq!(cpu, bf16_bits(v), "{v:e} ({:#010x})", v.to_bits());
+        }
+        // The interleaving conversion agrees, with and without its second line.
+        let (lo, hi) = x.split_at(x.len() / 2);
+        let mut words = vec![0u32; lo.len()];
+        interleave(lo, Some(&hi[..lo.len()]), &mut words);
+        assert!(words.iter().enumerate().all(|(j, &w)| w == pair(lo[j], hi[j])));
+        interleave(lo, None, &mut words);
+        assert!(words.iter().enumerate().all(|(j, &w)| w == pair(lo[j], 0.0)));
+    }
+
+    #[test]
     fn bf16_products_match_the_rounded_operands_and_split_bit_for_bit() {
         if !bf16_supported() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        // The linear map's three layouts at an experiment's size, odd sizes, and k past one chunk.
-        for &[m, k, n] in &[[300, 128, 384], [37, 7, 45], [64, 1500, 70], [1, 1, 1]] {
+        // The linear map's three layouts at an experiment's size, odd sizes (partial tiles and
+        // panels, odd k), k past one chunk, and no k at all.
+        let mut kernels: Vec<(&str, Kernel)> = vec![("avx512", block_product_avx512)];
+        if amx::ready() {
+            kernels.push(("amx", amx::block_product));
+        } else {
+            eprintln!("the AMX kernel is not tested: this CPU or OS has no AMX");
+        }
+        for &[m, k, n] in &[[300, 128, 384], [37, 7, 45], [64, 1500, 70], [17, 33, 16], [1, 1, 1], [5, 0, 3]] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 250.0).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 300.0).collect();
             let bias: Vec<f32> = (0..n).map(|j| j as f32 / 7.0).collect();
-            for (ls, rs) in [([k, 1], [n, 1]), ([1, m], [n, 1]), ([k, 1], [1, k])] {
+            for (ls, rs) in [([k, 1], [n, 1]), ([1, m], [n, 1]), ([k, 1], [1, k]), ([2 * k, 2], [n, 1])] {
+                let a = if ls == [2 * k, 2] { a.iter().flat_map(|&x| [x, f32::NAN]).collect() } else { a.clone() };
                 let want = reference(&a, ls, &b, rs, [m, k, n]);
                 let strides = |[r, c]: [usize; 2]| [r as isize, c as isize];
                 let got = product_bf16(&a, strides(ls), &b, strides(rs), [m, k, n], Some(&bias));
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let w = w + bias[i % n] as f64;
-                    assert!((*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()), "[{m}, {k}, {n}] at {i}: {g} vs {w}");
+                // One block gives the same bits as the blocks the cores split it into, for the
+                // kernel the product chose; each kernel is within bf16's rounding of the sums.
+                for &(name, kernel) in &kernels {
+                    let mut one = vec![f32::NAN; m * n];
+                    // SAFETY: `one` holds [m, n]; the CPU was checked; the operands are whole.
+                    unsafe {
+                        kernel(one.as_mut_ptr(), n, &a, strides(ls), &b, strides(rs), k, 0..m, 0..n, Some(&bias))
+                    };
+                    for (i, (g, w)) in one.iter().zip(&want).enumerate() {
+                        let w = w + bias[i % n] as f64;
+                        assert!(
+                            (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{name} [{m}, {k}, {n}] {ls:?} at {i}: {g} vs {w}"
+                        );
+                    }
+                    if (name == "amx") == amx::ready() {
+                        let same = one.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{name} [{m}, {k}, {n}] {ls:?}: the split differs");
+                    }
                 }
-                // One block gives the same bits as the blocks the cores split it into.
-                let mut one = vec![f32::NAN; m * n];
-                // SAFETY: `one` holds [m, n]; the CPU was checked; the operands are whole.
-                unsafe {
-                    block_product(one.as_mut_ptr(), n, &a, strides(ls), &b, strides(rs), k, 0..m, 0..n, Some(&bias))
-                };
-                assert!(one.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits()), "[{m}, {k}, {n}] split differs");
             }
         }
     }

@@ -32,8 +32,9 @@
 //! op and its kernels (`linear.rs`, `attention.rs`, `gelu.rs`, `swiglu.rs`, `layer_norm.rs`,
 //! `concat.rs`, `loss.rs`, and `adamw.rs` for the optimizer's math). `product.rs` holds the
 //! matrix products through `gemm` that the linear map and attention share, `bf16.rs` the linear
-//! map's optional bf16 products, and `kernels.rs` the compile-per-CPU macro, the cut into parts
-//! and the vectorizable row helpers (`dot`, `exp`, `erf`, ...) that every kernel uses.
+//! map's optional bf16 products (`bf16/amx.rs` on AMX tiles), and `kernels.rs` the
+//! compile-per-CPU macro, the cut into parts and the vectorizable row helpers (`dot`, `exp`,
+//! `erf`, ...) that every kernel uses.
 
 use std::any::Any;
 
@@ -58,7 +59,7 @@ mod swiglu;
 
 pub use adamw::{AdamWStep, adamw, sum_of_squares};
 pub use attention::causal_attention;
-pub use bf16::{bf16_supported, set_bf16_products};
+pub use bf16::{bf16_kernel, bf16_supported, set_bf16_products};
 pub use concat::cat_last;
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, rms_norm};
