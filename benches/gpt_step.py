@@ -17,10 +17,12 @@ SmoothL1 latent loss and a KL to the frozen unembedding). `--flops` counts the s
 floating-point operations (torch.utils.flop_counter: the matrix products and attention) and
 times a large square product to give the cores' peak and the step's floor at that peak.
 
-Add `--device cuda` on a GPU machine. Prints one JSON line: median ms per step, tokens/s and
+`--autocast-bf16` runs the forward under `torch.autocast` in bf16 (the backward follows its
+dtypes), PyTorch's own mixed precision, to compare with the lab's bf16 products. Add
+`--device cuda` on a GPU machine. Prints one JSON line: median ms per step, tokens/s and
 sequences/s (and the FLOP count and floor with `--flops`).
 """
-import argparse, json, statistics, time
+import argparse, contextlib, json, statistics, time
 import torch, torch.nn as nn, torch.nn.functional as F
 
 p = argparse.ArgumentParser()
@@ -39,6 +41,9 @@ p.add_argument("--prefix-len", type=int, default=1, help="prompt tokens (BST's p
 p.add_argument("--horizon", type=int, default=3, help="NextLat's rollout steps D")
 p.add_argument("--min-gap", type=int, default=2, help="BST's smallest gap k")
 p.add_argument("--flops", action="store_true", help="count the step's FLOPs and time the peak")
+p.add_argument("--autocast-bf16", action="store_true",
+               help="run the forward under torch.autocast with bf16 (PyTorch's mixed precision; on CPUs "
+                    "with AMX its products run on the tiles), the like-for-like of the lab's bf16 products")
 a = p.parse_args()
 if a.threads:
     torch.set_num_threads(a.threads)
@@ -158,9 +163,13 @@ if a.compile:
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
 
 
+precision = torch.autocast(dev.type, dtype=torch.bfloat16) if a.autocast_bf16 else contextlib.nullcontext()
+
+
 def step():
     rows = torch.randint(0, V - 1, (a.batch, T + 1), device=dev)
-    loss = model(rows)
+    with precision:
+        loss = model(rows)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -178,7 +187,8 @@ for i in range(a.steps + warmup):
         times.append(time.perf_counter() - start)
 ms = statistics.median(times) * 1e3
 params = sum(p.numel() for p in model.parameters())
-out = {"impl": f"torch-{torch.__version__}-{a.device}" + ("-compile" if a.compile else ""),
+out = {"impl": f"torch-{torch.__version__}-{a.device}" + ("-compile" if a.compile else "")
+               + ("-autocast-bf16" if a.autocast_bf16 else ""),
        "objective": a.objective, "d_model": D, "n_layers": a.n_layers, "batch": a.batch, "seq_len": T,
        "params": params, "ms_per_step": round(ms, 2), "tokens_per_s": round(a.batch * T / ms * 1e3),
        "seqs_per_s": round(a.batch / ms * 1e3)}

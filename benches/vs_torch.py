@@ -27,7 +27,8 @@ p.add_argument("--cases", default="", help="comma-separated <objective>-l<layers
 p.add_argument("--python", default=sys.executable, help="the Python with torch")
 p.add_argument("--csv", default="", help="write every round's measurements here")
 p.add_argument("--bf16", action="store_true",
-               help="also time the lab with its linear maps' products in bf16 (needs AVX512-BF16)")
+               help="also time the lab with its linear maps' products in bf16 (needs AVX512-BF16) and "
+                    "PyTorch under bf16 autocast")
 a = p.parse_args()
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,12 +60,12 @@ def lab_ms(case, backend="flex"):
     sys.exit(f"no criterion result for {name} under {target}/criterion")
 
 
-def torch_step(case):
+def torch_step(case, bf16=False):
     objective, layers, task = parse(case)
     vocab, seq, prefix = TASKS[task]
     args = [a.python, os.path.join(root, "benches", "gpt_step.py"), "--d-model", "128", "--n-layers", str(layers),
             "--n-heads", "4", "--batch", "128", "--seq-len", str(seq), "--vocab", str(vocab), "--steps", "20",
-            "--objective", objective, "--prefix-len", str(prefix), "--flops"]
+            "--objective", objective, "--prefix-len", str(prefix)] + (["--autocast-bf16"] if bf16 else ["--flops"])
     return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
 
 
@@ -74,8 +75,10 @@ for r in range(a.rounds):
         lab = lab_ms(case)
         bf16 = lab_ms(case, "flex-bf16") if a.bf16 else None
         ref = torch_step(case)
+        ref_bf16 = torch_step(case, bf16=True) if a.bf16 else None
         rows.append({"round": r, "case": case, "lab_ms": round(lab, 2),
                      "lab_bf16_ms": round(bf16, 2) if bf16 else "", "torch_ms": ref["ms_per_step"],
+                     "torch_bf16_ms": ref_bf16["ms_per_step"] if ref_bf16 else "",
                      "gflop": ref["gflop_per_step"], "peak_gflops": ref["peak_gflops"], "floor_ms": ref["floor_ms"],
                      "torch": ref["impl"]})
         print(f"round {r} {case}: lab {lab:.2f} ms, PyTorch {ref['ms_per_step']} ms, floor {ref['floor_ms']} ms",
@@ -100,16 +103,17 @@ def span(xs, fmt="{:.1f}"):
     return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
 
-bf16_head = " lab bf16 ms | lab bf16 / PyTorch |" if a.bf16 else ""
+bf16_head = " lab bf16 ms | PyTorch bf16 ms | lab bf16 / PyTorch | lab bf16 / PyTorch bf16 |" if a.bf16 else ""
 print(f"| case (batch 128, d 128) | lab ms | PyTorch ms | lab / PyTorch throughput |{bf16_head} GFLOP | floor ms | lab / floor |")
-print("|---|---|---|---|" + ("---|---|" if a.bf16 else "") + "---|---|---|")
+print("|---|---|---|---|" + ("---|---|---|---|" if a.bf16 else "") + "---|---|---|")
 for case in cases:
     rs = [x for x in rows if x["case"] == case]
     ratios = [x["torch_ms"] / x["lab_ms"] for x in rs]
     bf16_cells = ""
     if a.bf16:
-        bf16_cells = (f" {span([x['lab_bf16_ms'] for x in rs])} |"
-                      f" {span([x['torch_ms'] / x['lab_bf16_ms'] for x in rs], '{:.2f}')}x |")
+        bf16_cells = (f" {span([x['lab_bf16_ms'] for x in rs])} | {span([x['torch_bf16_ms'] for x in rs])} |"
+                      f" {span([x['torch_ms'] / x['lab_bf16_ms'] for x in rs], '{:.2f}')}x |"
+                      f" {span([x['torch_bf16_ms'] / x['lab_bf16_ms'] for x in rs], '{:.2f}')}x |")
     print(f"| {case} | {span([x['lab_ms'] for x in rs])} | {span([x['torch_ms'] for x in rs])} | "
           f"{span(ratios, '{:.2f}')}x |{bf16_cells} {rs[0]['gflop']:.2f} | {span([x['floor_ms'] for x in rs])} | "
           f"{span([x['lab_ms'] / x['floor_ms'] for x in rs], '{:.2f}')}x |")
