@@ -257,11 +257,18 @@ fn pack_b(
     if rcs == 1 {
         for p in 0..kp {
             let at = (rhs0 + (k0 + 2 * p) as isize * rrs) as usize;
+            let lo = &rhs[at..at + nc];
+            let hi = (2 * p + 1 < take).then(|| &rhs[at + rrs as usize..][..nc]);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `to_pairs`; `b` holds row `p` of every panel.
+            unsafe {
+                pair_rows_avx512(lo, hi, &mut b[p * NR..], rows * NR)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
             for panel in 0..panels {
                 let (c, w) = (panel * NR, NR.min(nc - panel * NR));
-                let next = (2 * p + 1 < take).then(|| &rhs[at + rrs as usize + c..][..w]);
                 let words = &mut b[(panel * rows + p) * NR..][..NR];
-                interleave(&rhs[at + c..at + c + w], next, &mut words[..w]);
+                interleave(&lo[c..c + w], hi.map(|hi| &hi[c..c + w]), &mut words[..w]);
                 words[w..].fill(0);
             }
         }
@@ -368,19 +375,55 @@ unsafe fn to_pairs_avx512(x: &[f32], words: &mut [u32]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn interleave_avx512(lo: &[f32], hi: Option<&[f32]>, words: &mut [u32]) {
     use std::arch::x86_64::*;
+    for c in (0..words.len()).step_by(16) {
+        let mask = lanes_mask(words.len() - c);
+        unsafe {
+            let l = _mm512_maskz_loadu_ps(mask, lo.as_ptr().add(c));
+            let h = hi.map_or(_mm512_setzero_ps(), |hi| _mm512_maskz_loadu_ps(mask, hi.as_ptr().add(c)));
+            _mm512_mask_storeu_epi32(words.as_mut_ptr().add(c) as *mut i32, mask, pair_vector(l, h));
+        }
+    }
+}
+
+/// Sixteen words of `lo[j]` and `hi[j]` as bf16 (`lo` low), from two vectors of f32.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pair_vector(lo: std::arch::x86_64::__m512, hi: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
     // After the conversion the 16 bf16 of `lo` come first, then those of `hi`; word j takes
     // halves j and 16 + j.
     let order = _mm512_set_epi16(
         31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
         16, 0,
     );
-    for c in (0..words.len()).step_by(16) {
-        let mask = lanes_mask(words.len() - c);
+    // SAFETY: a bit-for-bit reinterpretation of one vector as another.
+    let converted: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
+    _mm512_permutexvar_epi16(order, converted)
+}
+
+/// One row of pairs of every panel: word `j` of panel `c / NR` (at `words[(c / NR) * panel +
+/// c % NR]`) is `lo[c]` and `hi[c]` (0 without `hi`), zero past `lo.len()` up to the last
+/// panel's end. One loop over the row, where `interleave` per panel spent more on each call
+/// than on its 32 words.
+///
+/// # Safety
+/// The CPU has AVX512-BF16; `hi` is as long as `lo`; `words` reaches every panel's row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pair_rows_avx512(lo: &[f32], hi: Option<&[f32]>, words: &mut [u32], panel: usize) {
+    use std::arch::x86_64::*;
+    let n = lo.len();
+    let panels = n.div_ceil(NR);
+    assert!(hi.is_none_or(|hi| hi.len() == n) && (panels == 0 || (panels - 1) * panel + NR <= words.len()));
+    for c in (0..panels * NR).step_by(16) {
+        let mask = lanes_mask(n.saturating_sub(c));
+        let at = c.min(n); // masked-out lanes read nothing; the pointer stays in bounds
         unsafe {
-            let l = _mm512_maskz_loadu_ps(mask, lo.as_ptr().add(c));
-            let h = hi.map_or(_mm512_setzero_ps(), |hi| _mm512_maskz_loadu_ps(mask, hi.as_ptr().add(c)));
-            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(h, l));
-            _mm512_mask_storeu_epi32(words.as_mut_ptr().add(c) as *mut i32, mask, _mm512_permutexvar_epi16(order, v));
+            let l = _mm512_maskz_loadu_ps(mask, lo.as_ptr().add(at));
+            let h = hi.map_or(_mm512_setzero_ps(), |hi| _mm512_maskz_loadu_ps(mask, hi.as_ptr().add(at)));
+            let to = words.as_mut_ptr().add((c / NR) * panel + c % NR);
+            _mm512_storeu_si512(to as *mut _, pair_vector(l, h));
         }
     }
 }

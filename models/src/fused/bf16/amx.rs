@@ -19,7 +19,7 @@
 use std::arch::asm;
 use std::sync::OnceLock;
 
-use super::{KC, NR, PACKED, interleave_avx512, lanes_mask, pack_b, pair, to_pairs_avx512};
+use super::{KC, NR, PACKED, lanes_mask, pack_b, pair, pair_vector};
 
 /// Rows of a tile, and pairs of `k` in one (16 words of two bf16: 64 bytes a row).
 const T: usize = 16;
@@ -210,22 +210,37 @@ fn tile_word(r: usize, p: usize, steps: usize) -> usize {
 }
 
 /// The left operand, contiguous along `k` (row `r` at `x[r * row_stride..]`, `take` elements of
-/// `k`), into tiles; pairs past the data are zeros. Rows past `m` in the last block are left as
-/// they are: they only reach output rows that are never stored.
+/// `k`), into tiles: each step's 32 elements of a row are its 16 words, one conversion; a short
+/// last step and the steps past the data are padded with zeros. Rows past `m` in the last block
+/// are left as they are: they only reach output rows that are never stored.
 ///
 /// # Safety
-/// The CPU has AVX512-BF16; `x` and `a` hold what the shapes name.
+/// The CPU has AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn pack_a_rows(x: &[f32], row_stride: usize, m: usize, take: usize, steps: usize, a: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert!(m == 0 || (m - 1) * row_stride + take <= x.len(), "pack_a_rows: operand too short");
+    assert!(a.len() >= m.div_ceil(T) * steps * TILE_WORDS && take <= 2 * T * steps, "pack_a_rows: too few words");
+    let whole = take / (2 * T);
     for r in 0..m {
-        let row = &x[r * row_stride..][..take];
-        for s in 0..steps {
-            let at = tile_word(r, s * T, steps);
-            let from = (2 * T * s).min(take);
-            let to = (from + 2 * T).min(take);
-            // A step's 32 elements are its 16 words; a short last step is padded with zeros.
-            unsafe { to_pairs_avx512(&row[from..to], &mut a[at..at + T]) };
-            a[at + (to - from).div_ceil(2)..at + T].fill(0);
+        // SAFETY (the block): the reads stay in row `r`'s `take` elements (masked past them),
+        // the writes in its tiles' rows, both checked above.
+        unsafe {
+            let src = x.as_ptr().add(r * row_stride);
+            let dst = a.as_mut_ptr().add(tile_word(r, 0, steps));
+            for s in 0..whole {
+                let (lo, hi) = (_mm512_loadu_ps(src.add(2 * T * s)), _mm512_loadu_ps(src.add(2 * T * s + 16)));
+                let words: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.add(s * TILE_WORDS) as *mut _, words);
+            }
+            for s in whole..steps {
+                let from = (2 * T * s).min(take);
+                let left = take - from;
+                let lo = _mm512_maskz_loadu_ps(lanes_mask(left), src.add(from));
+                let hi = _mm512_maskz_loadu_ps(lanes_mask(left.saturating_sub(16)), src.add((from + 16).min(take)));
+                let words: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.add(s * TILE_WORDS) as *mut _, words);
+            }
         }
     }
 }
@@ -236,29 +251,34 @@ unsafe fn pack_a_rows(x: &[f32], row_stride: usize, m: usize, take: usize, steps
 /// registers into its 16 rows.
 ///
 /// # Safety
-/// The CPU has AVX512-BF16; `x` and `a` hold what the shapes name.
+/// The CPU has AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn pack_a_columns(x: &[f32], k_stride: usize, m: usize, take: usize, steps: usize, a: &mut [u32]) {
     use std::arch::x86_64::*;
+    assert!(take == 0 || (take - 1) * k_stride + m <= x.len(), "pack_a_columns: operand too short");
+    assert!(a.len() >= m.div_ceil(T) * steps * TILE_WORDS && take <= 2 * T * steps, "pack_a_columns: too few words");
     let mut columns = [_mm512_setzero_si512(); T];
-    let mut words = [0u32; T];
     for s in 0..steps {
         for r0 in (0..m).step_by(T) {
-            let rows = T.min(m - r0);
+            let mask = lanes_mask(m - r0);
             for (q, column) in columns.iter_mut().enumerate() {
                 let k = 2 * (s * T + q);
-                *column = if k < take {
-                    let lo = &x[k * k_stride + r0..][..rows];
-                    let hi = (k + 1 < take).then(|| &x[(k + 1) * k_stride + r0..][..rows]);
-                    unsafe { interleave_avx512(lo, hi, &mut words[..rows]) };
-                    unsafe { _mm512_loadu_si512(words.as_ptr() as *const _) }
-                } else {
-                    _mm512_setzero_si512()
+                let left = take.saturating_sub(k);
+                // SAFETY: lines `k` and `k + 1` are read only below `take`, rows below `m`.
+                *column = match left {
+                    0 => _mm512_setzero_si512(),
+                    _ => unsafe {
+                        let line = x.as_ptr().add(k * k_stride + r0);
+                        let lo = _mm512_maskz_loadu_ps(mask, line);
+                        let hi = if left >= 2 { _mm512_maskz_loadu_ps(mask, line.add(k_stride)) } else { _mm512_setzero_ps() };
+                        pair_vector(lo, hi)
+                    },
                 };
             }
             let tile = transpose(columns);
             let at = tile_word(r0, s * T, steps);
-            for (i, row) in tile.iter().enumerate().take(rows) {
+            // Rows past `m` are written too (zeros): the buffer holds whole tiles.
+            for (i, row) in tile.iter().enumerate() {
                 unsafe { _mm512_storeu_si512(a.as_mut_ptr().add(at + i * T) as *mut _, *row) };
             }
         }
