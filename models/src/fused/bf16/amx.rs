@@ -270,7 +270,11 @@ unsafe fn pack_a_columns(x: &[f32], k_stride: usize, m: usize, take: usize, step
                     _ => unsafe {
                         let line = x.as_ptr().add(k * k_stride + r0);
                         let lo = _mm512_maskz_loadu_ps(mask, line);
-                        let hi = if left >= 2 { _mm512_maskz_loadu_ps(mask, line.add(k_stride)) } else { _mm512_setzero_ps() };
+                        let hi = if left >= 2 {
+                            _mm512_maskz_loadu_ps(mask, line.add(k_stride))
+                        } else {
+                            _mm512_setzero_ps()
+                        };
                         pair_vector(lo, hi)
                     },
                 };
