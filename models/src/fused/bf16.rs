@@ -22,7 +22,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::par;
 
+#[cfg(target_arch = "x86_64")]
 mod amx;
+
+/// Whether the products run on AMX tiles (`amx.rs`; x86-64 only).
+fn amx_ready() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::ready()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// Whether the linear maps' products run in bf16 (see [`set_bf16_products`]).
 static BF16: AtomicBool = AtomicBool::new(false);
@@ -50,7 +63,7 @@ pub fn bf16_supported() -> bool {
 /// (`vdpbf16ps`), or `None` on a CPU without AVX512-BF16. The two kernels' sums differ in their
 /// last bits, so a bf16 run reproduces bit for bit on CPUs that run the same one.
 pub fn bf16_kernel() -> Option<&'static str> {
-    bf16_supported().then(|| if amx::ready() { "amx" } else { "avx512-bf16" })
+    bf16_supported().then(|| if amx_ready() { "amx" } else { "avx512-bf16" })
 }
 
 /// Runs the linear maps' products (on the CPU backend) with bf16 inputs and f32 accumulation
@@ -141,7 +154,10 @@ unsafe fn block_product(
     cols: std::ops::Range<usize>,
     bias: Option<&[f32]>,
 ) {
+    #[cfg(target_arch = "x86_64")]
     let product = if amx::ready() { amx::block_product } else { block_product_avx512 };
+    #[cfg(not(target_arch = "x86_64"))]
+    let product = block_product_avx512;
     unsafe { product(dst, n, lhs, lhs_strides, rhs, rhs_strides, k, rows, cols, bias) }
 }
 
@@ -342,6 +358,7 @@ fn interleave(lo: &[f32], hi: Option<&[f32]>, words: &mut [u32]) {
 }
 
 /// The mask of the first `n` (at most 16) lanes.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn lanes_mask(n: usize) -> u16 {
     if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 }
@@ -633,8 +650,10 @@ mod tests {
         }
         // The linear map's three layouts at an experiment's size, odd sizes (partial tiles and
         // panels, odd k), k past one chunk, and no k at all.
+        #[allow(unused_mut)] // pushed to on x86-64 only
         let mut kernels: Vec<(&str, Kernel)> = vec![("avx512", block_product_avx512)];
-        if amx::ready() {
+        if amx_ready() {
+            #[cfg(target_arch = "x86_64")]
             kernels.push(("amx", amx::block_product));
         } else {
             eprintln!("the AMX kernel is not tested: this CPU or OS has no AMX");
@@ -663,7 +682,7 @@ mod tests {
                             "{name} [{m}, {k}, {n}] {ls:?} at {i}: {g} vs {w}"
                         );
                     }
-                    if (name == "amx") == amx::ready() {
+                    if (name == "amx") == amx_ready() {
                         let same = one.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
                         assert!(same, "{name} [{m}, {k}, {n}] {ls:?}: the split differs");
                     }
