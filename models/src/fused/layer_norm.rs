@@ -1,7 +1,8 @@
 //! LayerNorm over the last dimension: its dispatch, burn's LayerNorm (what every backend but the
 //! training one runs, plain flex included, which has a fused forward of its own), its autodiff op
 //! with the hand-written backward, and the row-wise kernels. The forward pass keeps each row's
-//! normalised values and `1 / sqrt(var + eps)` for the backward pass.
+//! mean and `1 / sqrt(var + eps)` for the backward pass, which normalises the input again (the
+//! same bits) rather than read back a stored copy: one pass over the activations fewer.
 //!
 //! RMSNorm (BST's text head), LayerNorm without the centring and the bias, shares the op: burn
 //! records it as six ops with two broadcasts, each a pass forward and backward.
@@ -83,13 +84,16 @@ pub(super) fn rms_norm_reference<B: Backend, const D: usize>(
 // ---------------------------------------------------------------------------------------------
 // The autodiff ops.
 
-/// LayerNorm's backward: the normalised input, each row's `1 / sqrt(var + eps)`, and gamma.
+/// LayerNorm's backward: the input, each row's mean and `1 / sqrt(var + eps)`, and gamma.
 #[derive(Debug)]
 struct LayerNormOp;
 
 #[derive(Clone, Debug)]
 struct LayerNormState {
-    normalized: Vec<f32>,
+    /// The input, contiguous (shared with the graph, not copied).
+    x: FlexTensor,
+    /// Each row's mean (zero for RMSNorm).
+    mean: Vec<f32>,
     rstd: Vec<f32>,
     gamma: FlexTensor,
     dims: Vec<usize>,
@@ -103,7 +107,7 @@ impl Backward<Flex, 3> for LayerNormOp {
         let s = &ops.state;
         let gamma = values(&s.gamma);
         let g = values(&grad);
-        let (dx, dgamma, dbeta) = norm_backward(g, &s.normalized, &s.rstd, gamma, true);
+        let (dx, dgamma, dbeta) = norm_backward(g, values(&s.x), &s.mean, &s.rstd, gamma, true);
         let d = gamma.len();
         let [px, pg, pb] = ops.parents;
         for (parent, value, dims) in [(px, dx, s.dims.clone()), (pg, dgamma, vec![d]), (pb, dbeta, vec![d])] {
@@ -127,13 +131,13 @@ fn layer_norm_autodiff<const D: usize>(
     let (Some(xs), Some(gs), Some(bs)) = (f32s(&xc), f32s(&gc), f32s(&bc)) else {
         return layer_norm_reference(float(x), float(gamma), float(beta), epsilon);
     };
-    let (out, normalized, rstd) = norm_forward(xs, gs, Some(bs), epsilon as f32);
+    let (out, mean, rstd) = norm_forward(xs, gs, Some(bs), epsilon as f32);
     let out = flex(out, dims);
     let op = LayerNormOp.prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()]);
-    record(op.compute_bound().stateful(), LayerNormState { normalized, rstd, gamma: gc, dims: dims.to_vec() }, out)
+    record(op.compute_bound().stateful(), LayerNormState { x: xc, mean, rstd, gamma: gc, dims: dims.to_vec() }, out)
 }
 
-/// RMSNorm's backward: the normalised input, each row's `1 / sqrt(mean(x²) + eps)`, and gamma.
+/// RMSNorm's backward: the input, each row's `1 / sqrt(mean(x²) + eps)`, and gamma.
 #[derive(Debug)]
 struct RmsNormOp;
 
@@ -144,7 +148,7 @@ impl Backward<Flex, 2> for RmsNormOp {
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
         let s = &ops.state;
         let gamma = values(&s.gamma);
-        let (dx, dgamma, _) = norm_backward(values(&grad), &s.normalized, &s.rstd, gamma, false);
+        let (dx, dgamma, _) = norm_backward(values(&grad), values(&s.x), &s.mean, &s.rstd, gamma, false);
         let [px, pg] = ops.parents;
         for (parent, value, dims) in [(px, dx, s.dims.clone()), (pg, dgamma, vec![gamma.len()])] {
             if let Some(node) = parent {
@@ -161,10 +165,10 @@ fn rms_norm_autodiff<const D: usize>(x: Tensor<Ad, D>, gamma: Tensor<Ad, 1>, eps
     let (Some(xs), Some(gs)) = (f32s(&xc), f32s(&gc)) else {
         return rms_norm_reference(float(x), float(gamma), epsilon);
     };
-    let (out, normalized, rstd) = norm_forward(xs, gs, None, epsilon as f32);
+    let (out, mean, rstd) = norm_forward(xs, gs, None, epsilon as f32);
     let out = flex(out, dims);
     let op = RmsNormOp.prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone()]);
-    record(op.compute_bound().stateful(), LayerNormState { normalized, rstd, gamma: gc, dims: dims.to_vec() }, out)
+    record(op.compute_bound().stateful(), LayerNormState { x: xc, mean, rstd, gamma: gc, dims: dims.to_vec() }, out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -175,25 +179,26 @@ fn norm_forward(x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) -> (Ve
     let d = gamma.len();
     let rows = x.len() / d;
     let per = rows_per_part(d);
-    // SAFETY: the kernel writes every element of its parts (all of a row's values and its rstd).
-    let [out, normalized, rstd] = unsafe {
+    // SAFETY: the kernel writes every element of its parts (a row's values, mean and rstd).
+    let [out, mean, rstd] = unsafe {
         par::outputs_uninit(
             rows.div_ceil(per),
-            [rows * d, rows * d, rows],
-            [per * d, per * d, per],
-            |i, [out, n, r]| match beta {
-                Some(beta) => layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, out, n, r),
-                None => rms_norm_forward_kernel(&x[i * per * d..], gamma, eps, out, n, r),
+            [rows * d, rows, rows],
+            [per * d, per, per],
+            |i, [out, m, r]| match beta {
+                Some(beta) => layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, out, m, r),
+                None => rms_norm_forward_kernel(&x[i * per * d..], gamma, eps, out, m, r),
             },
         )
     };
-    (out, normalized, rstd)
+    (out, mean, rstd)
 }
 
 /// `dx`, `dgamma` and `dbeta` (zeros for RMSNorm, `centred` false, which has no beta).
 fn norm_backward(
     g: &[f32],
-    normalized: &[f32],
+    x: &[f32],
+    mean: &[f32],
     rstd: &[f32],
     gamma: &[f32],
     centred: bool,
@@ -206,10 +211,11 @@ fn norm_backward(
     // SAFETY: the kernel writes every element of `dx`'s part; the sums start zeroed.
     let [dx, partial] = unsafe {
         par::outputs_uninit(parts, [rows * d, parts * 2 * d], [per * d, 2 * d], |i, [dx, sums]| {
-            let (rows, at) = (&rstd[i * per..][..per.min(rows - i * per)], i * per * d);
+            let (first, count) = (i * per, per.min(rows - i * per));
+            let (mean, rstd, at) = (&mean[first..][..count], &rstd[first..][..count], first * d);
             let (dgamma, dbeta) = par::zero(sums).split_at_mut(d);
             let centring = if centred { 1.0 } else { 0.0 };
-            layer_norm_backward_kernel(&g[at..], &normalized[at..], rows, gamma, centring, dx, dgamma, dbeta);
+            layer_norm_backward_kernel(&g[at..], &x[at..], mean, rstd, gamma, centring, dx, dgamma, dbeta);
         })
     };
     let mut dgamma = add_parts(&partial, 2 * d);
@@ -224,7 +230,7 @@ multiversion! {
         beta: &[f32],
         eps: f32,
         out: &mut [MaybeUninit<f32>],
-        normalized: &mut [MaybeUninit<f32>],
+        means: &mut [MaybeUninit<f32>],
         rstd: &mut [MaybeUninit<f32>],
     ) {
         let d = gamma.len();
@@ -233,11 +239,12 @@ multiversion! {
             let mean = sum(xr) / d as f32;
             let var = squared_deviations(xr, mean) / d as f32;
             let inv = 1.0 / (var + eps).sqrt();
+            means[r].write(mean);
             rstd[r].write(inv);
-            let (or, nr) = (&mut out[r * d..][..d], &mut normalized[r * d..][..d]);
+            let or = &mut out[r * d..][..d];
             for i in 0..d {
+                // The backward kernel recomputes `n` with the same expression.
                 let n = (xr[i] - mean) * inv;
-                nr[i].write(n);
                 or[i].write(n * gamma[i] + beta[i]);
             }
         }
@@ -247,7 +254,8 @@ multiversion! {
 multiversion! {
     fn layer_norm_backward_kernel(
         g: &[f32],
-        normalized: &[f32],
+        x: &[f32],
+        mean: &[f32],
         rstd: &[f32],
         gamma: &[f32],
         centring: f32,
@@ -258,16 +266,20 @@ multiversion! {
         // dx = rstd (a - mean(a) - x^ mean(a x^)) with a = g gamma; dgamma = sum g x^; dbeta = sum g.
         // RMSNorm (`centring` 0) has no mean to subtract, so its dx lacks the mean(a) term.
         let d = gamma.len();
-        let mut a = vec![0.0f32; d];
+        let (mut a, mut nr) = (vec![0.0f32; d], vec![0.0f32; d]);
         for r in 0..rstd.len() {
-            let (gr, nr) = (&g[r * d..][..d], &normalized[r * d..][..d]);
+            let (gr, xr) = (&g[r * d..][..d], &x[r * d..][..d]);
+            // The forward kernels' normalised row, bit for bit (RMSNorm's mean is 0, and x - 0 is x).
+            for i in 0..d {
+                nr[i] = (xr[i] - mean[r]) * rstd[r];
+            }
             for i in 0..d {
                 a[i] = gr[i] * gamma[i];
                 dgamma[i] += gr[i] * nr[i];
                 dbeta[i] += gr[i];
             }
             let m1 = centring * sum(&a) / d as f32;
-            let m2 = dot(&a, nr) / d as f32;
+            let m2 = dot(&a, &nr) / d as f32;
             let dxr = &mut dx[r * d..][..d];
             for i in 0..d {
                 dxr[i].write(rstd[r] * (a[i] - m1 - nr[i] * m2));
@@ -282,18 +294,18 @@ multiversion! {
         gamma: &[f32],
         eps: f32,
         out: &mut [MaybeUninit<f32>],
-        normalized: &mut [MaybeUninit<f32>],
+        means: &mut [MaybeUninit<f32>],
         rstd: &mut [MaybeUninit<f32>],
     ) {
         let d = gamma.len();
         for r in 0..rstd.len() {
             let xr = &x[r * d..][..d];
             let inv = 1.0 / (dot(xr, xr) / d as f32 + eps).sqrt();
+            means[r].write(0.0);
             rstd[r].write(inv);
-            let (or, nr) = (&mut out[r * d..][..d], &mut normalized[r * d..][..d]);
+            let or = &mut out[r * d..][..d];
             for i in 0..d {
                 let n = xr[i] * inv;
-                nr[i].write(n);
                 or[i].write(n * gamma[i]);
             }
         }
