@@ -397,15 +397,25 @@ impl<B: Backend> CausalSelfAttention<B> {
     fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<(Tensor<B, 3>, Tensor<B, 3>)>>) -> Tensor<B, 3> {
         // Heads stay packed side by side in each row, [b, t, d]: the fused kernel reads them in
         // place, so no split or merge copies (`fused::causal_attention`).
+        let Some(slot) = cache else {
+            // Without a cache, q, k and v as one product with the three weights side by side,
+            // [b, t, 3d], which the attention reads in place and whose gradient the product's
+            // backward takes whole: one product each way instead of three, and no adding up of
+            // three gradients for `x` (the values are the separate products', bit for bit).
+            let qkv = [&self.q, &self.k, &self.v];
+            let weight = Tensor::cat(qkv.iter().map(|l| l.weight.val()).collect(), 1); // [d, 3d]
+            let bias = qkv.iter().map(|l| l.bias.as_ref().map(|b| b.val())).collect::<Option<Vec<_>>>();
+            let qkv = rows(x, |x| fused::linear(x, weight, bias.map(|b| Tensor::cat(b, 0))));
+            let y = fused::causal_attention_qkv(qkv, self.n_heads); // [b, t, d]
+            return linear_rows(&self.proj, y);
+        };
         let q = linear_rows(&self.q, x.clone());
         let (mut key, mut value) = (linear_rows(&self.k, x.clone()), linear_rows(&self.v, x));
-        if let Some(slot) = cache {
-            if let Some((past_k, past_v)) = slot.take() {
-                key = Tensor::cat(vec![past_k, key], 1); // [b, t_past + t, d]
-                value = Tensor::cat(vec![past_v, value], 1);
-            }
-            *slot = Some((key.clone(), value.clone()));
+        if let Some((past_k, past_v)) = slot.take() {
+            key = Tensor::cat(vec![past_k, key], 1); // [b, t_past + t, d]
+            value = Tensor::cat(vec![past_v, value], 1);
         }
+        *slot = Some((key.clone(), value.clone()));
         // Causal masking aligns the queries with the *last* keys, which is what a cache needs.
         let y = fused::causal_attention(q, key, value, self.n_heads); // [b, t, d]
         linear_rows(&self.proj, y)

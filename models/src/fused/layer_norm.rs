@@ -180,17 +180,15 @@ fn norm_forward(x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) -> (Ve
     let rows = x.len() / d;
     let per = rows_per_part(d);
     // SAFETY: the kernel writes every element of its parts (a row's values, mean and rstd).
-    let [out, mean, rstd] = unsafe {
-        par::outputs_uninit(
-            rows.div_ceil(per),
-            [rows * d, rows, rows],
-            [per * d, per, per],
-            |i, [out, m, r]| match beta {
-                Some(beta) => layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, out, m, r),
-                None => rms_norm_forward_kernel(&x[i * per * d..], gamma, eps, out, m, r),
-            },
-        )
-    };
+    let [out, mean, rstd] =
+        unsafe {
+            par::outputs_uninit(rows.div_ceil(per), [rows * d, rows, rows], [per * d, per, per], |i, [out, m, r]| {
+                match beta {
+                    Some(beta) => layer_norm_forward_kernel(&x[i * per * d..], gamma, beta, eps, out, m, r),
+                    None => rms_norm_forward_kernel(&x[i * per * d..], gamma, eps, out, m, r),
+                }
+            })
+        };
     (out, mean, rstd)
 }
 

@@ -58,7 +58,7 @@ mod product;
 mod swiglu;
 
 pub use adamw::{AdamWStep, adamw, sum_of_squares};
-pub use attention::causal_attention;
+pub use attention::{causal_attention, causal_attention_qkv};
 pub use bf16::{bf16_kernel, bf16_supported, set_bf16_products};
 pub use concat::cat_last;
 pub use gelu::gelu;
@@ -172,6 +172,9 @@ mod tests {
             causal_attention(x.clone(), x.clone(), x.clone(), 3),
             attention_reference(x.clone(), x.clone(), x.clone(), 3),
         );
+        let qkv = random::<Other, 3>([2, 4, 18], 17);
+        let third = |i: usize| qkv.clone().slice_dim(2, i * 6..(i + 1) * 6);
+        close(causal_attention_qkv(qkv.clone(), 3), attention_reference(third(0), third(1), third(2), 3));
         let (gamma, beta) = (random::<Other, 1>([6], 12), random::<Other, 1>([6], 13));
         close(
             layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5),
