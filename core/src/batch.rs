@@ -51,6 +51,14 @@ impl<B: Backend> Batch<B> {
         }
     }
 
+    /// The first position whose target any row's loss reads: the shortest prompt's last token
+    /// (`target_mask` is zero before it in every row). A model can skip the rows before it
+    /// where it can (`Gpt::forward_from`).
+    pub fn first_target(&self) -> usize {
+        let [_, t] = self.inputs.dims();
+        self.prefix_lens.iter().min().map_or(0, |&p| p.saturating_sub(1)).min(t - 1)
+    }
+
     /// Each row's whole length, prompt plus target (its tokens are `inputs[..len - 1]` plus the
     /// last target).
     pub fn lens(&self) -> Vec<usize> {
@@ -91,6 +99,8 @@ mod tests {
         assert_eq!(ints(batch.targets.clone()), vec![8, 9, 1, 2, 9, 3, 0, 0]);
         let mask = batch.target_mask.clone().into_data().to_vec::<f32>().unwrap();
         assert_eq!(mask, vec![0., 0., 1., 1., 0., 1., 0., 0.]);
+        // Position 1 is the first any row's loss reads (the second row's first target).
+        assert_eq!(batch.first_target(), 1);
         // `$` = 5 replaces inputs from the first target token on.
         assert_eq!(ints(batch.teacherless(5)), vec![7, 8, 9, 5, 7, 9, 5, 5]);
     }

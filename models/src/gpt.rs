@@ -225,6 +225,17 @@ pub struct GptOutput<B: Backend> {
     pub layers: Vec<Tensor<B, 3>>,
 }
 
+/// What [`Gpt::forward_from`] returns: the outputs of positions `from..t` alone.
+#[derive(Debug, Clone)]
+pub struct GptSuffix<B: Backend> {
+    /// The first position computed; row `i` of each tensor is position `from + i`.
+    pub from: usize,
+    /// Next-token logits of positions `from..t`, `[b, t - from, v]`.
+    pub logits: Tensor<B, 3>,
+    /// Final hidden states of positions `from..t`, `[b, t - from, d]`.
+    pub hidden: Tensor<B, 3>,
+}
+
 /// Keys and values of the positions decoded so far, one pair per block, for incremental
 /// decoding; see [`Gpt::forward_cached`].
 #[derive(Debug, Clone)]
@@ -261,6 +272,29 @@ impl<B: Backend> Gpt<B> {
         let logits = self.unembed(hidden.clone());
         debug_assert_eq!(logits.dims()[1], t);
         GptOutput { logits, hidden, layers }
+    }
+
+    /// [`Gpt::forward`]'s logits and hidden states of positions `from..t` alone, for a loss that
+    /// reads no earlier position (next-token prediction with the prompt masked out; BST's
+    /// prefixes, which start at the prompt's last token). The same values up to the last bits of
+    /// a sum (the attention's products have fewer rows), at a fraction of the last block's work:
+    /// every block but the last still runs on all positions, since later positions attend to
+    /// them, but the last computes keys and values for all and its queries, attention output,
+    /// MLP, the final LayerNorm and the unembedding for `from..t` only. Path-star rows spend most
+    /// positions on the prompt (G(2,4,10): 4 of 24 positions are targets), so with 2 blocks this
+    /// skips about a third of the products.
+    pub fn forward_from(&self, tokens: Tensor<B, 2, Int>, from: usize) -> GptSuffix<B> {
+        let [_, t] = tokens.dims();
+        assert!(from < t, "forward_from: position {from} of a {t}-token sequence");
+        let (last, blocks) = self.blocks.split_last().expect("a GPT has at least one block");
+        let mut x = self.embed(tokens, 0); // [b, t, d]
+        for block in blocks {
+            x = block.forward(x);
+        }
+        let x = last.forward_from(x, from); // [b, t - from, d]
+        let hidden = norm(&self.ln_f, self.layer_norm_eps, x);
+        let logits = self.unembed(hidden.clone());
+        GptSuffix { from, logits, hidden }
     }
 
     /// An empty cache for incremental decoding.
@@ -372,6 +406,19 @@ impl<B: Backend> Block<B> {
         self.forward_cached(x, None)
     }
 
+    /// The block's output at positions `from..t` alone, `[b, t - from, d]`, from the whole
+    /// sequence `x` `[b, t, d]` (keys and values need every position); see [`Gpt::forward_from`].
+    pub fn forward_from(&self, x: Tensor<B, 3>, from: usize) -> Tensor<B, 3> {
+        if from == 0 {
+            return self.forward(x);
+        }
+        let eps = self.layer_norm_eps;
+        let [b, t, _] = x.dims();
+        let y = self.attn.forward_from(norm(&self.ln_1, eps, x.clone()), from);
+        let x = x.slice([0..b, from..t]) + y;
+        x.clone() + self.mlp.forward(norm(&self.ln_2, eps, x))
+    }
+
     fn forward_cached(
         &self,
         x: Tensor<B, 3>,
@@ -419,6 +466,17 @@ impl<B: Backend> CausalSelfAttention<B> {
         // Causal masking aligns the queries with the *last* keys, which is what a cache needs.
         let y = fused::causal_attention(q, key, value, self.n_heads); // [b, t, d]
         linear_rows(&self.proj, y)
+    }
+}
+
+impl<B: Backend> CausalSelfAttention<B> {
+    /// Attention output of the queries at positions `from..t` over the keys and values of all
+    /// `t`, `[b, t - from, d]`: the kernel aligns queries with the last keys, as for a cache.
+    fn forward_from(&self, x: Tensor<B, 3>, from: usize) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let q = linear_rows(&self.q, x.clone().slice([0..b, from..t]));
+        let (key, value) = (linear_rows(&self.k, x.clone()), linear_rows(&self.v, x));
+        linear_rows(&self.proj, fused::causal_attention(q, key, value, self.n_heads))
     }
 }
 
@@ -493,6 +551,56 @@ mod tests {
             assert_eq!(cache.len(), 8);
             let cached = Tensor::cat(parts, 1);
             full.into_data().assert_approx_eq::<f32>(&cached.into_data(), Tolerance::rel_abs(1e-4, 1e-5));
+        }
+    }
+
+    #[test]
+    fn forward_from_is_the_forward_pass_on_the_last_positions() {
+        // Under autodiff (what training runs), tied and untied: the suffix's logits and hidden
+        // states, and every parameter's gradient of a loss on the suffix, are the full pass's.
+        type A = burn::backend::Autodiff<Flex>;
+        for tied in [true, false] {
+            let m: Gpt<A> = GptConfig::tiny(17, 12).with_tie_embeddings(tied).init_seeded(0, &FlexDevice);
+            let flat = vec![3, 1, 4, 1, 5, 9, 2, 6, 2, 7, 1, 8, 2, 8, 1, 8];
+            let seq = Tensor::<A, 2, Int>::from_data(TensorData::new(flat, [2, 8]), &FlexDevice);
+            for from in [0, 5, 7] {
+                let full = m.forward(seq.clone());
+                let part = m.forward_from(seq.clone(), from);
+                assert_eq!((part.from, part.logits.dims()), (from, [2, 8 - from, 17]));
+                let tail = |x: Tensor<A, 3>| x.slice([0..2, from..8]);
+                let close = |a: Tensor<A, 3>, b: Tensor<A, 3>| {
+                    a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::rel_abs(1e-4, 1e-5))
+                };
+                close(tail(full.logits.clone()), part.logits.clone());
+                close(tail(full.hidden.clone()), part.hidden.clone());
+                let weights = Tensor::<A, 3>::from_data(
+                    TensorData::new(
+                        (0..2 * (8 - from) * 17).map(|i| (i % 7) as f32 - 3.0).collect(),
+                        [2, 8 - from, 17],
+                    ),
+                    &FlexDevice,
+                );
+                let g_full = (tail(full.logits) * weights.clone()).sum().backward();
+                let g_part = (part.logits * weights).sum().backward();
+                // The embeddings, both blocks' attention and MLP weights, the final norm.
+                let grads = |g: &<A as burn::tensor::backend::AutodiffBackend>::Gradients| {
+                    let mut all = Vec::new();
+                    let mut two = |p: Tensor<A, 2>| all.extend(p.grad(g).unwrap().into_data().to_vec::<f32>().unwrap());
+                    two(m.tok_emb.weight.val());
+                    two(m.pos_emb.weight.val());
+                    for block in &m.blocks {
+                        for lin in [&block.attn.q, &block.attn.k, &block.attn.v, &block.attn.proj, &block.mlp.fc] {
+                            two(lin.weight.val());
+                        }
+                    }
+                    all.extend(m.ln_f.gamma.val().grad(g).unwrap().into_data().to_vec::<f32>().unwrap());
+                    all
+                };
+                let (a, b) = (grads(&g_full), grads(&g_part));
+                assert_eq!(a.len(), b.len());
+                let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1e-3 + x.abs())).fold(0.0, f32::max);
+                assert!(worst < 1e-3, "from {from}: a weight gradient differs by {worst} (relative)");
+            }
         }
     }
 

@@ -13,4 +13,4 @@ pub mod gpt;
 pub mod par;
 
 pub use belief::{BeliefDecoder, BeliefHead, BeliefHeadConfig, Decoder, DecoderKind};
-pub use gpt::{Block, Gpt, GptConfig, GptOutput, KvCache, linear_rows, norm, seeded, transfer};
+pub use gpt::{Block, Gpt, GptConfig, GptOutput, GptSuffix, KvCache, linear_rows, norm, seeded, transfer};

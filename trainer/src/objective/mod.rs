@@ -232,6 +232,16 @@ pub fn masked_cross_entropy<B: Backend>(
     (picked * mask).sum().neg() / count
 }
 
+/// [`masked_cross_entropy`] of logits that start at position `from` (`Gpt::forward_from`)
+/// against the batch's targets and mask from there on: the same loss when the mask is zero
+/// before `from` (`Batch::first_target`).
+pub fn masked_cross_entropy_from<B: Backend>(logits: Tensor<B, 3>, from: usize, batch: &Batch<B>) -> Tensor<B, 1> {
+    let [b, t] = batch.targets.dims();
+    let (targets, mask) =
+        (batch.targets.clone().slice([0..b, from..t]), batch.target_mask.clone().slice([0..b, from..t]));
+    masked_cross_entropy(logits, targets, mask)
+}
+
 /// Every row's whole token sequence, `[b, t + 1]`: the inputs plus the last target.
 pub fn full_tokens<B: Backend>(batch: &Batch<B>) -> Tensor<B, 2, Int> {
     let [b, _] = batch.inputs.dims();

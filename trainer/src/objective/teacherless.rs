@@ -5,7 +5,7 @@
 use burn::tensor::backend::AutodiffBackend;
 use lab_core::Batch;
 
-use super::{LabModel, LossOutput, Objective, masked_cross_entropy};
+use super::{LabModel, LossOutput, Objective, masked_cross_entropy_from};
 
 /// Teacherless training; see the module docs.
 pub struct Teacherless {
@@ -15,8 +15,9 @@ pub struct Teacherless {
 
 impl<B: AutodiffBackend> Objective<B> for Teacherless {
     fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
-        let out = model.gpt.forward(batch.teacherless(self.dummy));
-        let loss = masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone());
+        // As NTP: the last block skips the positions before the first target.
+        let out = model.gpt.forward_from(batch.teacherless(self.dummy), batch.first_target());
+        let loss = masked_cross_entropy_from(out.logits, out.from, batch);
         LossOutput::single("teacherless", loss)
     }
 
