@@ -96,26 +96,36 @@ impl<B: AutodiffBackend> Objective<B> for Bst {
         let device = batch.inputs.device();
         let [b, t] = batch.inputs.dims();
         let rows = host_rows(batch);
-        let width = t + 2; // the longest row (t + 1 tokens) and the end marker
+        let pairs: Vec<Vec<(usize, usize)>> =
+            rows.iter().enumerate().map(|(r, row)| self.pairs(batch.prefix_lens[r], row.len())).collect();
 
         // The backward encoder reads [end, x_{L-1}, ..., x_0], padded on the right: its causal
         // state at reversed position p has read the suffix x_{L-p..}, so b_j sits at p = L - j.
+        // Being causal, its states up to the deepest p a pair reads depend on those positions
+        // alone, so it reads no further: the suffixes are short (G(2,4,10): 5 of 26 positions)
+        // and the rest of the reversed prompt would be computed only to be thrown away. The
+        // states it keeps are the same values as over the whole row.
+        let deepest = rows.iter().zip(&pairs).flat_map(|(row, p)| p.iter().map(|&(_, j)| row.len() - j)).max();
+        let width = deepest.map_or(1, |p| p + 1);
         let mut reversed = vec![self.end as i32; b * width];
         for (r, row) in rows.iter().enumerate() {
-            for (p, &x) in row.iter().rev().enumerate() {
+            for (p, &x) in row.iter().rev().take(width - 1).enumerate() {
                 reversed[r * width + 1 + p] = x as i32;
             }
         }
         let reversed = Tensor::<B, 2, Int>::from_data(TensorData::new(reversed, [b, width]), &device);
         let back = h.backward.forward(reversed).hidden; // [b, width, d]
-        let fwd = model.gpt.forward(batch.inputs.clone()).hidden; // [b, t, d]
-        let d = fwd.dims()[2];
+        // The pairs' prefixes start at the prompt's last token, so the forward encoder's last
+        // block skips the positions before it.
+        let from = batch.first_target();
+        let fwd = model.gpt.forward_from(batch.inputs.clone(), from).hidden; // [b, t - from, d]
+        let (d, tf) = (fwd.dims()[2], t - from);
 
         let (mut fi, mut bi, mut next, mut prev) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (r, row) in rows.iter().enumerate() {
+        for (r, (row, pairs)) in rows.iter().zip(&pairs).enumerate() {
             let len = row.len();
-            for (tt, j) in self.pairs(batch.prefix_lens[r], len) {
-                fi.push((r * t + tt) as i32);
+            for &(tt, j) in pairs {
+                fi.push((r * tf + tt - from) as i32);
                 bi.push((r * width + len - j) as i32);
                 next.push(row[tt + 1] as i32);
                 prev.push(row[j - 1] as i32);
@@ -123,7 +133,7 @@ impl<B: AutodiffBackend> Objective<B> for Bst {
         }
         let n = fi.len();
         let index = |v: Vec<i32>| Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), &device);
-        let f = fwd.reshape([b * t, d]).select(0, index(fi)).reshape([1, n, d]);
+        let f = fwd.reshape([b * tf, d]).select(0, index(fi)).reshape([1, n, d]);
         let bb = back.reshape([b * width, d]).select(0, index(bi)).reshape([1, n, d]);
         let (next_logits, prev_logits) = h.head.forward(f, bb);
         let ones = Tensor::<B, 2>::ones([1, n], &device);
