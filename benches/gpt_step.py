@@ -13,7 +13,10 @@ back to back with the lab's own benchmark, and compare ratios, not absolute time
 `bst` (a second, backward GPT over the reversed sequence and an end marker; the text head
 [f; b] + SwiGLU, RMSNorm, one unembedding per half, on every official star-graph pair from
 `--prefix-len`) and `next-lat` (NTP plus a transition MLP rolled out `--horizon` steps, with a
-SmoothL1 latent loss and a KL to the frozen unembedding). `--flops` counts the step's
+SmoothL1 latent loss and a KL to the frozen unembedding). Like the lab, it computes only the
+positions the loss reads: NTP's and BST's last block from the prompt's last token on, BST's
+backward encoder up to the deepest suffix a pair reads (`--whole-rows`: every position, the step
+both ran before 2026-12-06). `--flops` counts the step's
 floating-point operations (torch.utils.flop_counter: the matrix products and attention) and
 times a large square product to give the cores' peak and the step's floor at that peak.
 
@@ -40,6 +43,10 @@ p.add_argument("--objective", default="ntp", choices=["ntp", "bst", "next-lat"])
 p.add_argument("--prefix-len", type=int, default=1, help="prompt tokens (BST's pairs start at its last)")
 p.add_argument("--horizon", type=int, default=3, help="NextLat's rollout steps D")
 p.add_argument("--min-gap", type=int, default=2, help="BST's smallest gap k")
+p.add_argument("--whole-rows", action="store_true",
+               help="compute every position, as the lab did before 2026-12-06: the last block over the "
+                    "prompt too (NTP, BST's forward encoder) and BST's backward encoder over the whole "
+                    "reversed row, rather than only the positions the loss reads")
 p.add_argument("--flops", action="store_true", help="count the step's FLOPs and time the peak")
 p.add_argument("--autocast-bf16", action="store_true",
                help="run the forward under torch.autocast with bf16 (PyTorch's mixed precision; on CPUs "
@@ -58,12 +65,24 @@ class Block(nn.Module):
         self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
         self.fc, self.fc2 = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
 
-    def forward(self, x):
+    def forward(self, x, start=0):
+        """The block's output at positions start.. (keys and values over all), as the lab's
+        `Block::forward_from`: queries, attention, projection and MLP on those rows alone."""
         b, t, _ = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
-        q, k, v = [z.view(b, t, H, D // H).transpose(1, 2) for z in (q, k, v)]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, D))
+        h, tq = self.ln1(x), t - start
+        if start == 0:
+            q, k, v = self.qkv(h).split(D, dim=2)
+        else:
+            q = F.linear(h[:, start:], self.qkv.weight[:D], self.qkv.bias[:D])
+            k, v = F.linear(h, self.qkv.weight[D:], self.qkv.bias[D:]).split(D, dim=2)
+        q = q.reshape(b, tq, H, D // H).transpose(1, 2)
+        k, v = [z.reshape(b, t, H, D // H).transpose(1, 2) for z in (k, v)]
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # query i sits at position start + i
+            mask = torch.ones(tq, t, dtype=torch.bool, device=x.device).tril(start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x[:, start:] + self.proj(y.transpose(1, 2).reshape(b, tq, D))
         return x + self.fc2(F.gelu(self.fc(self.ln2(x))))
 
 
@@ -74,11 +93,12 @@ class Gpt(nn.Module):
         self.blocks = nn.ModuleList(Block() for _ in range(a.n_layers))
         self.ln = nn.LayerNorm(D)
 
-    def hidden(self, x):
+    def hidden(self, x, start=0):
+        """Final hidden states of positions start.. (the lab's `Gpt::forward_from`)."""
         h = self.tok(x) + self.pos(torch.arange(x.shape[1], device=x.device))
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             h = block(h)
-        return self.ln(h)
+        return self.ln(self.blocks[-1](h, start))
 
     def forward(self, x):
         return self.hidden(x) @ self.tok.weight.T
@@ -132,15 +152,24 @@ class Objective(nn.Module):
         x, y = rows[:, :-1], rows[:, 1:]
         if a.objective == "bst":
             end = torch.full((rows.shape[0], 1), V - 1, dtype=rows.dtype, device=rows.device)
-            back = self.backward_gpt.hidden(torch.cat([end, rows.flip(1)], dim=1))  # b_j at L - j
-            f = self.gpt.hidden(x)[:, self.pt]
+            # b_j sits at L - j; the encoder is causal, so it reads no deeper than the deepest
+            # pair needs (the lab's bst.rs does the same; --whole-rows reads it all).
+            reversed_rows = torch.cat([end, rows.flip(1)], dim=1)
+            if not a.whole_rows:
+                reversed_rows = reversed_rows[:, : rows.shape[1] - int(self.pj.min()) + 1]
+            back = self.backward_gpt.hidden(reversed_rows)
+            start = 0 if a.whole_rows else int(self.pt.min())  # the pairs' prefixes start there
+            f = self.gpt.hidden(x, start)[:, self.pt - start]
             b = back[:, rows.shape[1] - self.pj]
             nxt, prv = self.head(f, b)
             return (F.cross_entropy(nxt.reshape(-1, V), rows[:, self.pt + 1].reshape(-1))
                     + F.cross_entropy(prv.reshape(-1, V), rows[:, self.pj - 1].reshape(-1))) / 2
-        h = self.gpt.hidden(x)
+        # NTP's loss reads the targets only, from the prompt's last token on, so its last block
+        # skips the positions before (as the lab's ntp.rs); NextLat's latents need them all.
+        start = 0 if a.whole_rows or a.objective == "next-lat" else max(a.prefix_len - 1, 0)
+        h = self.gpt.hidden(x, start)
         logits = h @ self.gpt.tok.weight.T
-        loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, V), y[:, start:].reshape(-1))
         if a.objective == "next-lat":
             target, teacher = h.detach(), F.softmax(logits.detach(), -1)
             w = self.gpt.tok.weight.detach()

@@ -10,6 +10,12 @@ attention) and its floor at the cores' peak (the best square product any case me
 writes the rounds to a CSV.
 
     python3 benches/vs_torch.py [--rounds 3] [--cases ntp-l2-g2-4-10,bst-l2-g2-4-10] [--csv out.csv] [--bf16]
+        [--whole-rows]
+
+The reference computes what the lab computes: since 2026-12-06 only the positions each loss reads
+(NTP's and BST's last block from the prompt's last token on, BST's backward encoder up to the
+deepest suffix a pair reads). `--whole-rows` also times it over every position, as both computed
+before, for the research step's gain over a plain PyTorch step.
 
 Needs PyTorch (`pip install torch`) and a release build of the benchmarks (it runs
 `cargo bench -p benches --bench train_step`, building first if needed). Run nothing else
@@ -26,6 +32,9 @@ p.add_argument("--rounds", type=int, default=2)
 p.add_argument("--cases", default="", help="comma-separated <objective>-l<layers>-<task>; default all 12")
 p.add_argument("--python", default=sys.executable, help="the Python with torch")
 p.add_argument("--csv", default="", help="write every round's measurements here")
+p.add_argument("--whole-rows", action="store_true",
+               help="also time PyTorch over every position (gpt_step.py --whole-rows), the step before the "
+                    "lab skipped the positions no loss reads")
 p.add_argument("--bf16", action="store_true",
                help="also time the lab with its linear maps' products in bf16 (needs AVX512-BF16) and "
                     "PyTorch under bf16 autocast")
@@ -60,12 +69,14 @@ def lab_ms(case, backend="flex"):
     sys.exit(f"no criterion result for {name} under {target}/criterion")
 
 
-def torch_step(case, bf16=False):
+def torch_step(case, bf16=False, whole_rows=False):
     objective, layers, task = parse(case)
     vocab, seq, prefix = TASKS[task]
     args = [a.python, os.path.join(root, "benches", "gpt_step.py"), "--d-model", "128", "--n-layers", str(layers),
             "--n-heads", "4", "--batch", "128", "--seq-len", str(seq), "--vocab", str(vocab), "--steps", "20",
-            "--objective", objective, "--prefix-len", str(prefix)] + (["--autocast-bf16"] if bf16 else ["--flops"])
+            "--objective", objective, "--prefix-len", str(prefix)]
+    # The FLOP count and floor come from the step the lab computes (not the whole-rows one).
+    args += ["--autocast-bf16"] if bf16 else ["--whole-rows"] if whole_rows else ["--flops"]
     return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
 
 
@@ -76,9 +87,11 @@ for r in range(a.rounds):
         bf16 = lab_ms(case, "flex-bf16") if a.bf16 else None
         ref = torch_step(case)
         ref_bf16 = torch_step(case, bf16=True) if a.bf16 else None
+        ref_whole = torch_step(case, whole_rows=True) if a.whole_rows else None
         rows.append({"round": r, "case": case, "lab_ms": round(lab, 2),
                      "lab_bf16_ms": round(bf16, 2) if bf16 else "", "torch_ms": ref["ms_per_step"],
                      "torch_bf16_ms": ref_bf16["ms_per_step"] if ref_bf16 else "",
+                     "torch_whole_rows_ms": ref_whole["ms_per_step"] if ref_whole else "",
                      "gflop": ref["gflop_per_step"], "peak_gflops": ref["peak_gflops"], "floor_ms": ref["floor_ms"],
                      "torch": ref["impl"]})
         print(f"round {r} {case}: lab {lab:.2f} ms, PyTorch {ref['ms_per_step']} ms, floor {ref['floor_ms']} ms",
@@ -103,17 +116,23 @@ def span(xs, fmt="{:.1f}"):
     return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
 
+whole_head = " PyTorch whole rows ms | lab / PyTorch whole rows |" if a.whole_rows else ""
 bf16_head = " lab bf16 ms | PyTorch bf16 ms | lab bf16 / PyTorch | lab bf16 / PyTorch bf16 |" if a.bf16 else ""
-print(f"| case (batch 128, d 128) | lab ms | PyTorch ms | lab / PyTorch throughput |{bf16_head} GFLOP | floor ms | lab / floor |")
-print("|---|---|---|---|" + ("---|---|---|---|" if a.bf16 else "") + "---|---|---|")
+print(f"| case (batch 128, d 128) | lab ms | PyTorch ms | lab / PyTorch throughput |{whole_head}{bf16_head} GFLOP | floor ms "
+      "| lab / floor |")
+print("|---|---|---|---|" + ("---|---|" if a.whole_rows else "") + ("---|---|---|---|" if a.bf16 else "") + "---|---|---|")
 for case in cases:
     rs = [x for x in rows if x["case"] == case]
     ratios = [x["torch_ms"] / x["lab_ms"] for x in rs]
     bf16_cells = ""
+    whole_cells = ""
+    if a.whole_rows:
+        whole_cells = (f" {span([x['torch_whole_rows_ms'] for x in rs])} |"
+                       f" {span([x['torch_whole_rows_ms'] / x['lab_ms'] for x in rs], '{:.2f}')}x |")
     if a.bf16:
         bf16_cells = (f" {span([x['lab_bf16_ms'] for x in rs])} | {span([x['torch_bf16_ms'] for x in rs])} |"
                       f" {span([x['torch_ms'] / x['lab_bf16_ms'] for x in rs], '{:.2f}')}x |"
                       f" {span([x['torch_bf16_ms'] / x['lab_bf16_ms'] for x in rs], '{:.2f}')}x |")
     print(f"| {case} | {span([x['lab_ms'] for x in rs])} | {span([x['torch_ms'] for x in rs])} | "
-          f"{span(ratios, '{:.2f}')}x |{bf16_cells} {rs[0]['gflop']:.2f} | {span([x['floor_ms'] for x in rs])} | "
+          f"{span(ratios, '{:.2f}')}x |{whole_cells}{bf16_cells} {rs[0]['gflop']:.2f} | {span([x['floor_ms'] for x in rs])} | "
           f"{span([x['lab_ms'] / x['floor_ms'] for x in rs], '{:.2f}')}x |")
