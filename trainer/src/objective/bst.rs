@@ -102,9 +102,9 @@ impl<B: AutodiffBackend> Objective<B> for Bst {
         // The backward encoder reads [end, x_{L-1}, ..., x_0], padded on the right: its causal
         // state at reversed position p has read the suffix x_{L-p..}, so b_j sits at p = L - j.
         // Being causal, its states up to the deepest p a pair reads depend on those positions
-        // alone, so it reads no further: the suffixes are short (G(2,4,10): 5 of 26 positions)
-        // and the rest of the reversed prompt would be computed only to be thrown away. The
-        // states it keeps are the same values as over the whole row.
+        // alone, so it reads no further: the suffixes are short (G(2,4,10): 4 of 26 positions,
+        // G(2,5,50): 5 of 33) and the rest of the reversed prompt would be computed only to be
+        // thrown away. The states it keeps are the same values as over the whole row.
         let deepest = rows.iter().zip(&pairs).flat_map(|(row, p)| p.iter().map(|&(_, j)| row.len() - j)).max();
         let width = deepest.map_or(1, |p| p + 1);
         let mut reversed = vec![self.end as i32; b * width];
