@@ -234,6 +234,9 @@ pub struct GptSuffix<B: Backend> {
     pub logits: Tensor<B, 3>,
     /// Final hidden states of positions `from..t`, `[b, t - from, d]`.
     pub hidden: Tensor<B, 3>,
+    /// The residual stream after each block but the last, over all positions, `[b, t, d]` each
+    /// (as [`GptOutput::layers`] without its last entry): the trunk heads branch from.
+    pub trunk: Vec<Tensor<B, 3>>,
 }
 
 /// Keys and values of the positions decoded so far, one pair per block, for incremental
@@ -288,13 +291,15 @@ impl<B: Backend> Gpt<B> {
         assert!(from < t, "forward_from: position {from} of a {t}-token sequence");
         let (last, blocks) = self.blocks.split_last().expect("a GPT has at least one block");
         let mut x = self.embed(tokens, 0); // [b, t, d]
+        let mut trunk = Vec::with_capacity(blocks.len());
         for block in blocks {
             x = block.forward(x);
+            trunk.push(x.clone());
         }
         let x = last.forward_from(x, from); // [b, t - from, d]
         let hidden = norm(&self.ln_f, self.layer_norm_eps, x);
         let logits = self.unembed(hidden.clone());
-        GptSuffix { from, logits, hidden }
+        GptSuffix { from, logits, hidden, trunk }
     }
 
     /// An empty cache for incremental decoding.

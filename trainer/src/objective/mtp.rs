@@ -13,7 +13,7 @@ use lab_core::Batch;
 use models::{Block, GptConfig};
 use serde::{Deserialize, Serialize};
 
-use super::{Heads, LabModel, LossOutput, Objective, heads, masked_cross_entropy};
+use super::{Heads, LabModel, LossOutput, Objective, heads, masked_cross_entropy, masked_cross_entropy_from};
 
 /// `[objective] kind = "mtp"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,9 +70,13 @@ impl<B: AutodiffBackend> Objective<B> for Mtp {
     fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
         let Heads::Mtp(h) = heads(model) else { unreachable!("mtp builds mtp heads") };
         let [b, t] = batch.inputs.dims();
-        let out = model.gpt.forward(batch.inputs.clone());
-        let ntp = masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone());
-        let trunk = out.layers[out.layers.len() - 2].clone(); // [b, t, d]
+        // Every head's loss reads the positions whose k-th next token is a target: from the
+        // first target on for the next-token path, k - 1 earlier for head k. Each head's block
+        // (the GPT's last block included) computes only those rows beyond its keys and values.
+        let from = batch.first_target();
+        let out = model.gpt.forward_from(batch.inputs.clone(), from);
+        let ntp = masked_cross_entropy_from(out.logits, out.from, batch);
+        let trunk = out.trunk.last().expect("mtp checks n_layers >= 2").clone(); // [b, t, d]
         let mut total = ntp.clone().mul_scalar(self.weights[0]);
         let mut parts = vec![("ntp".to_string(), ntp)];
         for (i, block) in h.blocks.iter().enumerate() {
@@ -81,12 +85,14 @@ impl<B: AutodiffBackend> Objective<B> for Mtp {
             if k > t {
                 break;
             }
-            let logits = model.gpt.output(block.forward(trunk.clone())); // [b, t, v]
+            // Positions j in from_k..t + 1 - k, never empty since from <= t - 1.
+            let from_k = from.saturating_sub(k - 1);
+            let logits = model.gpt.output(block.forward_from(trunk.clone(), from_k)); // [b, t - from_k, v]
             let v = logits.dims()[2];
             let loss = masked_cross_entropy(
-                logits.slice([0..b, 0..t + 1 - k, 0..v]),
-                batch.targets.clone().slice([0..b, k - 1..t]),
-                batch.target_mask.clone().slice([0..b, k - 1..t]),
+                logits.slice([0..b, 0..t + 1 - k - from_k, 0..v]),
+                batch.targets.clone().slice([0..b, from_k + k - 1..t]),
+                batch.target_mask.clone().slice([0..b, from_k + k - 1..t]),
             );
             total = total + loss.clone().mul_scalar(self.weights[k - 1]);
             parts.push((format!("mtp{k}"), loss));
@@ -97,6 +103,9 @@ impl<B: AutodiffBackend> Objective<B> for Mtp {
 
 #[cfg(test)]
 mod tests {
+    use burn::backend::flex::FlexDevice;
+    use tasks::Example;
+
     use super::super::test_util::*;
     use super::*;
     use crate::objective::Ntp;
@@ -106,36 +115,39 @@ mod tests {
         let config = tiny();
         let obj = Mtp::new(&MtpConfig { n: 3, weights: vec![1.0, 0.5, 0.25] }, &config).unwrap();
         let m = model(&obj, &config);
-        let batch = batch();
-        let out = obj.loss(&m, &batch, 0);
-        let got: Vec<f32> = out.parts.iter().map(|(_, t)| scalar(t.clone())).collect();
-        assert_eq!(out.parts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["ntp", "mtp2", "mtp3"]);
+        // test_util's rows (the first target at position 1), and the same tokens with longer
+        // prompts (the first target at position 3), where every head's block skips positions.
+        let longer: [(&[u32], usize); 3] = [(ROWS[0].0, 5), (ROWS[1].0, 3), (ROWS[2].0, 4)];
+        for rows in [ROWS, longer] {
+            let examples: Vec<Example> = rows.iter().map(|(t, p)| Example::new(&t[..*p], &t[*p..])).collect();
+            let batch = Batch::<B>::new(&examples.iter().collect::<Vec<_>>(), 0, &FlexDevice);
+            let out = obj.loss(&m, &batch, 0);
+            let got: Vec<f32> = out.parts.iter().map(|(_, t)| scalar(t.clone())).collect();
+            assert_eq!(out.parts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["ntp", "mtp2", "mtp3"]);
 
-        // Rows as token lists (see test_util::batch); position j of head k predicts tokens[j + k]
-        // when that token is a target token.
-        let rows = ROWS;
-        let (b, t, v) = (3, 6, 12);
-        let o = m.gpt.forward(batch.inputs.clone());
-        let Some(Heads::Mtp(h)) = &m.heads else { panic!() };
-        for k in 1..=3 {
-            let logits =
-                if k == 1 { o.logits.clone() } else { m.gpt.output(h.blocks[k - 2].forward(o.layers[0].clone())) };
-            let flat = logits.into_data().to_vec::<f32>().unwrap();
-            let mut picks = vec![];
-            for (r, (tokens, prefix)) in rows.iter().enumerate() {
-                for j in 0..t {
-                    if j + k < tokens.len() && j + k >= *prefix {
-                        picks.push((r * t + j, tokens[j + k] as usize));
+            // Position j of head k predicts tokens[j + k] when that token is a target token.
+            let (t, v) = (6, 12);
+            let o = m.gpt.forward(batch.inputs.clone());
+            let Some(Heads::Mtp(h)) = &m.heads else { panic!() };
+            for k in 1..=3 {
+                let logits =
+                    if k == 1 { o.logits.clone() } else { m.gpt.output(h.blocks[k - 2].forward(o.layers[0].clone())) };
+                let flat = logits.into_data().to_vec::<f32>().unwrap();
+                let mut picks = vec![];
+                for (r, (tokens, prefix)) in rows.iter().enumerate() {
+                    for j in 0..t {
+                        if j + k < tokens.len() && j + k >= *prefix {
+                            picks.push((r * t + j, tokens[j + k] as usize));
+                        }
                     }
                 }
+                let want = host_ce(&flat, v, &picks);
+                assert!((got[k - 1] as f64 - want).abs() < 1e-5, "head {k}: {} vs {want}", got[k - 1]);
             }
-            let want = host_ce(&flat, v, &picks);
-            assert!((got[k - 1] as f64 - want).abs() < 1e-5, "head {k}: {} vs {want}", got[k - 1]);
+            let total = scalar(out.total) as f64;
+            let want = got[0] as f64 + 0.5 * got[1] as f64 + 0.25 * got[2] as f64;
+            assert!((total - want).abs() < 1e-5);
         }
-        let total = scalar(out.total) as f64;
-        let want = got[0] as f64 + 0.5 * got[1] as f64 + 0.25 * got[2] as f64;
-        assert!((total - want).abs() < 1e-5);
-        let _ = b;
     }
 
     #[test]
