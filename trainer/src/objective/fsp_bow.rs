@@ -102,14 +102,17 @@ impl<B: AutodiffBackend> Objective<B> for FspBow {
         let Heads::Bow(head) = heads(model) else { unreachable!("fsp-bow builds a bag-of-words head") };
         let out = model.gpt.forward(batch.inputs.clone());
         let ntp = masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone());
-        let z = head.forward(out.layers.last().expect("at least one block").clone()); // [b, t, v]
+        // The bag is read from the first target on (`future_mask`), so the head's block
+        // computes those positions alone.
+        let from = batch.first_target();
+        let z = head.forward_from(out.layers.last().expect("at least one block").clone(), from); // [b, t - from, v]
         let [b, t, v] = z.dims();
-        let a = self.summaries(batch);
+        let a = self.summaries(batch).slice([0..b, from..from + t, 0..v]);
         // Stable BCE with logits: softplus(z) - a z, softplus(z) = max(z, 0) + ln(1 + e^-|z|).
         let bce = z.clone().clamp_min(0.0) + z.clone().abs().neg().exp().log1p() - a * z;
         let w = Tensor::<B, 1>::from_data(TensorData::new(self.weights.clone(), [v]), &batch.targets.device());
         let per_position = (bce * w.reshape([1, 1, v])).sum_dim(2).reshape([b, t]);
-        let mask = future_mask(batch);
+        let mask = future_mask(batch).slice([0..b, from..from + t]);
         let bow = (per_position * mask.clone()).sum() / mask.sum().clamp_min(1.0);
         let total = ntp.clone() + bow.clone().mul_scalar(self.weight);
         LossOutput { total, parts: vec![("ntp".into(), ntp), ("bow".into(), bow)], stats: vec![] }

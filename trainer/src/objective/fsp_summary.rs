@@ -147,11 +147,16 @@ impl<B: AutodiffBackend> Objective<B> for FspSummary<B> {
             (None, None) => unreachable!("joint training builds a reverse LM"),
         };
         debug_assert_eq!(hidden.dims()[2], self.reverse_width);
+        // The summary is read from the first target on (`future_mask`), so the head's block
+        // computes those positions alone.
+        let from = batch.first_target();
         let target = self.targets(hidden, &rev.lens); // [b, t, s]
-        let pred = h.head.forward(out.layers.last().expect("at least one block").clone());
-        let [b, t, _] = pred.dims();
+        let [b, tt, s] = target.dims();
+        let target = target.slice([0..b, from..tt, 0..s]);
+        let pred = h.head.forward_from(out.layers.last().expect("at least one block").clone(), from);
+        let [b, t, _] = pred.dims(); // t = tt - from
         let sq = (pred - target).powi_scalar(2).mean_dim(2).reshape([b, t]);
-        let mask = future_mask(batch);
+        let mask = future_mask(batch).slice([0..b, from..tt]);
         let summary = (sq * mask.clone()).sum() / mask.sum().clamp_min(1.0);
         parts.push(("summary".into(), summary.clone()));
         LossOutput { total: total + summary.mul_scalar(self.weight), parts, stats: vec![] }

@@ -31,4 +31,11 @@ impl<B: Backend> AuxHead<B> {
     pub fn forward(&self, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         linear_rows(&self.out, self.norm.forward(self.block.forward(residual)))
     }
+
+    /// The head's outputs at positions `from..t` alone, `[b, t - from, out]`, from the whole
+    /// residual stream (its block attends over every position; `Block::forward_from`): the same
+    /// values as `forward` there, for a loss that reads no earlier position.
+    pub fn forward_from(&self, residual: Tensor<B, 3>, from: usize) -> Tensor<B, 3> {
+        linear_rows(&self.out, self.norm.forward(self.block.forward_from(residual, from)))
+    }
 }
