@@ -472,9 +472,7 @@ impl<B: Backend> CausalSelfAttention<B> {
         let y = fused::causal_attention(q, key, value, self.n_heads); // [b, t, d]
         linear_rows(&self.proj, y)
     }
-}
 
-impl<B: Backend> CausalSelfAttention<B> {
     /// Attention output of the queries at positions `from..t` over the keys and values of all
     /// `t`, `[b, t - from, d]`: the kernel aligns queries with the last keys, as for a cache.
     fn forward_from(&self, x: Tensor<B, 3>, from: usize) -> Tensor<B, 3> {
