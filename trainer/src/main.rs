@@ -226,14 +226,16 @@ fn run(cli: Cli) -> Result<()> {
     let (per_s, tokens_per_s) = outcome.throughput();
     println!(
         "{} steps of {} on {} in {:.1} s: {} sequences, {:.0} sequences/s, {:.0} tokens/s (data loading and \
-         evaluation included)",
+         evaluation included); the training steps alone {:.0} sequences/s ({:.1} s)",
         outcome.step,
         config.objective.name(),
         config.task.name(),
         outcome.seconds,
         outcome.sequences,
         per_s,
-        tokens_per_s
+        tokens_per_s,
+        outcome.training_throughput(),
+        outcome.training_seconds
     );
     if let Some(report) = &outcome.report {
         print!("{}", report.table());

@@ -61,6 +61,9 @@ pub struct Outcome {
     pub sequences: u64,
     /// Tokens in those sequences (prompt and target; padding not counted).
     pub tokens: u64,
+    /// Wall-clock seconds of the training steps alone: drawing each batch and the step itself,
+    /// without setup, evaluations and checkpoints.
+    pub training_seconds: f64,
 }
 
 impl Outcome {
@@ -70,6 +73,13 @@ impl Outcome {
     pub fn throughput(&self) -> (f64, f64) {
         let s = self.seconds.max(1e-9);
         (self.sequences as f64 / s, self.tokens as f64 / s)
+    }
+
+    /// Sequences per second of the training steps alone (`training_seconds`): the figure to
+    /// compare objectives' and builds' speed by, which a run's evaluation (the same work
+    /// whatever the objective) would otherwise dilute.
+    pub fn training_throughput(&self) -> f64 {
+        self.sequences as f64 / self.training_seconds.max(1e-9)
     }
 }
 
@@ -182,8 +192,10 @@ pub fn train<B: AutodiffBackend>(
     let mut window = Window::default();
     let mut report = None;
     let (mut sequences, mut tokens) = (0u64, 0u64);
+    let mut training_seconds = 0.0;
 
     for step in start..schedule.steps {
+        let step_started = Instant::now();
         let lr = schedule.lr(opt.lr, step);
         let examples = sampler.examples(step);
         sequences += examples.len() as u64;
@@ -192,6 +204,7 @@ pub fn train<B: AutodiffBackend>(
         let batch = Batch::<B>::new(&rows, pad, device);
         let (next, stats) = train_step(model, &mut optim, objective.as_ref(), &batch, step, lr, opt.grad_clip);
         model = next;
+        training_seconds += step_started.elapsed().as_secs_f64();
         let StepStats { loss: value, values, grad_norm } = stats;
         if !value.is_finite() {
             bar.abandon();
@@ -236,12 +249,13 @@ pub fn train<B: AutodiffBackend>(
         bar.set_position(done);
         if options.stop_after == Some(done) {
             bar.abandon();
-            return Ok(Outcome { step: done, report, seconds: started.elapsed().as_secs_f64(), sequences, tokens });
+            let seconds = started.elapsed().as_secs_f64();
+            return Ok(Outcome { step: done, report, seconds, sequences, tokens, training_seconds });
         }
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    Ok(Outcome { step: schedule.steps.max(start), report, seconds, sequences, tokens })
+    Ok(Outcome { step: schedule.steps.max(start), report, seconds, sequences, tokens, training_seconds })
 }
 
 /// The run's initial weights, drawn on the host: the GPT first (so that its weights do not
