@@ -144,24 +144,38 @@ pub fn avatarl_rewards<B: AutodiffBackend>(
 
 impl<B: AutodiffBackend> Objective<B> for Avatarl<B> {
     fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
+        self.loss_from(model, batch, batch.first_target())
+    }
+}
+
+impl<B: AutodiffBackend> Avatarl<B> {
+    /// The loss over positions `from..t`: every term is a per-position quantity masked to the
+    /// target positions, so from the first target on (`Batch::first_target`) it is the loss over
+    /// every position, and both the student's and the critic's last blocks skip the prompt
+    /// (`Gpt::forward_from`).
+    fn loss_from(&self, model: &LabModel<B>, batch: &Batch<B>, from: usize) -> LossOutput<B> {
         let c = &self.config;
-        let out = model.gpt.forward(batch.inputs.clone());
-        let [b, t, v] = out.logits.dims();
+        let out = model.gpt.forward_from(batch.inputs.clone(), from);
+        let [b, t, v] = out.logits.dims(); // t positions from `from` on
         let m = b * t;
         let student = out.logits.clone().reshape([m, v]);
-        let critic =
-            Tensor::<B, 2>::from_inner(self.critic.forward(batch.inputs.clone().inner()).logits.reshape([m, v]));
-        let gt = batch.targets.clone().reshape([m]);
+        let critic = Tensor::<B, 2>::from_inner(
+            self.critic.forward_from(batch.inputs.clone().inner(), from).logits.reshape([m, v]),
+        );
+        let [_, whole] = batch.targets.dims();
+        let (targets, target_mask) =
+            (batch.targets.clone().slice([0..b, from..whole]), batch.target_mask.clone().slice([0..b, from..whole]));
+        let gt = targets.clone().reshape([m]);
         let r = avatarl_rewards(c, student.clone().detach(), critic, gt);
         let logp = log_softmax(student, 1);
         let entropy = (logp.clone().exp() * logp.clone()).sum_dim(1).neg(); // [m, 1]
         let active = r.valid.clone().sum_dim(1);
         let per_row = (logp.gather(1, r.actions) * r.reward.clone()).sum_dim(1).neg() / active.clone()
             - entropy.clone() * c.entropy_coefficient; // [m, 1]
-        let mask = batch.target_mask.clone().reshape([m, 1]);
+        let mask = target_mask.clone().reshape([m, 1]);
         let count = mask.clone().sum().clamp_min(1.0);
         let policy = (per_row * mask.clone()).sum() / count.clone();
-        let ntp = masked_cross_entropy(out.logits, batch.targets.clone(), batch.target_mask.clone());
+        let ntp = masked_cross_entropy(out.logits, targets, target_mask);
         let total = policy.clone() + ntp.clone().mul_scalar(c.lambda_ntp);
         let stats = vec![
             ("reward_gt".to_string(), ((r.reward * r.is_gt).sum_dim(1) * mask.clone()).sum() / count.clone()),
@@ -176,7 +190,7 @@ impl<B: AutodiffBackend> Objective<B> for Avatarl<B> {
 mod tests {
     use burn::backend::flex::FlexDevice;
 
-    use super::super::test_util::B;
+    use super::super::test_util::{B, assert_same_loss, model, tiny};
     use super::*;
 
     fn t2(v: Vec<f32>, m: usize, n: usize) -> Tensor<B, 2> {
@@ -218,5 +232,22 @@ mod tests {
             Tensor::<B, 1, Int>::from_data(TensorData::new(vec![2], [1]), &FlexDevice),
         );
         assert!((f(r.reward)[2] as f64 - n2).abs() < 1e-5);
+    }
+
+    #[test]
+    fn skipping_the_prompt_changes_neither_the_loss_nor_its_gradients() {
+        // Prompts of 4 to 6 tokens: the first target is position 3, so both GPTs' last blocks
+        // skip three positions of every row; with the NTP term on, every part is compared.
+        let rows: [(&[u32], usize); 3] =
+            [(&[1, 2, 3, 4, 5, 6, 7], 4), (&[1, 3, 8, 9, 10, 2], 5), (&[2, 2, 2, 1, 10, 11, 4, 5], 6)];
+        let examples: Vec<tasks::Example> = rows.iter().map(|(t, p)| tasks::Example::new(&t[..*p], &t[*p..])).collect();
+        let batch = Batch::new(&examples.iter().collect::<Vec<_>>(), 0, &FlexDevice);
+        assert_eq!(batch.first_target(), 3);
+        let obj = Avatarl::<B> {
+            config: AvatarlConfig { lambda_ntp: 0.5, ..Default::default() },
+            critic: tiny().init_seeded(7, &FlexDevice),
+        };
+        let m = model(&obj, &tiny());
+        assert_same_loss(&m, obj.loss_from(&m, &batch, 0), obj.loss(&m, &batch, 0), "avatarl");
     }
 }

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::frozen::{Serves, load_frozen};
 use super::{
-    AuxHead, BuildContext, Heads, LabModel, LossOutput, Objective, future_mask, heads, masked_cross_entropy,
-    reverse_rows,
+    AuxHead, BuildContext, Heads, LabModel, LossOutput, Objective, future_depth, future_mask, heads,
+    masked_cross_entropy, reverse_rows,
 };
 
 /// `[objective] kind = "fsp-summary"`.
@@ -104,17 +104,21 @@ impl<B: AutodiffBackend> FspSummary<B> {
         })
     }
 
-    /// The summary at every forward position, `[b, t, s]`: for position t, Q's projected
-    /// hidden state after reading x_{len-1} down to x_{t+2}, which sits at reversed position
-    /// len - 3 - t. Positions without a future are filled with an arbitrary row (masked).
-    fn targets(&self, hidden: Tensor<B, 3>, lens: &[usize]) -> Tensor<B, 3> {
-        let [b, t, d] = hidden.dims();
+    /// The summary at every forward position, `[b, t, s]`: for position j, Q's projected
+    /// hidden state after reading x_{len-1} down to x_{j+2}, which sits at reversed position
+    /// len - 3 - j of `hidden` (`[b, tr, d]`, Q's states of the first `tr` reversed positions).
+    /// Positions without a future, or whose state lies beyond `tr`, are filled with an arbitrary
+    /// row (masked).
+    fn targets(&self, hidden: Tensor<B, 3>, lens: &[usize], t: usize) -> Tensor<B, 3> {
+        let [b, tr, d] = hidden.dims();
         let device = hidden.device();
         let p = Tensor::<B, 2>::from_data(TensorData::new(self.projection.clone(), [d, self.summary_dim]), &device);
-        let summary = hidden.matmul(p.unsqueeze::<3>().expand([b, d, self.summary_dim])); // [b, t, s]
+        let summary = hidden.matmul(p.unsqueeze::<3>().expand([b, d, self.summary_dim])); // [b, tr, s]
         let index: Vec<i32> = lens
             .iter()
-            .flat_map(|&len| (0..t).map(move |j| if j + 3 <= len { (len - 3 - j) as i32 } else { 0 }))
+            .flat_map(|&len| {
+                (0..t).map(move |j| if j + 3 <= len && len - 3 - j < tr { (len - 3 - j) as i32 } else { 0 })
+            })
             .collect();
         let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [b, t]), &device);
         summary.gather(1, index.unsqueeze_dim::<3>(2).expand([b, t, self.summary_dim]))
@@ -136,7 +140,12 @@ impl<B: AutodiffBackend> Objective<B> for FspSummary<B> {
         let mut parts = vec![("ntp".to_string(), ntp.clone())];
         let mut total = ntp;
         let hidden = match (&self.frozen, &h.reverse) {
-            (Some(q), _) => Tensor::from_inner(q.forward(rev.inputs.clone().inner()).hidden),
+            // A frozen Q is read only through the summaries of target positions, so it stops at
+            // `future_depth` (a joint one trains on whole rows).
+            (Some(q), _) => {
+                let [b, _] = rev.inputs.dims();
+                Tensor::from_inner(q.forward(rev.inputs.clone().slice([0..b, 0..future_depth(batch)]).inner()).hidden)
+            }
             (None, Some(q)) => {
                 let o = q.forward(rev.inputs.clone());
                 let lm = masked_cross_entropy(o.logits, rev.targets.clone(), rev.mask.clone());
@@ -150,7 +159,7 @@ impl<B: AutodiffBackend> Objective<B> for FspSummary<B> {
         // The summary is read from the first target on (`future_mask`), so the head's block
         // computes those positions alone.
         let from = batch.first_target();
-        let target = self.targets(hidden, &rev.lens); // [b, t, s]
+        let target = self.targets(hidden, &rev.lens, batch.inputs.dims()[1]); // [b, t, s]
         let [b, tt, s] = target.dims();
         let target = target.slice([0..b, from..tt, 0..s]);
         let pred = h.head.forward_from(out.layers.last().expect("at least one block").clone(), from);
@@ -223,6 +232,27 @@ mod tests {
         assert!((got - sum / n as f64).abs() < 1e-4, "{got} vs {}", sum / n as f64);
         let parts: Vec<f64> = out.parts.iter().map(|(_, t)| scalar(t.clone()) as f64).collect();
         assert!((scalar(out.total) as f64 - (parts[0] + parts[1] + 0.7 * parts[2])).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_frozen_reverse_lm_reads_only_as_deep_as_the_summaries() {
+        // The same Q frozen (its pass stops at `future_depth`) and trained jointly (whole rows):
+        // the same summary loss. The test rows' depth is 3 of 7 reversed positions.
+        let joint = joint(0.7);
+        let m = model(&joint, &tiny());
+        assert_eq!(future_depth(&batch()), 3);
+        let Some(Heads::Summary(h)) = &m.heads else { panic!() };
+        let frozen = FspSummary::<B> {
+            frozen: Some(h.reverse.as_ref().unwrap().valid()),
+            projection: joint.projection.clone(),
+            reverse_width: joint.reverse_width,
+            summary_dim: joint.summary_dim,
+            weight: joint.weight,
+            model: joint.model.clone(),
+        };
+        let summary = |obj: &FspSummary<B>| scalar(obj.loss(&m, &batch(), 0).parts.last().unwrap().1.clone());
+        let (a, b) = (summary(&joint), summary(&frozen));
+        assert!((a - b).abs() <= 1e-6 + 1e-5 * a.abs(), "joint {a}, frozen {b}");
     }
 
     #[test]

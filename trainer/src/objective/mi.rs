@@ -37,9 +37,12 @@ use tasks::Task;
 use super::frozen::{Serves, load_frozen};
 use super::future::{FutureEncoder, PoolerKind, future_window};
 use super::infonce::{Negatives, Scorer, ScorerKind, info_nce, info_nce_among, unit_rows};
-use super::reverse_lm::reverse_rows;
+use super::reverse_lm::{future_depth, reverse_rows};
 use super::token_reward::{RolloutHead, action_set, mean_entropy, reward_weighted_nll, rewards};
-use super::{BuildContext, Heads, LabModel, LossOutput, Objective, heads, host_rows, masked_cross_entropy};
+use super::{
+    BuildContext, Heads, LabModel, LossOutput, Objective, at_batch_positions, heads, host_rows, masked_cross_entropy,
+    masked_cross_entropy_from,
+};
 
 /// What the future encoder reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,17 +324,30 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
     }
 
     fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, step: u64) -> LossOutput<B> {
+        self.loss_from(model, batch, step, batch.first_target())
+    }
+}
+
+impl<B: AutodiffBackend> Mi<B> {
+    /// The loss with the LM's last block run on positions `from..t` alone (`Gpt::forward_from`).
+    /// From the first target on (`Batch::first_target`) that is the loss over every position:
+    /// NTP reads the targets, the anchors are target positions, and the summaries of scheme B
+    /// (the LM's own states, or a frozen copy's) pool positions after an anchor. The states of
+    /// earlier positions are zeros (`at_batch_positions`) that no term reads; the test
+    /// `skipping_the_prompt_changes_no_term` compares every variant with the full pass.
+    fn loss_from(&self, model: &LabModel<B>, batch: &Batch<B>, step: u64, from: usize) -> LossOutput<B> {
         let Heads::Mi(h) = heads(model) else { unreachable!("mi builds its heads") };
         let c = &self.config;
         let w = self.weights(step);
         let device = batch.inputs.device();
-        let out = model.gpt.forward(batch.inputs.clone());
-        let ntp = masked_cross_entropy(out.logits.clone(), batch.targets.clone(), batch.target_mask.clone());
+        let out = model.gpt.forward_from(batch.inputs.clone(), from);
+        let ntp = masked_cross_entropy_from(out.logits.clone(), from, batch);
+        let (hidden, logits) = (at_batch_positions(out.hidden, from), at_batch_positions(out.logits, from));
         let (index, rows) = future_positions(&batch.prefix_lens, &batch.target_lens, batch.inputs.dims()[1]);
         if index.is_empty() {
             return LossOutput::single("ntp", ntp);
         }
-        let [b, t, d] = out.hidden.dims();
+        let [b, t, d] = hidden.dims();
         let (n, s, v) = (index.len(), c.summary_dim, self.vocab);
         let index_host = index.clone();
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
@@ -346,9 +362,11 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         let untracked =
             |h: &MiHeads<B>, model: &LabModel<B>| untracked_cell.get_or_init(|| Untracked::new(h, &model.gpt));
         let states = match (c.encoder_input, &self.frozen_lm) {
-            (EncoderInput::Live, _) => out.hidden.clone(),
-            (EncoderInput::StopGradient, _) => out.hidden.clone().detach(),
-            (EncoderInput::FrozenCopy, Some(lm)) => Tensor::from_inner(lm.forward(batch.inputs.clone().inner()).hidden),
+            (EncoderInput::Live, _) => hidden.clone(),
+            (EncoderInput::StopGradient, _) => hidden.clone().detach(),
+            (EncoderInput::FrozenCopy, Some(lm)) => {
+                Tensor::from_inner(at_batch_positions(lm.forward_from(batch.inputs.clone().inner(), from).hidden, from))
+            }
             (EncoderInput::FrozenCopy, None) => unreachable!("checked when built"),
             (EncoderInput::FutureTokens, _) if no_encoder_gradient => untracked(h, model).future_states(batch),
             (EncoderInput::FutureTokens | EncoderInput::ReverseLm, _) => {
@@ -379,7 +397,7 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
             (Some(alt), true) => Some(future_states(h.tokens.as_ref(), None, &model.gpt, &alt.batch, false).0),
             _ => None,
         };
-        let hs = pick(out.hidden.clone(), d); // [n, d]
+        let hs = pick(hidden, d); // [n, d]
 
         // One contrast: the summaries F_t at `horizon` of the anchors, and InfoNCE of h_t against
         // them. The candidates of each anchor are its own summary and those the negatives name
@@ -449,7 +467,7 @@ impl<B: AutodiffBackend> Objective<B> for Mi<B> {
         };
 
         // The token-level reward.
-        let logits = pick(out.logits, v); // [n, v]
+        let logits = pick(logits, v); // [n, v]
         let gt = batch.targets.clone().reshape([b * t]).select(0, index);
         let (actions, valid, is_gt) = action_set(logits.clone().detach(), gt, c.top_k);
         let embedded = model.gpt.embed_tokens(actions.clone()).detach(); // [n, k + 1, d]
@@ -531,7 +549,14 @@ fn future_states<R: Backend>(
         .collect();
     let shortened = Batch::<R>::new(&shortened.iter().collect::<Vec<_>>(), 0, &device);
     let rev = reverse_rows(&shortened);
-    let out = reverse.forward(rev.inputs.clone());
+    // Without its loss the reverse LM is read only inside the windows, from the prompt's end on
+    // (the counterfactual futures' states: a pass over as many rows as the batch's, most of them
+    // prompt), so it stops at `future_depth`.
+    let inputs = match with_loss {
+        true => rev.inputs.clone(),
+        false => rev.inputs.clone().slice([0..b, 0..future_depth(batch)]),
+    };
+    let out = reverse.forward(inputs);
     let lm = with_loss.then(|| masked_cross_entropy(out.logits, rev.targets, rev.mask));
     // Reversed position p holds the state after reading x_{len-2} down to x_{len-2-p}: the state
     // of original position j is at p = len - 2 - j. Position 0 (which would need the whole
@@ -791,6 +816,95 @@ mod tests {
 
     fn mi_on(task: &dyn Task, model: &GptConfig, config: MiConfig) -> Result<Mi<B>> {
         Mi::new(&config, &BuildContext::<B> { task, train: &[], model, device: &FlexDevice })
+    }
+
+    #[test]
+    fn skipping_the_prompt_changes_no_term() {
+        // Every encoder input, pooler, scorer and kind of negatives, both stages, on path-star
+        // rows whose first target is position 20: the loss with the LM's last block run from
+        // there on equals the full pass in every part, statistic and gradient. A term that read
+        // a state before the first target would read zeros there and differ.
+        let (task, batch, config) = path_star_case();
+        assert!(batch.first_target() >= 20, "first target {}", batch.first_target());
+        let constant =
+            MiConfig { schedule: MiSchedule::Constant, lambda_infonce: 0.3, lambda_rl: 0.7, ..Default::default() };
+        let cases = [
+            ("two-stage, stage 1", MiConfig::default(), 0),
+            ("two-stage, stage 2", MiConfig::default(), 10_000),
+            (
+                "live, attention pooler, bilinear scorer, other sequences",
+                MiConfig {
+                    pooler: PoolerKind::Attention,
+                    scorer: ScorerKind::Bilinear,
+                    negatives: Negatives::OtherSequences,
+                    ..constant.clone()
+                },
+                0,
+            ),
+            (
+                "stop-gradient, mlp scorer, far horizon",
+                MiConfig {
+                    encoder_input: EncoderInput::StopGradient,
+                    scorer: ScorerKind::Mlp,
+                    far_horizon: 6,
+                    ..constant.clone()
+                },
+                0,
+            ),
+            (
+                "future tokens, counterfactual negatives",
+                MiConfig {
+                    encoder_input: EncoderInput::FutureTokens,
+                    negatives: Negatives::Counterfactual,
+                    ..constant.clone()
+                },
+                0,
+            ),
+            (
+                "reverse LM, counterfactual and batch negatives",
+                MiConfig {
+                    encoder_input: EncoderInput::ReverseLm,
+                    negatives: Negatives::CounterfactualBatch,
+                    ..constant.clone()
+                },
+                0,
+            ),
+            ("frozen copy", constant.clone(), 0),
+        ];
+        for (what, mi_config, step) in cases {
+            let mut obj = mi_on(task.as_ref(), &config, mi_config).unwrap();
+            if what == "frozen copy" {
+                // Built as `live` (a frozen copy is loaded from a run), then given another LM.
+                obj.config.encoder_input = EncoderInput::FrozenCopy;
+                obj.frozen_lm = Some(config.init_seeded(3, &FlexDevice));
+            }
+            let m = model(&obj, &config);
+            assert_same_loss(&m, obj.loss_from(&m, &batch, step, 0), obj.loss(&m, &batch, step), what);
+        }
+    }
+
+    #[test]
+    fn without_its_loss_the_reverse_lm_reads_only_as_deep_as_the_windows() {
+        // The states every window can read (original positions from the prompt's end to the
+        // second-to-last token) are those of the reverse LM over whole rows.
+        let (_, batch, config) = path_star_case();
+        let (reverse, gpt) = (config.init_seeded::<B>(5, &FlexDevice), config.init_seeded::<B>(6, &FlexDevice));
+        let (whole, loss) = future_states(None, Some(&reverse), &gpt, &batch, true);
+        let (cut, none) = future_states(None, Some(&reverse), &gpt, &batch, false);
+        assert!(loss.is_some() && none.is_none());
+        let [_, t, d] = whole.dims();
+        let (whole, cut) = (whole.into_data().to_vec::<f32>().unwrap(), cut.into_data().to_vec::<f32>().unwrap());
+        let mut compared = 0;
+        for (r, (&p, len)) in batch.prefix_lens.iter().zip(batch.lens()).enumerate() {
+            for j in p..=len - 2 {
+                let at = (r * t + j) * d;
+                for (x, y) in whole[at..at + d].iter().zip(&cut[at..at + d]) {
+                    assert!((x - y).abs() <= 1e-5 + 1e-4 * x.abs(), "row {r}, position {j}: {x} against {y}");
+                }
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 4 * 3, "four rows of four target tokens, whose last is never read");
     }
 
     #[test]

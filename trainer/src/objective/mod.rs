@@ -36,7 +36,7 @@ pub use mtp::{Mtp, MtpConfig, MtpHeads};
 pub use mtp_sequential::{SequentialHeads, SequentialMtp, SequentialMtpConfig};
 pub use next_lat::{NextLat, NextLatConfig, Transition};
 pub use ntp::Ntp;
-pub use reverse_lm::{ReverseLm, reverse_rows};
+pub use reverse_lm::{ReverseLm, future_depth, reverse_rows};
 pub use teacherless::Teacherless;
 
 use anyhow::Result;
@@ -242,6 +242,17 @@ pub fn masked_cross_entropy_from<B: Backend>(logits: Tensor<B, 3>, from: usize, 
     masked_cross_entropy(logits, targets, mask)
 }
 
+/// Outputs of positions `from..t` (`Gpt::forward_from`), `[b, t - from, w]`, back at the batch's
+/// positions, `[b, t, w]`, with zeros before `from`: for a loss that indexes by batch position
+/// and reads nothing before `from` (its test compares it with the full pass).
+pub(crate) fn at_batch_positions<R: Backend>(x: Tensor<R, 3>, from: usize) -> Tensor<R, 3> {
+    if from == 0 {
+        return x;
+    }
+    let [b, _, w] = x.dims();
+    Tensor::cat(vec![Tensor::zeros([b, from, w], &x.device()), x], 1)
+}
+
 /// Every row's whole token sequence, `[b, t + 1]`: the inputs plus the last target.
 pub fn full_tokens<B: Backend>(batch: &Batch<B>) -> Tensor<B, 2, Int> {
     let [b, _] = batch.inputs.dims();
@@ -357,6 +368,56 @@ pub(crate) mod test_util {
     /// Scalar of a one-element tensor.
     pub fn scalar<BB: Backend>(t: Tensor<BB, 1>) -> f32 {
         t.into_data().convert::<f32>().to_vec::<f32>().unwrap()[0]
+    }
+
+    /// Every parameter's gradient of `loss`, flattened, in `m`'s visiting order (empty where no
+    /// gradient reaches the parameter).
+    pub fn grads(m: &LabModel<B>, loss: Tensor<B, 1>) -> Vec<Vec<f32>> {
+        struct Collect<'a>(Vec<Vec<f32>>, &'a <B as AutodiffBackend>::Gradients);
+        impl burn::module::ModuleVisitor<B> for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+                let grad = p.val().grad(self.1).map(|g| g.into_data().convert::<f32>().to_vec().unwrap());
+                self.0.push(grad.unwrap_or_default());
+            }
+        }
+        let g = loss.backward();
+        let mut c = Collect(Vec::new(), &g);
+        m.visit(&mut c);
+        c.0
+    }
+
+    /// Asserts that two computations of one objective's loss on `m` agree up to the last bits of
+    /// a sum: the total, every part and statistic, and every parameter's gradient of the total.
+    pub fn assert_same_loss(m: &LabModel<B>, a: LossOutput<B>, b: LossOutput<B>, what: &str) {
+        let named = |out: &LossOutput<B>| -> Vec<(String, f32)> {
+            out.parts.iter().chain(&out.stats).map(|(n, x)| (n.clone(), scalar(x.clone()))).collect()
+        };
+        let (na, nb) = (named(&a), named(&b));
+        assert_eq!(na.iter().map(|x| &x.0).collect::<Vec<_>>(), nb.iter().map(|x| &x.0).collect::<Vec<_>>());
+        for ((name, x), (_, y)) in na
+            .iter()
+            .zip(&nb)
+            .chain([(&("total".into(), scalar(a.total.clone())), &("total".into(), scalar(b.total.clone())))])
+        {
+            assert!((x - y).abs() <= 1e-5 + 1e-4 * x.abs(), "{what}: {name} {x} against {y}");
+        }
+        let (ga, gb) = (grads(m, a.total), grads(m, b.total));
+        assert_eq!(
+            ga.iter().map(Vec::len).collect::<Vec<_>>(),
+            gb.iter().map(Vec::len).collect::<Vec<_>>(),
+            "{what}: which parameters get a gradient"
+        );
+        // Each element relative to its size, with floors: 1e-3 of the parameter's largest, and of
+        // the model's largest, for a gradient that is rounding noise in both (the biases of a key
+        // projection, which the softmax's shift invariance makes zero in exact arithmetic).
+        let global = ga.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+        for (i, (pa, pb)) in ga.iter().zip(&gb).enumerate() {
+            let scale = pa.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let floor = 1e-3 * (scale + global);
+            let worst =
+                pa.iter().zip(pb).map(|(x, y)| (x - y).abs() / (x.abs() + floor).max(1e-30)).fold(0.0, f32::max);
+            assert!(worst < 1e-3, "{what}: the gradient of parameter {i} differs by {worst} (relative)");
+        }
     }
 }
 

@@ -44,6 +44,16 @@ pub fn reverse_rows<B: Backend>(batch: &Batch<B>) -> Reversed<B> {
     }
 }
 
+/// How many reversed positions of `batch`'s rows a reader of the future's states needs when
+/// nothing reads the reverse LM's own loss: the state of a future that starts after the prompt
+/// (the MI objective's windows, `fsp-summary`'s targets) sits at reversed position
+/// target_len - 2 or earlier, and the LM is causal, so later positions (the prompt, most of a
+/// path-star row) need not be computed. At least 1, at most the batch's width.
+pub fn future_depth<B: Backend>(batch: &Batch<B>) -> usize {
+    let [_, t] = batch.inputs.dims();
+    batch.target_lens.iter().max().map_or(1, |&q| q.saturating_sub(1)).clamp(1, t)
+}
+
 /// The right-to-left LM objective; see the module docs.
 pub struct ReverseLm;
 
