@@ -829,8 +829,8 @@ mod tests {
         let constant =
             MiConfig { schedule: MiSchedule::Constant, lambda_infonce: 0.3, lambda_rl: 0.7, ..Default::default() };
         let cases = [
-            ("two-stage, stage 1", MiConfig::default(), 0),
-            ("two-stage, stage 2", MiConfig::default(), 10_000),
+            ("two-stage, stage 1", MiConfig::default(), 0, false),
+            ("two-stage, stage 2", MiConfig::default(), 10_000, false),
             (
                 "live, attention pooler, bilinear scorer, other sequences",
                 MiConfig {
@@ -840,6 +840,7 @@ mod tests {
                     ..constant.clone()
                 },
                 0,
+                false,
             ),
             (
                 "stop-gradient, mlp scorer, far horizon",
@@ -850,6 +851,7 @@ mod tests {
                     ..constant.clone()
                 },
                 0,
+                false,
             ),
             (
                 "future tokens, counterfactual negatives",
@@ -859,6 +861,7 @@ mod tests {
                     ..constant.clone()
                 },
                 0,
+                false,
             ),
             (
                 "reverse LM, counterfactual and batch negatives",
@@ -868,13 +871,14 @@ mod tests {
                     ..constant.clone()
                 },
                 0,
+                false,
             ),
-            ("frozen copy", constant.clone(), 0),
+            // Built as `live` (a frozen copy is loaded from a run), then given another LM below.
+            ("frozen copy", constant.clone(), 0, true),
         ];
-        for (what, mi_config, step) in cases {
+        for (what, mi_config, step, frozen_copy) in cases {
             let mut obj = mi_on(task.as_ref(), &config, mi_config).unwrap();
-            if what == "frozen copy" {
-                // Built as `live` (a frozen copy is loaded from a run), then given another LM.
+            if frozen_copy {
                 obj.config.encoder_input = EncoderInput::FrozenCopy;
                 obj.frozen_lm = Some(config.init_seeded(3, &FlexDevice));
             }
