@@ -1,7 +1,7 @@
 """The lab's training step beside PyTorch's, at the sizes the planning experiments use (issue 18).
 
-For each case (objective × layers × path-star size) it runs the lab's criterion benchmark
-`experiment_step/flex/<objective>-d128-l<layers>-b128-<task>` and the PyTorch reference
+For each case (objective × model size × path-star size) it runs the lab's criterion benchmark
+`experiment_step/flex/<objective>-d<width>-l<layers>-b<batch>-<task>` and the PyTorch reference
 `benches/gpt_step.py` with the same shapes, back to back and in interleaved rounds (the machine's
 speed drifts by several percent within minutes, so only ratios measured in the same minutes are
 compared). Prints a Markdown table: ms per step for each (the range over rounds), the lab's
@@ -9,8 +9,12 @@ throughput over PyTorch's, the step's FLOPs (PyTorch's count of the same model's
 attention) and its floor at the cores' peak (the best square product any case measured), and
 writes the rounds to a CSV.
 
-    python3 benches/vs_torch.py [--rounds 3] [--cases ntp-l2-g2-4-10,bst-l2-g2-4-10] [--csv out.csv] [--bf16]
+    python3 benches/vs_torch.py [--rounds 3] [--cases ntp-l2-g2-4-10,bst-tiny-g2-4-10] [--csv out.csv] [--bf16]
         [--whole-rows]
+
+Cases are `<objective>-<size>-<task>`: objective ntp, bst or next-lat; size `l2` or `l4` (d 128,
+4 heads, batch 128: the issue's experiment size) or `tiny` (d 64, 2 layers, 2 heads, batch 64:
+the model and batch of every shipped path-star config and sweep); task g2-4-10 or g2-5-50.
 
 The reference computes what the lab computes: since 2026-12-06 only the positions each loss reads
 (NTP's and BST's last block from the prompt's last token on, BST's backward encoder up to the
@@ -26,10 +30,12 @@ import argparse, csv, glob, json, os, re, subprocess, sys
 # Path-star sizes: (vocabulary, input positions, prompt tokens); tasks/src/path_star.rs.
 TASKS = {"g2-4-10": (14, 24, 21), "g2-5-50": (54, 31, 27)}
 OBJECTIVES = ["ntp", "bst", "next-lat"]
+# Model sizes: (width, layers, heads, batch).
+SIZES = {"l2": (128, 2, 4, 128), "l4": (128, 4, 4, 128), "tiny": (64, 2, 2, 64)}
 
 p = argparse.ArgumentParser()
 p.add_argument("--rounds", type=int, default=2)
-p.add_argument("--cases", default="", help="comma-separated <objective>-l<layers>-<task>; default all 12")
+p.add_argument("--cases", default="", help="comma-separated <objective>-<l2|l4|tiny>-<task>; default all 18")
 p.add_argument("--python", default=sys.executable, help="the Python with torch")
 p.add_argument("--csv", default="", help="write every round's measurements here")
 p.add_argument("--whole-rows", action="store_true",
@@ -42,21 +48,21 @@ a = p.parse_args()
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
-cases = [f"{o}-l{l}-{t}" for t in TASKS for l in (2, 4) for o in OBJECTIVES]
+cases = [f"{o}-{s}-{t}" for t in TASKS for s in SIZES for o in OBJECTIVES]
 if a.cases:
     cases = a.cases.split(",")
 
 
 def parse(case):
-    m = re.fullmatch(r"(ntp|bst|next-lat)-l(\d+)-(g2-4-10|g2-5-50)", case)
+    m = re.fullmatch(r"(ntp|bst|next-lat)-(l2|l4|tiny)-(g2-4-10|g2-5-50)", case)
     if not m:
-        sys.exit(f"unknown case {case!r}: <ntp|bst|next-lat>-l<layers>-<g2-4-10|g2-5-50>")
-    return m[1], int(m[2]), m[3]
+        sys.exit(f"unknown case {case!r}: <ntp|bst|next-lat>-<l2|l4|tiny>-<g2-4-10|g2-5-50>")
+    return m[1], SIZES[m[2]], m[3]
 
 
 def lab_ms(case, backend="flex"):
-    objective, layers, task = parse(case)
-    name = f"experiment_step/{backend}/{objective}-d128-l{layers}-b128-{task}"
+    objective, (width, layers, _, batch), task = parse(case)
+    name = f"experiment_step/{backend}/{objective}-d{width}-l{layers}-b{batch}-{task}"
     run = subprocess.run(["cargo", "bench", "-q", "-p", "benches", "--bench", "train_step", "--", "--exact", name],
                          cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if run.returncode != 0:
@@ -70,10 +76,11 @@ def lab_ms(case, backend="flex"):
 
 
 def torch_step(case, bf16=False, whole_rows=False):
-    objective, layers, task = parse(case)
+    objective, (width, layers, heads, batch), task = parse(case)
     vocab, seq, prefix = TASKS[task]
-    args = [a.python, os.path.join(root, "benches", "gpt_step.py"), "--d-model", "128", "--n-layers", str(layers),
-            "--n-heads", "4", "--batch", "128", "--seq-len", str(seq), "--vocab", str(vocab), "--steps", "20",
+    args = [a.python, os.path.join(root, "benches", "gpt_step.py"), "--d-model", str(width), "--n-layers", str(layers),
+            "--n-heads", str(heads), "--batch", str(batch), "--seq-len", str(seq), "--vocab", str(vocab),
+            "--steps", "50" if batch < 128 else "20",
             "--objective", objective, "--prefix-len", str(prefix)]
     # The FLOP count and floor come from the step the lab computes (not the whole-rows one).
     args += ["--autocast-bf16"] if bf16 else ["--whole-rows"] if whole_rows else ["--flops"]
@@ -118,7 +125,7 @@ def span(xs, fmt="{:.1f}"):
 
 whole_head = " PyTorch whole rows ms | lab / PyTorch whole rows |" if a.whole_rows else ""
 bf16_head = " lab bf16 ms | PyTorch bf16 ms | lab bf16 / PyTorch | lab bf16 / PyTorch bf16 |" if a.bf16 else ""
-print(f"| case (batch 128, d 128) | lab ms | PyTorch ms | lab / PyTorch throughput |{whole_head}{bf16_head} GFLOP | floor ms "
+print(f"| case | lab ms | PyTorch ms | lab / PyTorch throughput |{whole_head}{bf16_head} GFLOP | floor ms "
       "| lab / floor |")
 print("|---|---|---|---|" + ("---|---|" if a.whole_rows else "") + ("---|---|---|---|" if a.bf16 else "") + "---|---|---|")
 for case in cases:

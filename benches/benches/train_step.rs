@@ -83,13 +83,38 @@ fn train_steps(c: &mut Criterion) {
     }
 }
 
-/// One training step of `objective` on real path-star batches, at the sizes the planning
-/// experiments use (issue 18): d 128, `layers` layers, batch 128 of `task`'s sequences.
+/// A model and batch size of the planning experiments (issue 18).
+#[derive(Clone, Copy)]
+struct Size {
+    layers: usize,
+    d_model: usize,
+    heads: usize,
+    batch: usize,
+}
+
+impl Size {
+    /// The issue's experiment size: d 128, 4 heads, batch 128.
+    fn d128(layers: usize) -> Self {
+        Size { layers, d_model: 128, heads: 4, batch: 128 }
+    }
+
+    /// The size every shipped path-star config and sweep trains (the `tiny` preset, batch 64):
+    /// the positive-control ladder, the MI grid and the objectives' table of 2026-12-01 ran here.
+    const TINY: Size = Size { layers: 2, d_model: 64, heads: 2, batch: 64 };
+
+    /// The benchmark's name for it, e.g. `d128-l2-b128`.
+    fn name(self) -> String {
+        format!("d{}-l{}-b{}", self.d_model, self.layers, self.batch)
+    }
+}
+
+/// One training step of `objective` on real path-star batches, at a size the planning
+/// experiments use (issue 18): `size`'s model on a batch of `task`'s sequences.
 fn bench_objective<B: AutodiffBackend>(
     c: &mut Criterion,
     name: &str,
     task: &tasks::TaskSpec,
-    layers: usize,
+    size: Size,
     objective: &ObjectiveConfig,
     device: &B::Device,
 ) {
@@ -98,13 +123,13 @@ fn bench_objective<B: AutodiffBackend>(
     let build = || {
         let task = task.build().expect("a valid task");
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let examples: Vec<Example> = (0..128).map(|_| task.sample(&mut rng)).collect();
+        let examples: Vec<Example> = (0..size.batch).map(|_| task.sample(&mut rng)).collect();
         let seq = examples[0].tokens.len() - 1;
         let config = GptConfig::new(task.vocab().len(), seq)
-            .with_n_layers(layers)
-            .with_d_model(128)
-            .with_n_heads(4)
-            .with_d_ff(512);
+            .with_n_layers(size.layers)
+            .with_d_model(size.d_model)
+            .with_n_heads(size.heads)
+            .with_d_ff(4 * size.d_model);
         let cx = BuildContext::<B> { task: task.as_ref(), train: &examples, model: &config, device };
         let objective = objective.build::<B>(&cx).expect("a valid objective");
         let model = LabModel::<B> { gpt: config.init_seeded(0, device), heads: objective.init_heads(device) };
@@ -116,7 +141,7 @@ fn bench_objective<B: AutodiffBackend>(
     let mut state = None;
     let mut group = c.benchmark_group("experiment_step");
     group.sample_size(10);
-    group.throughput(Throughput::Elements(128));
+    group.throughput(Throughput::Elements(size.batch as u64));
     group.bench_function(name, |b| {
         let (model, optim, objective, batch) = state.get_or_insert_with(build);
         b.iter(|| {
@@ -129,9 +154,10 @@ fn bench_objective<B: AutodiffBackend>(
 }
 
 /// The experiment sizes (throughput in sequences/s): NTP and the objectives whose extra work is
-/// largest (BST's second encoder, NextLat's transition rollout), 2 and 4 layers, on G(2,4,10) and
-/// G(2,5,50). Compare with `python3 benches/gpt_step.py --d-model 128 --n-layers 2 --n-heads 4
-/// --batch 128 --seq-len 24 --vocab 14` (NTP's work).
+/// largest (BST's second encoder, NextLat's transition rollout), at d 128 with 2 and 4 layers and
+/// at the shipped configs' tiny model, on G(2,4,10) and G(2,5,50). Compare with
+/// `python3 benches/gpt_step.py --d-model 128 --n-layers 2 --n-heads 4 --batch 128 --seq-len 24
+/// --vocab 14 --prefix-len 21` (NTP's work), or run `benches/vs_torch.py`.
 fn experiment_steps(c: &mut Criterion) {
     lab_core::alloc::keep_freed_memory();
     let star = |degree, path_len, nodes| {
@@ -147,14 +173,14 @@ fn experiment_steps(c: &mut Criterion) {
             let on = if *precision { format!("{on}-bf16") } else { on.to_string() };
             on_device!(autodiff device, "benchmark", |B, dev| {
                 for (task_name, task) in [("g2-4-10", star(2, 4, 10)), ("g2-5-50", star(2, 5, 50))] {
-                    for layers in [2, 4] {
+                    for size in [Size::d128(2), Size::d128(4), Size::TINY] {
                         for objective in [
                             ObjectiveConfig::Ntp,
                             ObjectiveConfig::Bst(Default::default()),
                             ObjectiveConfig::NextLat(Default::default()),
                         ] {
-                            let name = format!("{on}/{}-d128-l{layers}-b128-{task_name}", objective.name());
-                            bench_objective::<B>(c, &name, &task, layers, &objective, &dev);
+                            let name = format!("{on}/{}-{}-{task_name}", objective.name(), size.name());
+                            bench_objective::<B>(c, &name, &task, size, &objective, &dev);
                         }
                     }
                 }
