@@ -15,8 +15,9 @@ back to back with the lab's own benchmark, and compare ratios, not absolute time
 `--prefix-len`) and `next-lat` (NTP plus a transition MLP rolled out `--horizon` steps, with a
 SmoothL1 latent loss and a KL to the frozen unembedding). Like the lab, it computes only the
 positions the loss reads: NTP's and BST's last block from the prompt's last token on, BST's
-backward encoder up to the deepest suffix a pair reads (`--whole-rows`: every position, the step
-both ran before 2026-12-06). `--flops` counts the step's
+backward encoder up to the deepest suffix a pair reads, NextLat's KL of rollout step i from i
+positions before the prompt's last token (`--whole-rows`: every position, the step both ran
+before 2026-12-06, and NextLat's before 2026-12-07). `--flops` counts the step's
 floating-point operations (torch.utils.flop_counter: the matrix products and attention) and
 times a large square product to give the cores' peak and the step's floor at that peak.
 
@@ -177,8 +178,11 @@ class Objective(nn.Module):
             for i in range(1, min(a.horizon, T - 1) + 1):
                 pred = self.transition(pred[:, : T - i], self.gpt.tok(x[:, i:]))
                 latent = F.smooth_l1_loss(pred, target[:, i:])
-                log_s = F.log_softmax(pred @ w.T, -1)
-                kl = F.kl_div(log_s, teacher[:, i:], reduction="none").sum(-1).mean()
+                # The KL is read where position s + i is a target, so from s = prefix - 1 - i
+                # on (the lab's next_lat.rs skips the rows before; --whole-rows keeps them).
+                s = 0 if a.whole_rows else max(a.prefix_len - 1 - i, 0)
+                log_s = F.log_softmax(pred[:, s:] @ w.T, -1)
+                kl = F.kl_div(log_s, teacher[:, i + s:], reduction="none").sum(-1).mean()
                 extra = extra + (latent + kl) / a.horizon
             loss = loss + extra
         return loss

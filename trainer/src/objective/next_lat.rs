@@ -127,6 +127,22 @@ impl<B: AutodiffBackend> Objective<B> for NextLat {
     }
 
     fn loss(&self, model: &LabModel<B>, batch: &Batch<B>, _step: u64) -> LossOutput<B> {
+        self.loss_from(model, batch, batch.first_target())
+    }
+}
+
+impl NextLat {
+    /// The loss, with the self-distillation of rollout step i computed on positions
+    /// `first_target − i` on only: position s is weighted by whether s + i is a target, so the
+    /// rows before carry no weight, and their frozen unembedding and KL (most of the rollout's
+    /// cost past the transition model, at the vocabularies of path-star) are skipped. The latent
+    /// loss reads every real position and keeps them all. `first_target` 0 computes every row.
+    fn loss_from<B: AutodiffBackend>(
+        &self,
+        model: &LabModel<B>,
+        batch: &Batch<B>,
+        first_target: usize,
+    ) -> LossOutput<B> {
         let Heads::NextLat(p) = heads(model) else { unreachable!("next-lat builds its transition model") };
         let [_, t] = batch.inputs.dims();
         let out = model.gpt.forward(batch.inputs.clone());
@@ -145,16 +161,19 @@ impl<B: AutodiffBackend> Objective<B> for NextLat {
         let mut parts = vec![("ntp".to_string(), ntp.clone())];
         for i in 1..=self.config.horizon.min(t.saturating_sub(1)) {
             // ĥ_{s+i} from ĥ_{s+i-1} and x_{s+i} = inputs[s + i].
-            let e = model.gpt.embed_tokens(ahead(batch.inputs.clone(), i));
+            let e = model.gpt.embed_tokens(ahead(batch.inputs.clone(), i, 0));
             predicted = p.forward(predicted, e); // [b, t, d]
 
-            let w = ahead(real.clone(), i); // position s + i is a real token
+            let w = ahead(real.clone(), i, 0); // position s + i is a real token
             let count = w.clone().sum().clamp_min(1.0).mul_scalar(d as f64);
-            let l = fused::smooth_l1(predicted.clone(), ahead(target.clone(), i), w) / count;
+            let l = fused::smooth_l1(predicted.clone(), ahead(target.clone(), i, 0), w) / count;
 
-            let w = ahead(batch.target_mask.clone(), i); // position s + i predicts a target
-            let student = model.gpt.unembed_frozen(predicted.clone());
-            let k = fused::distillation_kl(student, ahead(teacher.clone(), i), w.clone()) / w.sum().clamp_min(1.0);
+            // Positions s ≥ from, where s + i can predict a target.
+            let from = first_target.saturating_sub(i);
+            let w = ahead(batch.target_mask.clone(), i, from); // position s + i predicts a target
+            let student = model.gpt.unembed_frozen(predicted.clone().narrow(1, from, t - from));
+            let k =
+                fused::distillation_kl(student, ahead(teacher.clone(), i, from), w.clone()) / w.sum().clamp_min(1.0);
 
             parts.push((format!("latent{i}"), l.clone()));
             parts.push((format!("kl{i}"), k.clone()));
@@ -172,14 +191,15 @@ impl<B: AutodiffBackend> Objective<B> for NextLat {
     }
 }
 
-/// `x` moved `i` positions back along the sequence (dimension 1): position s holds x's s + i,
-/// and the last `i` positions hold zeros.
-fn ahead<B: Backend, const D: usize, K: Numeric<B>>(x: Tensor<B, D, K>, i: usize) -> Tensor<B, D, K> {
+/// `x` moved `i` positions back along the sequence (dimension 1), from position `from` on:
+/// position s holds x's `from + s + i`, and the last `i` positions hold zeros. `from + i` must
+/// not exceed the sequence's length.
+fn ahead<B: Backend, const D: usize, K: Numeric<B>>(x: Tensor<B, D, K>, i: usize, from: usize) -> Tensor<B, D, K> {
     let mut dims = x.dims();
     let t = dims[1];
     dims[1] = i;
     let zeros = Tensor::zeros(dims, &x.device());
-    Tensor::cat(vec![x.narrow(1, i, t - i), zeros], 1)
+    Tensor::cat(vec![x.narrow(1, from + i, t - from - i), zeros], 1)
 }
 
 #[cfg(test)]
@@ -259,6 +279,20 @@ mod tests {
         let total = scalar(out.total) as f64;
         let want = get("ntp") + (get("latent1") + get("latent2")) / 2.0 + (get("kl1") + get("kl2")) / 2.0;
         assert!((total - want).abs() < 1e-4, "{total} vs {want}");
+    }
+
+    #[test]
+    fn skipping_the_prompt_changes_neither_the_loss_nor_its_gradients() {
+        // Prompts of 4 to 6 tokens: the first target is position 3, so the distillation of
+        // rollout steps 1 and 2 starts at positions 2 and 1 (step 3 and later: at 0).
+        let rows: [(&[u32], usize); 3] =
+            [(&[1, 2, 3, 4, 5, 6, 7], 4), (&[1, 3, 8, 9, 10, 2], 5), (&[2, 2, 2, 1, 10, 11, 4, 5], 6)];
+        let examples: Vec<tasks::Example> = rows.iter().map(|(t, p)| tasks::Example::new(&t[..*p], &t[*p..])).collect();
+        let batch = Batch::new(&examples.iter().collect::<Vec<_>>(), 0, &FlexDevice);
+        assert_eq!(batch.first_target(), 3);
+        let obj = next_lat(4);
+        let m = model(&obj, &tiny());
+        assert_same_loss(&m, obj.loss_from(&m, &batch, 0), Objective::<B>::loss(&obj, &m, &batch, 0), "next-lat");
     }
 
     #[test]
