@@ -418,9 +418,8 @@ impl<B: Backend> Block<B> {
             return self.forward(x);
         }
         let eps = self.layer_norm_eps;
-        let [b, t, _] = x.dims();
         let y = self.attn.forward_from(norm(&self.ln_1, eps, x.clone()), from);
-        let x = x.slice([0..b, from..t]) + y;
+        let x = fused::add_suffix(x, from, y);
         x.clone() + self.mlp.forward(norm(&self.ln_2, eps, x))
     }
 

@@ -55,6 +55,7 @@ mod layer_norm;
 mod linear;
 mod loss;
 mod product;
+mod residual;
 mod swiglu;
 
 pub use adamw::{AdamWStep, adamw, sum_of_squares};
@@ -65,6 +66,7 @@ pub use gelu::gelu;
 pub use layer_norm::{layer_norm, rms_norm};
 pub use linear::linear;
 pub use loss::{distillation_kl, smooth_l1};
+pub use residual::add_suffix;
 pub use swiglu::swiglu;
 
 /// The training backend the kernels serve.
