@@ -190,7 +190,7 @@ impl<B: AutodiffBackend> Avatarl<B> {
 mod tests {
     use burn::backend::flex::FlexDevice;
 
-    use super::super::test_util::{B, assert_same_loss, model, tiny};
+    use super::super::test_util::{B, assert_same_loss, long_prompt_batch, model, tiny};
     use super::*;
 
     fn t2(v: Vec<f32>, m: usize, n: usize) -> Tensor<B, 2> {
@@ -236,13 +236,9 @@ mod tests {
 
     #[test]
     fn skipping_the_prompt_changes_neither_the_loss_nor_its_gradients() {
-        // Prompts of 4 to 6 tokens: the first target is position 3, so both GPTs' last blocks
-        // skip three positions of every row; with the NTP term on, every part is compared.
-        let rows: [(&[u32], usize); 3] =
-            [(&[1, 2, 3, 4, 5, 6, 7], 4), (&[1, 3, 8, 9, 10, 2], 5), (&[2, 2, 2, 1, 10, 11, 4, 5], 6)];
-        let examples: Vec<tasks::Example> = rows.iter().map(|(t, p)| tasks::Example::new(&t[..*p], &t[*p..])).collect();
-        let batch = Batch::new(&examples.iter().collect::<Vec<_>>(), 0, &FlexDevice);
-        assert_eq!(batch.first_target(), 3);
+        // Both GPTs' last blocks skip three positions of every row; with the NTP term on, every
+        // part is compared.
+        let batch = long_prompt_batch();
         let obj = Avatarl::<B> {
             config: AvatarlConfig { lambda_ntp: 0.5, ..Default::default() },
             critic: tiny().init_seeded(7, &FlexDevice),

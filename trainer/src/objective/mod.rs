@@ -318,7 +318,20 @@ pub(crate) mod test_util {
 
     /// Three rows of different lengths over a 12-token vocabulary (pad 0).
     pub fn batch() -> Batch<B> {
-        let rows: Vec<Example> = ROWS.iter().map(|(t, p)| Example::new(&t[..*p], &t[*p..])).collect();
+        rows_batch(&ROWS)
+    }
+
+    /// Three rows with prompts of 4 to 6 tokens: the first target is position 3, so an objective
+    /// that skips the prompt skips three positions of every row.
+    pub fn long_prompt_batch() -> Batch<B> {
+        let batch =
+            rows_batch(&[(&[1, 2, 3, 4, 5, 6, 7], 4), (&[1, 3, 8, 9, 10, 2], 5), (&[2, 2, 2, 1, 10, 11, 4, 5], 6)]);
+        assert_eq!(batch.first_target(), 3);
+        batch
+    }
+
+    fn rows_batch(rows: &[(&[u32], usize)]) -> Batch<B> {
+        let rows: Vec<Example> = rows.iter().map(|(t, p)| Example::new(&t[..*p], &t[*p..])).collect();
         Batch::new(&rows.iter().collect::<Vec<_>>(), 0, &FlexDevice)
     }
 

@@ -283,13 +283,9 @@ mod tests {
 
     #[test]
     fn skipping_the_prompt_changes_neither_the_loss_nor_its_gradients() {
-        // Prompts of 4 to 6 tokens: the first target is position 3, so the distillation of
-        // rollout steps 1 and 2 starts at positions 2 and 1 (step 3 and later: at 0).
-        let rows: [(&[u32], usize); 3] =
-            [(&[1, 2, 3, 4, 5, 6, 7], 4), (&[1, 3, 8, 9, 10, 2], 5), (&[2, 2, 2, 1, 10, 11, 4, 5], 6)];
-        let examples: Vec<tasks::Example> = rows.iter().map(|(t, p)| tasks::Example::new(&t[..*p], &t[*p..])).collect();
-        let batch = Batch::new(&examples.iter().collect::<Vec<_>>(), 0, &FlexDevice);
-        assert_eq!(batch.first_target(), 3);
+        // The first target is position 3, so the distillation of rollout steps 1 and 2 starts at
+        // positions 2 and 1 (step 3 and later: at 0).
+        let batch = long_prompt_batch();
         let obj = next_lat(4);
         let m = model(&obj, &tiny());
         assert_same_loss(&m, obj.loss_from(&m, &batch, 0), Objective::<B>::loss(&obj, &m, &batch, 0), "next-lat");
