@@ -134,17 +134,13 @@ mod tests {
                 a.unwrap().into_data().assert_approx_eq::<f32>(&b.unwrap().into_data(), Tolerance::absolute(0.0));
             }
             // Without autodiff (evaluation), the same values.
-            let (xi, yi) = (x.clone().inner(), y.clone().inner());
-            close(add_suffix::<Flex>(xi, from, yi), reference_inner(x, from, y));
+            let (xi, yi) = (x.inner(), y.inner());
+            close(add_suffix::<Flex>(xi.clone(), from, yi.clone()), add_suffix_reference(xi, from, yi));
         }
         // A backend the kernels do not serve takes burn's ops.
         type Other = Autodiff<Ad>;
         let (x, y) = (random::<Other, 3>([2, 4, 3], 4), random::<Other, 3>([2, 1, 3], 5));
         close(add_suffix(x.clone(), 3, y.clone()), add_suffix_reference(x, 3, y));
-    }
-
-    fn reference_inner(x: Tensor<Ad, 3>, from: usize, y: Tensor<Ad, 3>) -> Tensor<Flex, 3> {
-        add_suffix_reference(x.inner(), from, y.inner())
     }
 
     #[test]
