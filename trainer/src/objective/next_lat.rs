@@ -133,10 +133,11 @@ impl<B: AutodiffBackend> Objective<B> for NextLat {
 
 impl NextLat {
     /// The loss, with the self-distillation of rollout step i computed on positions
-    /// `first_target − i` on only: position s is weighted by whether s + i is a target, so the
-    /// rows before carry no weight, and their frozen unembedding and KL (most of the rollout's
-    /// cost past the transition model, at the vocabularies of path-star) are skipped. The latent
-    /// loss reads every real position and keeps them all. `first_target` 0 computes every row.
+    /// `first_target − i` to `t − i` only: position s is weighted by whether s + i is a target,
+    /// so the rows before carry no weight and the last i rows have no position s + i at all;
+    /// their frozen unembedding and KL (most of the rollout's cost past the transition model, at
+    /// the vocabularies of path-star) are skipped. The latent loss reads every real position and
+    /// keeps them all. `first_target` 0 distils every row that has a position s + i.
     fn loss_from<B: AutodiffBackend>(
         &self,
         model: &LabModel<B>,
@@ -161,19 +162,20 @@ impl NextLat {
         let mut parts = vec![("ntp".to_string(), ntp.clone())];
         for i in 1..=self.config.horizon.min(t.saturating_sub(1)) {
             // ĥ_{s+i} from ĥ_{s+i-1} and x_{s+i} = inputs[s + i].
-            let e = model.gpt.embed_tokens(ahead(batch.inputs.clone(), i, 0));
+            let e = model.gpt.embed_tokens(ahead(batch.inputs.clone(), i));
             predicted = p.forward(predicted, e); // [b, t, d]
 
-            let w = ahead(real.clone(), i, 0); // position s + i is a real token
+            let w = ahead(real.clone(), i); // position s + i is a real token
             let count = w.clone().sum().clamp_min(1.0).mul_scalar(d as f64);
-            let l = fused::smooth_l1(predicted.clone(), ahead(target.clone(), i, 0), w) / count;
+            let l = fused::smooth_l1(predicted.clone(), ahead(target.clone(), i), w) / count;
 
-            // Positions s ≥ from, where s + i can predict a target.
+            // Positions s in from..t − i: s + i can predict a target, and lies inside the rows.
             let from = first_target.saturating_sub(i);
-            let w = ahead(batch.target_mask.clone(), i, from); // position s + i predicts a target
-            let student = model.gpt.unembed_frozen(predicted.clone().narrow(1, from, t - from));
-            let k =
-                fused::distillation_kl(student, ahead(teacher.clone(), i, from), w.clone()) / w.sum().clamp_min(1.0);
+            let rows = t - i - from;
+            let w = batch.target_mask.clone().narrow(1, from + i, rows); // position s + i predicts a target
+            let student = model.gpt.unembed_frozen(predicted.clone().narrow(1, from, rows));
+            let teacher = teacher.clone().narrow(1, from + i, rows);
+            let k = fused::distillation_kl(student, teacher, w.clone()) / w.sum().clamp_min(1.0);
 
             parts.push((format!("latent{i}"), l.clone()));
             parts.push((format!("kl{i}"), k.clone()));
@@ -191,15 +193,14 @@ impl NextLat {
     }
 }
 
-/// `x` moved `i` positions back along the sequence (dimension 1), from position `from` on:
-/// position s holds x's `from + s + i`, and the last `i` positions hold zeros. `from + i` must
-/// not exceed the sequence's length.
-fn ahead<B: Backend, const D: usize, K: Numeric<B>>(x: Tensor<B, D, K>, i: usize, from: usize) -> Tensor<B, D, K> {
+/// `x` moved `i` positions back along the sequence (dimension 1): position s holds x's `s + i`,
+/// and the last `i` positions hold zeros. `i` must not exceed the sequence's length.
+fn ahead<B: Backend, const D: usize, K: Numeric<B>>(x: Tensor<B, D, K>, i: usize) -> Tensor<B, D, K> {
     let mut dims = x.dims();
     let t = dims[1];
     dims[1] = i;
     let zeros = Tensor::zeros(dims, &x.device());
-    Tensor::cat(vec![x.narrow(1, from + i, t - from - i), zeros], 1)
+    Tensor::cat(vec![x.narrow(1, i, t - i), zeros], 1)
 }
 
 #[cfg(test)]
