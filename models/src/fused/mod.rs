@@ -24,19 +24,19 @@
 //! Beside the model's ops: the concatenation along the last dimension through which heads read
 //! pairs of vectors ([`cat_last`], whose backward hands out contiguous gradients), the residual
 //! connection of a block that computes only the positions from the first target on
-//! ([`add_suffix`]), two weighted
-//! row-wise losses that objectives' heads use ([`smooth_l1`], [`distillation_kl`]), the AdamW
-//! update ([`adamw()`], bit for bit burn's) and the squared norm gradient clipping needs
-//! ([`sum_of_squares`]), which were most of what the training step still ran serially.
+//! ([`add_suffix`]), two weighted row-wise losses that objectives' heads use ([`smooth_l1`],
+//! [`distillation_kl`]), the AdamW update ([`adamw()`], bit for bit burn's) and the squared norm
+//! gradient clipping needs ([`sum_of_squares`]), which were most of what the training step still
+//! ran serially.
 //!
 //! Layout: this file holds the public re-exports and the helpers that recognise the backend and
 //! move tensors between burn's types; each op has a file of its own with its dispatch, its autodiff
 //! op and its kernels (`linear.rs`, `attention.rs`, `gelu.rs`, `swiglu.rs`, `layer_norm.rs`,
-//! `concat.rs`, `residual.rs`, `loss.rs`, and `adamw.rs` for the optimizer's math). `product.rs` holds the
-//! matrix products through `gemm` that the linear map and attention share, `bf16.rs` the linear
-//! map's optional bf16 products (`bf16/amx.rs` on AMX tiles), and `kernels.rs` the
-//! compile-per-CPU macro, the cut into parts and the vectorizable row helpers (`dot`, `exp`,
-//! `erf`, ...) that every kernel uses.
+//! `concat.rs`, `residual.rs`, `loss.rs`, and `adamw.rs` for the optimizer's math). `product.rs`
+//! holds the matrix products through `gemm` that the linear map and attention share, `bf16.rs` the
+//! linear map's optional bf16 products (`bf16/amx.rs` on AMX tiles), and `kernels.rs` the
+//! compile-per-CPU macro, the cut into parts and the vectorizable row helpers (`dot`, `exp`, `erf`,
+//! ...) that every kernel uses.
 
 use std::any::Any;
 
