@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The planning MI at the decision (`trainer mi RUN --counterfactual --decision-only`) for every
+# The planning MI at the decision (`analysis plan RUN --decision-only`) for every
 # finished path-star run of a sweep directory that has none for its last checkpoint yet, so that
 # `eval compare DIR` can show plan/decision beside the evaluation. Resumable: analysed runs are
 # skipped, so the script can be re-run while a sweep is still adding runs.
@@ -11,8 +11,8 @@ dir=${1:?usage: scripts/plan-mi.sh SWEEP_DIR}
 dir=$(cd "$dir" && pwd)
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-$HOME/.cache/lab-target}
-CARGO_TARGET_DIR=$target cargo build --release -p trainer --quiet
-trainer=$target/release/trainer
+CARGO_TARGET_DIR=$target cargo build --release -p analysis --quiet
+analysis=$target/release/analysis
 
 for run in "$dir"/*/; do
     run=${run%/}
@@ -28,5 +28,5 @@ for run in "$dir"/*/; do
         continue
     fi
     echo "== $run"
-    "$trainer" mi "$run" --counterfactual --decision-only 2>&1 | tail -2 || echo "failed: $run (see above)" >&2
+    "$analysis" plan "$run" --decision-only 2>&1 | tail -2 || echo "failed: $run (see above)" >&2
 done

@@ -166,10 +166,10 @@ fn experiment_steps(c: &mut Criterion) {
     for device in benches::devices() {
         let on = device.name();
         // On a CPU with AVX512-BF16, the same steps again with the linear maps' products in bf16
-        // (`flex-bf16/...`; models/src/fused/bf16.rs).
-        let bf16 = on == "flex" && models::fused::bf16_supported();
+        // (`flex-bf16/...`; kernels/src/bf16.rs).
+        let bf16 = on == "flex" && kernels::bf16_supported();
         for precision in if bf16 { &[false, true][..] } else { &[false][..] } {
-            models::fused::set_bf16_products(*precision).expect("checked above");
+            kernels::set_bf16_products(*precision).expect("checked above");
             let on = if *precision { format!("{on}-bf16") } else { on.to_string() };
             on_device!(autodiff device, "benchmark", |B, dev| {
                 for (task_name, task) in [("g2-4-10", star(2, 4, 10)), ("g2-5-50", star(2, 5, 50))] {
@@ -188,7 +188,7 @@ fn experiment_steps(c: &mut Criterion) {
             })
             .unwrap();
         }
-        models::fused::set_bf16_products(false).expect("off always works");
+        kernels::set_bf16_products(false).expect("off always works");
     }
 }
 
@@ -202,20 +202,20 @@ fn linear_products(c: &mut Criterion) {
     use burn::tensor::{Distribution, Tensor};
     lab_core::alloc::keep_freed_memory();
     let mut group = c.benchmark_group("linear_product");
-    let precisions: &[bool] = if models::fused::bf16_supported() { &[false, true] } else { &[false] };
+    let precisions: &[bool] = if kernels::bf16_supported() { &[false, true] } else { &[false] };
     for &bf16 in precisions {
-        models::fused::set_bf16_products(bf16).expect("checked above");
+        kernels::set_bf16_products(bf16).expect("checked above");
         let on = if bf16 { "flex-bf16" } else { "flex" };
         for [m, k, n] in [[3072, 128, 384], [3072, 128, 512], [3072, 512, 128]] {
             let x = Tensor::<Flex, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &FlexDevice);
             let w = Tensor::<Flex, 2>::random([k, n], Distribution::Normal(0.0, 0.1), &FlexDevice);
             group.throughput(Throughput::Elements((2 * m * k * n) as u64));
             group.bench_function(format!("{on}/{m}x{k}x{n}"), |b| {
-                b.iter(|| black_box(models::fused::linear(x.clone(), w.clone(), None)))
+                b.iter(|| black_box(kernels::linear(x.clone(), w.clone(), None)))
             });
         }
     }
-    models::fused::set_bf16_products(false).expect("off always works");
+    kernels::set_bf16_products(false).expect("off always works");
     group.finish();
 }
 

@@ -5,7 +5,7 @@
 //! A training step allocates and frees the same few buffers of megabytes every step. glibc
 //! returned them to the OS and faulted them back in each time; mimalloc reuses them, but by
 //! default still hands idle memory back ("purges") after a delay, and at the `ntf` size the
-//! kernel's page clearing was then ~15% of the training thread (LOG.md, 2026-11-27). Resident
+//! kernel's page clearing was then ~15% of the training thread (docs/log/2026-11.md, 2026-11-27). Resident
 //! memory stays at the run's peak either way.
 
 use std::ffi::{c_int, c_long};

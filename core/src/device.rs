@@ -78,7 +78,7 @@ macro_rules! on_device {
                 let $dev = __burn::backend::cuda::CudaDevice::default();
                 $body
             }
-            #[allow(unreachable_patterns)]
+            #[allow(unreachable_patterns, reason = "unreachable when every backend feature is on")]
             other => Err(other.missing($binary)),
         }
     }};

@@ -32,12 +32,6 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     Ok(())
 }
 
-/// An error message on one line: parsers' messages (TOML's, JSON's) span several, with the
-/// offending line quoted; the lab's errors are one line that still names the line or the key.
-pub fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use proptest::prelude::*;

@@ -4,8 +4,8 @@
 //! DIR is a sweep directory (its `manifest.json` names the runs and their groups) or any
 //! directory of run directories (a run `<group>-s<seed>` belongs to `<group>`). Only finished
 //! runs count: those whose `eval.json` holds the evaluation of their last step. Beside its
-//! evaluation, a run contributes its last logged `train/` metrics and, where `trainer mi
-//! --counterfactual` analysed its last step, `plan/decision` (I(h_t; arm | graph) at the decision).
+//! evaluation, a run contributes its last logged `train/` metrics and, where `analysis plan`
+//! analysed its last step, `plan/decision` (I(h_t; arm | graph) at the decision).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::files::EvalFile;
+use lab_core::run_dir::RunDir;
 use lab_core::sweep::{Manifest, finished};
 
 /// The metrics shown when none are asked for (those that no run has are left out).
@@ -57,7 +58,7 @@ pub fn collect(dir: &Path) -> Result<(Vec<RunResult>, Vec<String>)> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .with_context(|| format!("listing {}", dir.display()))?
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().join("config.toml").is_file())
+            .filter(|e| RunDir(&e.path()).is_run())
             .filter_map(|e| e.file_name().to_str().map(String::from))
             .collect();
         names.sort();
@@ -96,18 +97,18 @@ fn split_seed(name: &str) -> (String, Option<u64>) {
 
 /// A finished run's resolved config and final metrics; `None` while it is unfinished.
 fn read_run(run: &Path) -> Result<Option<(toml::Table, BTreeMap<String, f64>)>> {
-    let path = run.join("config.toml");
+    let path = RunDir(run).config();
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
     let config: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let steps = config.get("schedule").and_then(|s| s.get("steps")).and_then(|s| s.as_integer()).unwrap_or(0) as u64;
     // A live run is finished when its last checkpoint is written. A run copied out of its sweep
     // without checkpoints (scripts/export-results.sh) is finished when its eval.json is of the
     // last step, checked below.
-    let exported = !run.join("checkpoints").exists();
+    let exported = !RunDir(run).checkpoints().exists();
     if !exported && !finished(run, steps) {
         return Ok(None);
     }
-    let path = run.join("eval.json");
+    let path = RunDir(run).eval();
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
     let file: EvalFile =
         serde_json::from_str(&text).with_context(|| format!("{} is not a lab eval.json", path.display()))?;
@@ -126,7 +127,7 @@ fn read_run(run: &Path) -> Result<Option<(toml::Table, BTreeMap<String, f64>)>> 
 /// the mean over its logging window): what the objective's own statistics ended at, e.g.
 /// `train/decision_reward_arm` or `train/mi_bound`.
 fn final_train_metrics(run: &Path) -> Result<BTreeMap<String, f64>> {
-    let path = run.join("metrics.jsonl");
+    let path = RunDir(run).metrics();
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(BTreeMap::new()) };
     let mut last = BTreeMap::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -143,12 +144,12 @@ fn final_train_metrics(run: &Path) -> Result<BTreeMap<String, f64>> {
     Ok(last)
 }
 
-/// `trainer mi RUN --counterfactual`'s bound at the decision (`mi_plan.json`), if it analysed the
+/// `analysis plan RUN`'s bound at the decision (`mi_plan.json`), if it analysed the
 /// run's last step: `plan/decision` for the default protocol (the decision token, an MLP critic),
 /// else `plan/decision.<answer>-<critic>`, so that bounds of different protocols never share a
 /// column.
 fn plan_mi(run: &Path, steps: u64) -> Result<Option<(String, f64)>> {
-    let path = run.join("mi_plan.json");
+    let path = RunDir(run).mi_plan();
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not a lab mi_plan.json", path.display()))?;

@@ -1,13 +1,34 @@
 //! Decoding: teacher-forced (one pass over the true sequence), teacherless (one pass over the
 //! prompt and `$` inputs), and free-running with the KV cache, greedy or sampled.
 
+use anyhow::Result;
+use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use models::Decoder;
+use lab_core::Batch;
+use lab_core::run_dir::{self, Checkpoint, Part};
+use models::{BeliefDecoder, BeliefHeadConfig, Decoder, DecoderKind};
 use rand_chacha::ChaCha8Rng;
 
 use crate::sample::Sampling;
-use lab_core::Batch;
+
+/// What decodes the checkpoint: its GPT, through the decoder its sidecar names (an objective that
+/// decodes otherwise, BST, stores its decoder as the checkpoint's `decoder` part).
+pub fn load_decoder<B: Backend>(checkpoint: &Checkpoint, device: &B::Device) -> Result<Decoder<B>> {
+    let gpt = run_dir::load_gpt::<B>(checkpoint, device)?;
+    Ok(match checkpoint.meta.decoder {
+        DecoderKind::Gpt => Decoder::Gpt(gpt),
+        DecoderKind::BeliefState => {
+            let d = checkpoint.meta.model.d_model;
+            let shell = BeliefDecoder::new(
+                BeliefHeadConfig::new(d, checkpoint.meta.model.vocab_size).init(device),
+                Tensor::zeros([d], device),
+            );
+            let record = run_dir::load_part::<B, _>(checkpoint, Part::Decoder, device)?;
+            Decoder::BeliefState(gpt, shell.load_record(record))
+        }
+    })
+}
 
 fn argmax_rows<B: Backend>(logits: Tensor<B, 3>) -> (Vec<i64>, usize) {
     let [_, t, _] = logits.dims();

@@ -3,21 +3,20 @@
 //! and `failures.txt`, and the reports of re-evaluations under `evals/`, one per thing scored, so
 //! that `eval RUN --test-file F` never overwrites what the training wrote.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use lab_core::overrides::{apply_override, one_line};
-use lab_core::run_dir::{self, write_atomic};
-use serde::{Deserialize, Serialize};
+use lab_core::overrides::apply_override;
+use lab_core::run_dir::{self, RunDir, write_atomic};
 use sha2::{Digest, Sha256};
+use tasks::one_line;
 
 use crate::{EvalOptions, EvalReport};
 
 /// The `[eval]` options of a run's `config.toml` (defaults when the table is absent), with
 /// `--set key=value` overrides applied (keys relative to `[eval]`, e.g. `pass_at_k.samples=128`).
 pub fn eval_options(run: &Path, overrides: &[String]) -> Result<EvalOptions> {
-    let path = run.join("config.toml");
+    let path = RunDir(run).config();
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("parsing {}: {}", path.display(), one_line(&e.to_string())))?;
@@ -36,44 +35,33 @@ pub fn eval_options(run: &Path, overrides: &[String]) -> Result<EvalOptions> {
     Ok(options)
 }
 
-/// What an evaluation scored: which test examples, and how many of how many.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Scored {
-    /// `test split` (the run's own) or the path of the test file given.
-    pub test: String,
-    /// Examples scored (the first ones of the test set).
-    pub examples: usize,
-    /// Examples the test set holds.
-    pub of: usize,
-}
+pub use lab_core::run_dir::Scored;
 
-impl Scored {
-    /// One line for people: "2000 of 20000 examples of F".
-    pub fn describe(&self) -> String {
-        let all = if self.examples == self.of { " (all)" } else { " (eval.examples; --examples 0 scores all)" };
-        format!("{} of {} examples of {}{all}", self.examples, self.of, self.test)
+/// An evaluation report as written to disk (`eval.json`, or a re-evaluation under `evals/`); the
+/// file's type is the run directory's (`lab_core::run_dir::EvalFile`), the report the evaluator's.
+pub type EvalFile = run_dir::EvalFile<EvalReport>;
+
+/// Whether the run trained with `model.bf16_products` (its `config.toml`; absent means f32): the
+/// products its own evaluations decoded with, which a re-evaluation uses by default.
+pub fn run_bf16_products(run: &Path) -> Result<bool> {
+    let path = RunDir(run).config();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("parsing {}: {}", path.display(), one_line(&e.to_string())))?;
+    match table.get("model").and_then(|m| m.get("bf16_products")) {
+        None => Ok(false),
+        Some(toml::Value::Boolean(on)) => Ok(*on),
+        Some(other) => bail!("model.bf16_products of {} is {other}, not true or false", path.display()),
     }
 }
 
-/// An evaluation report as written to disk (`eval.json`, or a re-evaluation under `evals/`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EvalFile {
-    /// The checkpoint's step.
-    pub step: u64,
-    /// What was scored (absent in reports written before it was recorded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scored: Option<Scored>,
-    /// The report.
-    #[serde(flatten)]
-    pub report: EvalReport,
-}
-
-/// Writes the training's `eval.json` and `failures.txt` into the run directory, each atomically.
-pub fn write_report(run: &Path, step: u64, scored: &Scored, report: &EvalReport) -> Result<()> {
-    let file = EvalFile { step, scored: Some(scored.clone()), report: report.clone() };
-    write_atomic(&run.join("eval.json"), (serde_json::to_string_pretty(&file)? + "\n").as_bytes())?;
-    write_atomic(&run.join("failures.txt"), report.failures_text().as_bytes())?;
+/// Writes the training's `eval.json` and `failures.txt` into the run directory, each atomically;
+/// `bf16_products` says whether the decoding's products were bf16.
+pub fn write_report(run: &Path, step: u64, scored: &Scored, bf16_products: bool, report: &EvalReport) -> Result<()> {
+    let file =
+        EvalFile { step, scored: Some(scored.clone()), bf16_products: Some(bf16_products), report: report.clone() };
+    write_atomic(&RunDir(run).eval(), (serde_json::to_string_pretty(&file)? + "\n").as_bytes())?;
+    write_atomic(&RunDir(run).failures(), report.failures_text().as_bytes())?;
     Ok(())
 }
 
@@ -104,18 +92,11 @@ pub fn reevaluation_name(
 /// Writes a re-evaluation's report as `evals/<name>.json` and `evals/<name>-failures.txt`;
 /// returns the two paths.
 pub fn write_reevaluation(run: &Path, name: &str, file: &EvalFile) -> Result<(PathBuf, PathBuf)> {
-    let dir = run.join(run_dir::EVALS);
+    let dir = RunDir(run).evals();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join(format!("{name}.json"));
     let failures = dir.join(format!("{name}-failures.txt"));
     write_atomic(&json, (serde_json::to_string_pretty(file)? + "\n").as_bytes())?;
     write_atomic(&failures, file.report.failures_text().as_bytes())?;
     Ok((json, failures))
-}
-
-/// The metrics of the run's `eval.json`, if it holds the evaluation of step `steps`.
-pub fn final_metrics(dir: &Path, steps: u64) -> Option<BTreeMap<String, f64>> {
-    let text = std::fs::read_to_string(dir.join("eval.json")).ok()?;
-    let file: EvalFile = serde_json::from_str(&text).ok()?;
-    (file.step == steps).then(|| file.report.metrics().into_iter().collect())
 }

@@ -268,7 +268,6 @@ pub fn evaluate<B: Backend>(
 ///
 /// Rows are batched by prompt length, so that a row's first generated token sits at the same
 /// position in every row of its batch.
-#[allow(clippy::too_many_arguments)]
 fn generate_all<B: Backend>(
     model: &Decoder<B>,
     task: &dyn Task,

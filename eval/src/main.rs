@@ -53,6 +53,11 @@ struct Cli {
     /// Backend to evaluate on (`wgpu`, `wgpu-cpu` and `cuda` need a build with that feature).
     #[arg(long, value_enum, default_value_t = Device::Flex)]
     device: Device,
+    /// Run the CPU backend's products in bf16 (`true`) or f32 (`false`) [default: the run's
+    /// `model.bf16_products`, so that a re-evaluation reproduces the training's own]; the
+    /// report records which.
+    #[arg(long, value_name = "BOOL")]
+    bf16_products: Option<bool>,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +107,9 @@ enum Cmd {
         /// Backend to evaluate on.
         #[arg(long, value_enum, default_value_t = Device::Flex)]
         device: Device,
+        /// bf16 (`true`) or f32 (`false`) products on the CPU backend [default: the run's].
+        #[arg(long, value_name = "BOOL")]
+        bf16_products: Option<bool>,
     },
     /// Draw the standard figures (training loss, accuracy per position teacher-forced vs
     /// free-running, pass@k, creativity, MI bound) of a run or sweep directory into DIR/plots/,
@@ -138,8 +146,9 @@ fn run(cli: Cli) -> Result<()> {
         println!("wrote {} (step {} of {}, nanoGPT names)", out.display(), checkpoint.step, run.display());
         return Ok(());
     }
-    if let Some(Cmd::Robustness { run, step, examples, seed, device }) = &cli.cmd {
-        return robustness(run, *step, *examples, *seed, *device);
+    if let Some(Cmd::Robustness { run, step, examples, seed, device, bf16_products }) = &cli.cmd {
+        let (bf16, _) = products(run, *bf16_products, *device)?;
+        return robustness(run, *step, *examples, *seed, *device, bf16);
     }
     if let Some(Cmd::Plot { dir }) = &cli.cmd {
         for file in eval::plot::plot(dir)? {
@@ -195,8 +204,9 @@ fn run(cli: Cli) -> Result<()> {
             meta.model.max_seq_len
         );
     }
+    let (bf16, trained_bf16) = products(&run, cli.bf16_products, cli.device)?;
     let report = on_device!(cli.device, "eval", |B, device| {
-        let model = run_dir::load_decoder::<B>(&checkpoint, &device)?;
+        let model = eval::decode::load_decoder::<B>(&checkpoint, &device)?;
         anyhow::Ok(eval::evaluate(&model, loaded.task.as_ref(), &loaded.test, &train, &options))
     })?;
     let total = loaded.test.len();
@@ -207,13 +217,39 @@ fn run(cli: Cli) -> Result<()> {
     };
     // A re-evaluation never overwrites the training's eval.json: it gets a report of its own,
     // named after the step, the test set and (when they differ from the run's) the options.
-    let name = files::reevaluation_name(step, cli.test_file.as_deref(), &options, &run_options);
-    let file = files::EvalFile { step, scored: Some(scored.clone()), report };
+    let mut name = files::reevaluation_name(step, cli.test_file.as_deref(), &options, &run_options);
+    if bf16 != trained_bf16 {
+        name.push_str(if bf16 { "-bf16" } else { "-f32" });
+    }
+    let file = files::EvalFile { step, scored: Some(scored.clone()), bf16_products: Some(bf16), report };
     let (json, failures) = files::write_reevaluation(&run, &name, &file)?;
-    println!("{} at step {step}, {}: scored {}", run.display(), meta.objective, scored.describe());
+    let precision = if bf16 { "bf16" } else { "f32" };
+    println!(
+        "{} at step {step}, {}: scored {}; {precision} products",
+        run.display(),
+        meta.objective,
+        scored.describe()
+    );
     print!("{}", file.report.table());
     println!("wrote {} and {}", json.display(), failures.display());
     Ok(())
+}
+
+/// Sets the CPU kernels' products for decoding `run`: bf16 if `flag` says so, else as the run
+/// trained (`model.bf16_products`); other backends run burn's products. Returns whether they are
+/// bf16, and whether the run's own evaluations were.
+fn products(run: &std::path::Path, flag: Option<bool>, device: Device) -> Result<(bool, bool)> {
+    let trained = files::run_bf16_products(run)?;
+    let on = flag.unwrap_or(trained) && device == Device::Flex;
+    kernels::set_bf16_products(on).map_err(|e| match flag {
+        Some(true) => anyhow::anyhow!("--bf16-products true: {e}"),
+        _ => anyhow::anyhow!(
+            "{} trained with model.bf16_products = true, and its evaluations decoded so: {e}; \
+             --bf16-products false evaluates in f32 (its scores may differ slightly from the training's)",
+            run.display()
+        ),
+    })?;
+    Ok((on, trained))
 }
 
 fn main() -> ExitCode {
@@ -228,7 +264,14 @@ fn main() -> ExitCode {
 }
 
 /// `eval robustness`: see `eval::robustness`.
-fn robustness(run: &std::path::Path, step: Option<u64>, examples: usize, seed: u64, device: Device) -> Result<()> {
+fn robustness(
+    run: &std::path::Path,
+    step: Option<u64>,
+    examples: usize,
+    seed: u64,
+    device: Device,
+    bf16: bool,
+) -> Result<()> {
     let checkpoint = match step {
         Some(step) => run_dir::at_step(run, step)?,
         None => run_dir::latest(run)?,
@@ -256,11 +299,12 @@ fn robustness(run: &std::path::Path, step: Option<u64>, examples: usize, seed: u
     let options = files::eval_options(run, &[])?;
     let loaded = meta.data.load(&meta.task, false)?;
     let result = on_device!(device, "eval", |B, dev| {
-        let model = run_dir::load_decoder::<B>(&checkpoint, &dev)?;
+        let model = eval::decode::load_decoder::<B>(&checkpoint, &dev)?;
         anyhow::Ok(eval::robustness::score(&model, checkpoint.step, params, &loaded.test, examples, seed, &options))
     })?;
     print!("{}", result.markdown());
-    let dir = run.join(run_dir::EVALS);
+    println!("({} products)", if bf16 { "bf16" } else { "f32" });
+    let dir = run_dir::RunDir(run).evals();
     std::fs::create_dir_all(&dir)?;
     let file = dir.join(format!("robustness-step_{}.json", checkpoint.step));
     run_dir::write_atomic(&file, serde_json::to_string_pretty(&result)?.as_bytes())?;

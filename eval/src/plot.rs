@@ -6,7 +6,7 @@
 //! - `pass_at_k`: pass@k against k (log scale);
 //! - `creativity`: creativity, diversity and memorization per group (creative tasks);
 //! - `mi_bound`: the InfoNCE bound on I(h_t; F_t) over training (MI-shaped objectives);
-//! - `mi_positions`: the bound per target position from `trainer mi` (`mi_analysis.json`), for
+//! - `mi_positions`: the bound per target position from `analysis mi` (`mi_analysis.json`), for
 //!   the runs that have one.
 //!
 //! A figure whose data no run has is not drawn. Text is drawn with DejaVu Sans Mono, embedded
@@ -20,6 +20,8 @@ use anyhow::{Context, Result, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+
+use lab_core::run_dir::RunDir;
 
 use crate::compare::{RunResult, collect};
 
@@ -239,7 +241,7 @@ pub fn write(figure: &Figure, stem: &Path) -> Result<Vec<PathBuf>> {
 fn curve(runs: &[&RunResult], dir: &Path, key: &str) -> Result<Vec<(f64, f64)>> {
     let mut by_step: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     for r in runs {
-        let path = dir.join(&r.name).join("metrics.jsonl");
+        let path = RunDir(&dir.join(&r.name)).metrics();
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         for line in text.lines() {
             let v: serde_json::Value =
@@ -262,7 +264,7 @@ fn curve(runs: &[&RunResult], dir: &Path, key: &str) -> Result<Vec<(f64, f64)>> 
 fn curve_by_sequences(runs: &[&RunResult], dir: &Path, key: &str) -> Result<Vec<(f64, f64)>> {
     let mut by_step: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
     for r in runs {
-        let path = dir.join(&r.name).join("metrics.jsonl");
+        let path = RunDir(&dir.join(&r.name)).metrics();
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let (mut seen, mut values) = (BTreeMap::new(), BTreeMap::new());
         for line in text.lines() {
@@ -339,7 +341,7 @@ fn mean_of(runs: &[&RunResult], key: &str) -> Option<f64> {
 pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
     // A single run directory is plotted as a one-run sweep of its parent.
     let dir = dir.canonicalize().with_context(|| format!("{} is not a directory", dir.display()))?;
-    let (root, runs) = if dir.join("config.toml").is_file() {
+    let (root, runs) = if RunDir(&dir).is_run() {
         let parent = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
         let name = dir.file_name().and_then(|n| n.to_str()).context("a run directory has a name")?.to_string();
         let (done, _) = collect(&parent)?;
@@ -507,7 +509,7 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
             }),
         ));
     }
-    let (mi, log_k) = analysis_series(&order, &groups, &root, "mi_analysis.json", "position", "log_k", &label)?;
+    let (mi, log_k) = analysis_series(&order, &groups, &root, RunDir::MI_ANALYSIS, "position", "log_k", &label)?;
     if !mi.is_empty() {
         // The ceiling is the largest log K of the runs; a bound can be negative on test rows.
         let top = log_k.unwrap_or(1.0);
@@ -527,9 +529,9 @@ pub fn figures(dir: &Path) -> Result<Vec<(String, Figure)>> {
             }),
         ));
     }
-    // The planning analysis (`trainer mi RUN --counterfactual`): I(h_t; y | graph) at every input
+    // The planning analysis (`analysis plan RUN`): I(h_t; y | graph) at every input
     // position, the prompt included, averaged over the runs of a group that have it.
-    let (plan, log_d) = analysis_series(&order, &groups, &root, "mi_plan.json", "index", "log_d", &label)?;
+    let (plan, log_d) = analysis_series(&order, &groups, &root, RunDir::MI_PLAN, "index", "log_d", &label)?;
     if !plan.is_empty() {
         let top = log_d.unwrap_or(1.0);
         let bottom = plan.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::min);
@@ -596,7 +598,7 @@ mod tests {
             failures: vec![],
             decoder: models::DecoderKind::Gpt,
         };
-        let json = serde_json::to_string(&EvalFile { step: 20, scored: None, report }).unwrap();
+        let json = serde_json::to_string(&EvalFile { step: 20, scored: None, bf16_products: None, report }).unwrap();
         std::fs::write(run.join("eval.json"), json).unwrap();
     }
 

@@ -1,7 +1,7 @@
-//! `eval robustness RUN`: a path-star run scored on perturbed test sets beside its own (seed
-//! §3.3.1): does what it learned survive a change of the edge list's order, of the degree, or of
-//! the path length? A model that plans reads the graph; a model that memorised positions or
-//! learned the cheat for one shape does not transfer.
+//! `eval robustness RUN`: a path-star run scored on perturbed test sets beside its own
+//! (docs/method.md, §13.2.1): does what it learned survive a change of the edge list's order, of
+//! the degree, or of the path length? A model that plans reads the graph; a model that memorised
+//! positions or learned the cheat for one shape does not transfer.
 //!
 //! Perturbations (same node count N, so the vocabulary is the run's):
 //! - `edges-reshuffled`: the run's own test examples with their edge lists in a fresh random

@@ -68,6 +68,38 @@ fn evaluates_the_latest_checkpoint_of_a_run() {
     assert!(!run.join("eval.json").exists() && !run.join("failures.txt").exists());
 }
 
+/// A run trained with bf16 products is re-evaluated with them by default, so that `eval RUN`
+/// reproduces the training's own evaluations; `--bf16-products false` evaluates in f32, under a
+/// report name of its own, and each report records which. On a CPU without AVX512-BF16 the default is refused in one line that
+/// says how to evaluate in f32.
+#[test]
+fn a_bf16_run_is_evaluated_with_bf16_products_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = write_run(dir.path(), "[model]\nbf16_products = true\n[eval]\nexamples = 5\n", 17, 3, 10);
+    let report = run.join("evals/step_000003-test.json");
+    if kernels::bf16_supported() {
+        let out = Command::cargo_bin("eval").unwrap().arg(&run).assert().success().get_output().stdout.clone();
+        assert!(String::from_utf8(out).unwrap().contains("bf16 products"));
+        assert_eq!(read_json(&report)["bf16_products"].as_bool(), Some(true));
+    } else {
+        let err = eval_fails(&[run.as_os_str()]);
+        assert!(err.contains("bf16_products") && err.contains("--bf16-products false"), "{err}");
+    }
+    let out = Command::cargo_bin("eval")
+        .unwrap()
+        .arg(&run)
+        .args(["--bf16-products", "false"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(String::from_utf8(out).unwrap().contains("f32 products"));
+    // Products other than the run's get a report of their own.
+    let f32_report = run.join("evals/step_000003-test-f32.json");
+    assert_eq!(read_json(&f32_report)["bf16_products"].as_bool(), Some(false));
+}
+
 /// `--test-file F` scores F under a name of its own, with the count scored and F's total; an
 /// empty F is an error, not a report of zeros.
 #[test]

@@ -20,7 +20,6 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::fused;
 use crate::gpt::{Gpt, KvCache, linear_rows};
 
 /// The text head's shape.
@@ -88,9 +87,9 @@ impl<B: Backend> BeliefHead<B> {
 
     /// [f; b] + SwiGLU([f; b]), RMS-normalised, `[b, n, 2d]`.
     fn mix(&self, f: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = fused::cat_last(f, b);
-        let hidden = fused::swiglu(linear_rows(&self.gate, x.clone()), linear_rows(&self.up, x.clone()));
-        fused::rms_norm(x + linear_rows(&self.down, hidden), self.norm.gamma.val(), self.norm.epsilon)
+        let x = kernels::cat_last(f, b);
+        let hidden = kernels::swiglu(linear_rows(&self.gate, x.clone()), linear_rows(&self.up, x.clone()));
+        kernels::rms_norm(x + linear_rows(&self.down, hidden), self.norm.gamma.val(), self.norm.epsilon)
     }
 }
 
@@ -139,6 +138,7 @@ impl DecoderKind {
 
 /// What evaluation decodes with: one forward pass, cached or not, giving next-token logits.
 #[derive(Debug, Clone)]
+#[expect(clippy::large_enum_variant, reason = "one decoder per evaluation: its size never matters")]
 pub enum Decoder<B: Backend> {
     /// The GPT's own head.
     Gpt(Gpt<B>),
@@ -235,7 +235,7 @@ mod tests {
             &FlexDevice,
         );
         let dec = Decoder::BeliefState(gpt, BeliefDecoder::new(head, empty));
-        let tokens: Vec<i32> = (0..14).map(|i| (i * 5 % 12) as i32).collect();
+        let tokens: Vec<i32> = (0..14).map(|i| i * 5 % 12).collect();
         let all = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens.clone(), [2, 7]), &FlexDevice);
         let full = dec.logits(all.clone());
         let mut cache = dec.new_cache();

@@ -27,7 +27,7 @@
 //! `c_attn` Linear and splits its output `[.., 3d]` into q, k, v in that order
 //! (`.split(n_embd, dim=2)`), so `c_attn`'s output rows are q's d outputs, then k's, then v's.
 //! Within each, both sides lay the heads side by side (head `h` is columns `h k..(h + 1) k`, the
-//! lab's `fused::causal_attention`, nanoGPT's `.view(B, T, n_head, hs)`), so no reordering inside
+//! lab's `kernels::causal_attention`, nanoGPT's `.view(B, T, n_head, hs)`), so no reordering inside
 //! q, k or v is needed.
 //!
 //! Tied embeddings: safetensors has no aliasing (one name, one byte range; `save_file` in
@@ -66,7 +66,6 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
@@ -342,30 +341,30 @@ impl View for F32View<'_> {
     }
 }
 
-/// Runs `write` on a fresh temporary path beside `path`, flushes the result to disk and renames
-/// it to `path`; on failure removes the temporary file.
+/// Runs `write` on a fresh temporary file beside `path` (tempfile's, as every file the lab
+/// writes), flushes the result to disk and renames it to `path`; on failure the temporary file is
+/// removed (dropped).
 fn write_atomically(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<(), safetensors::SafeTensorError>,
 ) -> Result<(), ExportError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ExportError::Io { path, source }
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io(path)(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path has no file name")))?;
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(".{}.{}-{n}.tmp", file_name.to_string_lossy(), std::process::id()));
-    let result = write(&tmp).map_err(ExportError::from).and_then(|()| {
-        std::fs::OpenOptions::new().write(true).open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if path.file_name().is_none() {
+        return Err(io(path)(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path has no file name")));
     }
-    result
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    // A file as the usual create makes it (0666 less the umask), not tempfile's private 0600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = builder.prefix(".tmp-").tempfile_in(dir).map_err(io(path))?;
+    write(tmp.path())?;
+    tmp.as_file().sync_all().map_err(io(tmp.path()))?;
+    tmp.persist(path).map_err(|e| io(path)(e.error))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,8 +13,6 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder, RecorderEr
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
-use crate::fused;
-
 /// Shape and initialisation of a [`Gpt`].
 #[derive(Config, Debug, PartialEq)]
 pub struct GptConfig {
@@ -62,7 +60,7 @@ impl GptConfig {
         if self.vocab_size == 0 || self.max_seq_len == 0 || self.n_layers == 0 || self.d_ff == 0 {
             return Err("vocab_size, max_seq_len, n_layers and d_ff must be positive".into());
         }
-        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return Err(format!("n_heads ({}) must divide d_model ({})", self.n_heads, self.d_model));
         }
         Ok(())
@@ -145,18 +143,18 @@ impl GptConfig {
 /// `lin` applied to every row of `x` `[b, t, i]`, giving `[b, t, o]`, as one `[b t, i] x [i, o]`
 /// product. burn 0.21's linear on a 3-D input broadcasts the weight into a batched product, and
 /// its backward then computes one `[i, o]` weight gradient per batch row, zero-filled, and sums
-/// them: b times the work and memory of one GEMM over all rows (LOG.md, 2026-11-27). Objectives'
+/// them: b times the work and memory of one GEMM over all rows (docs/log/2026-11.md, 2026-11-27). Objectives'
 /// heads use it too.
 pub fn linear_rows<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    rows(x, |x| fused::linear(x, lin.weight.val(), lin.bias.as_ref().map(|b| b.val())))
+    rows(x, |x| kernels::linear(x, lin.weight.val(), lin.bias.as_ref().map(|b| b.val())))
 }
 
-/// `ln` applied to `x` through the fused kernel (`fused::layer_norm`), with `eps` its epsilon
+/// `ln` applied to `x` through the fused kernel (`kernels::layer_norm`), with `eps` its epsilon
 /// (burn's `LayerNorm` keeps its own private, so a module that uses this keeps a copy). Objectives'
 /// heads use it too: burn's LayerNorm is nine recorded ops under autodiff.
 pub fn norm<B: Backend>(ln: &LayerNorm<B>, eps: f64, x: Tensor<B, 3>) -> Tensor<B, 3> {
     match &ln.beta {
-        Some(beta) => fused::layer_norm(x, ln.gamma.val(), beta.val(), eps),
+        Some(beta) => kernels::layer_norm(x, ln.gamma.val(), beta.val(), eps),
         None => ln.forward(x),
     }
 }
@@ -207,7 +205,7 @@ pub struct Gpt<B: Backend> {
     /// `None` when the unembedding is tied to `tok_emb`.
     lm_head: Option<Linear<B>>,
     max_seq_len: usize,
-    /// LayerNorm's epsilon, which `fused::layer_norm` needs (burn's module keeps it private); from
+    /// LayerNorm's epsilon, which `kernels::layer_norm` needs (burn's module keeps it private); from
     /// the config, not stored in checkpoints.
     #[module(skip)]
     layer_norm_eps: f64,
@@ -336,9 +334,9 @@ impl<B: Backend> Gpt<B> {
         match &self.lm_head {
             Some(head) => {
                 let bias = head.bias.as_ref().map(|b| b.val().detach());
-                rows(hidden, |x| fused::linear(x, head.weight.val().detach(), bias))
+                rows(hidden, |x| kernels::linear(x, head.weight.val().detach(), bias))
             }
-            None => rows(hidden, |x| fused::linear(x, self.tok_emb.weight.val().detach().transpose(), None)),
+            None => rows(hidden, |x| kernels::linear(x, self.tok_emb.weight.val().detach().transpose(), None)),
         }
     }
 
@@ -387,7 +385,7 @@ impl<B: Backend> Gpt<B> {
         match &self.lm_head {
             Some(head) => linear_rows(head, hidden),
             // The embedding is [v, d]; Row-layout linear computes x · W with W [d, v].
-            None => rows(hidden, |x| fused::linear(x, self.tok_emb.weight.val().transpose(), None)),
+            None => rows(hidden, |x| kernels::linear(x, self.tok_emb.weight.val().transpose(), None)),
         }
     }
 }
@@ -419,7 +417,7 @@ impl<B: Backend> Block<B> {
         }
         let eps = self.layer_norm_eps;
         let y = self.attn.forward_from(norm(&self.ln_1, eps, x.clone()), from);
-        let x = fused::add_suffix(x, from, y);
+        let x = kernels::add_suffix(x, from, y);
         x.clone() + self.mlp.forward(norm(&self.ln_2, eps, x))
     }
 
@@ -447,7 +445,7 @@ struct CausalSelfAttention<B: Backend> {
 impl<B: Backend> CausalSelfAttention<B> {
     fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<(Tensor<B, 3>, Tensor<B, 3>)>>) -> Tensor<B, 3> {
         // Heads stay packed side by side in each row, [b, t, d]: the fused kernel reads them in
-        // place, so no split or merge copies (`fused::causal_attention`).
+        // place, so no split or merge copies (`kernels::causal_attention`).
         let Some(slot) = cache else {
             // Without a cache, q, k and v as one product with the three weights side by side,
             // [b, t, 3d], which the attention reads in place and whose gradient the product's
@@ -456,8 +454,8 @@ impl<B: Backend> CausalSelfAttention<B> {
             let qkv = [&self.q, &self.k, &self.v];
             let weight = Tensor::cat(qkv.iter().map(|l| l.weight.val()).collect(), 1); // [d, 3d]
             let bias = qkv.iter().map(|l| l.bias.as_ref().map(|b| b.val())).collect::<Option<Vec<_>>>();
-            let qkv = rows(x, |x| fused::linear(x, weight, bias.map(|b| Tensor::cat(b, 0))));
-            let y = fused::causal_attention_qkv(qkv, self.n_heads); // [b, t, d]
+            let qkv = rows(x, |x| kernels::linear(x, weight, bias.map(|b| Tensor::cat(b, 0))));
+            let y = kernels::causal_attention_qkv(qkv, self.n_heads); // [b, t, d]
             return linear_rows(&self.proj, y);
         };
         let q = linear_rows(&self.q, x.clone());
@@ -468,7 +466,7 @@ impl<B: Backend> CausalSelfAttention<B> {
         }
         *slot = Some((key.clone(), value.clone()));
         // Causal masking aligns the queries with the *last* keys, which is what a cache needs.
-        let y = fused::causal_attention(q, key, value, self.n_heads); // [b, t, d]
+        let y = kernels::causal_attention(q, key, value, self.n_heads); // [b, t, d]
         linear_rows(&self.proj, y)
     }
 
@@ -478,7 +476,7 @@ impl<B: Backend> CausalSelfAttention<B> {
         let [b, t, _] = x.dims();
         let q = linear_rows(&self.q, x.clone().slice([0..b, from..t]));
         let (key, value) = (linear_rows(&self.k, x.clone()), linear_rows(&self.v, x));
-        linear_rows(&self.proj, fused::causal_attention(q, key, value, self.n_heads))
+        linear_rows(&self.proj, kernels::causal_attention(q, key, value, self.n_heads))
     }
 }
 
@@ -490,7 +488,7 @@ struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear_rows(&self.proj, fused::gelu(linear_rows(&self.fc, x)))
+        linear_rows(&self.proj, kernels::gelu(linear_rows(&self.fc, x)))
     }
 }
 

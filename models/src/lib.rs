@@ -8,9 +8,7 @@
 pub mod belief;
 pub mod checkpoint;
 pub mod export;
-pub mod fused;
 pub mod gpt;
-pub mod par;
 
 pub use belief::{BeliefDecoder, BeliefHead, BeliefHeadConfig, Decoder, DecoderKind};
 pub use gpt::{Block, Gpt, GptConfig, GptOutput, GptSuffix, KvCache, linear_rows, norm, seeded, transfer};

@@ -274,7 +274,7 @@ impl Creative {
         if !(3..=1 << 20).contains(&p.nodes) {
             return Err(bad("nodes must be in 3..=2^20".into()));
         }
-        if p.degree == 0 || p.degree >= p.nodes || !(p.alpha >= 1.0) {
+        if p.degree == 0 || p.degree >= p.nodes || p.alpha.is_nan() || p.alpha < 1.0 {
             return Err(bad("need 1 <= degree < nodes and alpha >= 1".into()));
         }
         if !(0.0..=1.0).contains(&p.triangle_fraction) {

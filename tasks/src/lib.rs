@@ -17,11 +17,13 @@ pub mod creative;
 pub mod dataset;
 pub mod example;
 pub mod long_range;
+pub mod message;
 pub mod path_star;
 pub mod spec;
 pub mod vocab;
 
 pub use example::{Example, TextExample};
+pub use message::one_line;
 pub use spec::{SpecError, TaskSpec};
 pub use vocab::Vocab;
 

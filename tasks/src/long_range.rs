@@ -1,5 +1,5 @@
-//! Long-range and global-constraint tasks (seed §3.3.2): the deciding information sits far from
-//! where it is used, or the output must satisfy a constraint that only its end can check.
+//! Long-range and global-constraint tasks (docs/method.md, §13.2.2): the deciding information sits
+//! far from where it is used, or the output must satisfy a constraint that only its end can check.
 //!
 //! - [`KeyRecall`]: a key shown first decides the answer after a distractor span.
 //!   `s3 s7 s1 s1 s0 ... s9 ?` → `s3`
@@ -608,8 +608,8 @@ impl Task for GraphWalk {
             .collect();
         // wrong[t][v]: walks of t steps from v that do not end at the goal.
         let mut wrong = vec![vec![0f64; n]; steps];
-        for v in 0..n {
-            wrong[0][v] = if v == goal as usize { 0.0 } else { 1.0 };
+        for (v, w) in wrong[0].iter_mut().enumerate() {
+            *w = if v == goal as usize { 0.0 } else { 1.0 };
         }
         for t in 1..steps {
             for v in 0..n {

@@ -151,8 +151,11 @@ fn describe(task: &dyn Task) -> String {
     }
 }
 
+/// A dataset directory's manifest and the name of the split a file is in it.
+type ManifestEntry = (Manifest, String);
+
 /// Works out which task wrote `file`: the manifest beside it, an explicit task, or NTF's name.
-fn task_for_file(file: &Path, explicit: Option<&TaskCommand>) -> Result<(Box<dyn Task>, Option<(Manifest, String)>)> {
+fn task_for_file(file: &Path, explicit: Option<&TaskCommand>) -> Result<(Box<dyn Task>, Option<ManifestEntry>)> {
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let Some(cmd) = explicit {
         return Ok((build(&cmd.spec())?, None));

@@ -1,6 +1,6 @@
 //! Regression bands of every objective beyond NTP on the Pitfalls graph G(2,4,10), from the
 //! shipped configs shortened to 600 steps (the MI schedules scaled to match: stage 2 or the end
-//! of the ramp at step 300). Each band is what the seeded run reaches here (LOG.md, 2026-11-27);
+//! of the ramp at step 300). Each band is what the seeded run reaches here (docs/log/2026-11.md, 2026-11-27);
 //! a change that moves a run out of its band changed what the objective does. Besides the
 //! decoding scores, each test bounds the objective's own term, so that a broken head or a
 //! detached loss shows even where the decoding scores do not move.
@@ -271,7 +271,7 @@ fn bst_trains_its_text_head_and_evaluation_decodes_with_it() {
     let run_dir = dir.path().join("bst");
     let checkpoint = lab_core::run_dir::latest(&run_dir).unwrap();
     assert_eq!(checkpoint.meta.decoder, models::DecoderKind::BeliefState);
-    let decoder = lab_core::run_dir::load_decoder::<Flex>(&checkpoint, &FlexDevice).unwrap();
+    let decoder = eval::decode::load_decoder::<Flex>(&checkpoint, &FlexDevice).unwrap();
     let config = RunConfig::load(&run_dir.join("config.toml"), &[]).unwrap();
     let loaded = config.data.load(&config.task, true).unwrap();
     let train = eval::TrainingTargets::new(loaded.task.as_ref(), &loaded.train);

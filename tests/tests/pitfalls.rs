@@ -1,6 +1,6 @@
 //! Regression bands of the Pitfalls of Next-Token Prediction on CPU, from the shipped configs
 //! (`configs/path-star/ntp.toml`, `reverse.toml`) shortened to what shows the effect. The bands
-//! are what these seeded runs reach here (LOG.md, 2026-11-27); a change that moves a run out of
+//! are what these seeded runs reach here (docs/log/2026-11.md, 2026-11-27); a change that moves a run out of
 //! its band changed what the lab reproduces.
 
 use std::path::PathBuf;

@@ -158,13 +158,13 @@ fn the_bag_probe_reads_a_bow_head() {
     let bow = dir.path().join("bow");
     let config = small_config(dir.path(), &["objective.kind=fsp-bow", "schedule.steps=10"]);
     trainer::train::<B>(&config, &bow, false, &FlexDevice, &quiet()).unwrap();
-    let p = trainer::probe::probe_bow::<B>(&bow, 50, &FlexDevice).unwrap();
+    let p = analysis::probe::probe_bow::<B>(&bow, 50, &FlexDevice).unwrap();
     // G(2,3,8): targets of 3 nodes, so positions 1 and 2 have a token after the next one.
     assert_eq!(p.counts, [50, 50]);
     assert!(p.exact.iter().all(|r| (0.0..=1.0).contains(r)));
     let ntp = dir.path().join("ntp");
     trainer::train::<B>(&small_config(dir.path(), &["schedule.steps=5"]), &ntp, false, &FlexDevice, &quiet()).unwrap();
-    assert!(trainer::probe::probe_bow::<B>(&ntp, 50, &FlexDevice).is_err());
+    assert!(analysis::probe::probe_bow::<B>(&ntp, 50, &FlexDevice).is_err());
 }
 
 /// AvataRL reads its critic, a finished run of another objective, by path.
@@ -233,7 +233,7 @@ fn every_task_family_trains_and_evaluates() {
 /// log K, the critic learning something, the same numbers on a second pass.
 #[test]
 fn mi_analysis_reports_a_bound_per_position() {
-    use trainer::mi_analysis::{MiAnalysisOptions, analyse};
+    use analysis::mi::{MiAnalysisOptions, analyse};
 
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
@@ -248,7 +248,7 @@ fn mi_analysis_reports_a_bound_per_position() {
     assert!((a.log_k - 8f64.ln()).abs() < 1e-9);
     assert!(a.per_position.iter().all(|p| p.rows == 40 && p.bound <= a.log_k + 1e-9), "{a:?}");
     // A 30-step model's states say little about their future (whether the critic can find
-    // information where there is some is a unit test of trainer::mi_analysis).
+    // information where there is some is a unit test of analysis::mi).
     assert!(a.critic_final_loss <= a.log_k + 1e-3, "{a:?}");
     let peaks: usize = a.peak_tokens.iter().map(|t| t.peaks).sum();
     assert!(peaks <= 40 && !a.peak_tokens.is_empty());

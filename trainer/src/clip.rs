@@ -15,7 +15,7 @@ struct SquaredNorm<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let sq = models::fused::sum_of_squares(g);
+            let sq = kernels::sum_of_squares(g);
             self.sum = Some(match self.sum.take() {
                 Some(s) => s + sq,
                 None => sq,

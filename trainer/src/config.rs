@@ -39,11 +39,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use eval::EvalOptions;
-use lab_core::overrides::one_line;
 use models::GptConfig;
 use serde::{Deserialize, Serialize};
 use tasks::TaskSpec;
 use tasks::dataset::DataSpec;
+use tasks::one_line;
 
 use crate::objective::ObjectiveConfig;
 use crate::sampler::SamplerConfig;
@@ -117,7 +117,7 @@ pub struct ModelSection {
     /// Run the linear maps' matrix products with bf16 inputs and f32 accumulation (weights,
     /// gradients and the optimizer stay f32), on the CPU backend of a CPU with AVX512-BF16; an
     /// error elsewhere on the CPU backend, ignored on GPU backends. Default false. It holds for
-    /// the whole process (`models::fused::set_bf16_products`). Whether it pays depends on the
+    /// the whole process (`kernels::set_bf16_products`). Whether it pays depends on the
     /// CPU: on AMD Zen 4 the products ran 1.8x f32's speed, on an Intel Xeon without AMX
     /// (Emerald Rapids) at half of it, on a Xeon with AMX (where they run on its tiles) at 3-4x
     /// (LOG.md, 2026-12-02); `cargo bench -p benches --bench train_step -- linear_product`
@@ -328,7 +328,7 @@ impl RunConfig {
         if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
             bail!("optimizer.lr must be a positive number");
         }
-        if s.checkpoint_every % s.log_every != 0 {
+        if !s.checkpoint_every.is_multiple_of(s.log_every) {
             bail!(
                 "schedule.checkpoint_every ({}) must be a multiple of schedule.log_every ({}), so that a run resumed \
                  from a checkpoint logs the same averages as an uninterrupted one",

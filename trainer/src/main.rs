@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use lab_core::run_dir::RunDir;
 use lab_core::{Device, on_device};
 use sha2::{Digest, Sha256};
 use trainer::{RunConfig, TrainOptions};
@@ -66,57 +67,17 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// MI analysis (seed §3.6): per target position, the InfoNCE bound on I(h_t; F_t) of the
-    /// run's frozen states (a fresh critic trained on its training split), and the tokens that
-    /// carry its peaks; writes mi_analysis.json into the run directory.
+    /// Moved: the analyses are `cargo run --release -p analysis -- mi|plan|probe RUN`.
+    #[command(hide = true)]
     Mi {
-        /// The run directory.
-        run: PathBuf,
-        /// K: rows per batch, the candidates per query (log K is the bound's ceiling).
-        #[arg(long, default_value_t = 64)]
-        k: usize,
-        /// L: F_t pools h_(t+1..t+L).
-        #[arg(long, default_value_t = 4)]
-        horizon: usize,
-        /// Critic training steps (the bound is a lower bound: a critic trained longer can only
-        /// find more; check that it has levelled off).
-        /// [default: 1000; 2000 with --counterfactual, whose critics see d candidates a query]
-        #[arg(long)]
-        steps: Option<usize>,
-        /// Test rows measured.
-        #[arg(long, default_value_t = 1024)]
-        examples: usize,
-        /// The critic's AdamW learning rate.
-        #[arg(long, default_value_t = 3e-3)]
-        lr: f64,
-        /// Seed of the critic.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Measure planning instead: I(h_t; y | graph) at every position, with the other arms'
-        /// answers as the negatives (path-star; ceiling log d). Writes mi_plan.json. Reads
-        /// --steps, --examples, --lr and --seed.
-        #[arg(long)]
-        counterfactual: bool,
-        /// With --counterfactual: match every node between source and goal instead of the
-        /// decision token alone (a weaker test: the goal's parent names the arm).
-        #[arg(long)]
-        inner_nodes: bool,
-        /// With --counterfactual: the critic's score, `mlp` (a nonlinear readout of h_t, as BST's
-        /// text head) or `bilinear` (a linear one, as the GPT's head).
-        #[arg(long, default_value = "mlp")]
-        critic: String,
-        /// With --counterfactual: only the decision's critic (the number `eval compare` shows as
-        /// plan/decision), not one per position.
-        #[arg(long)]
-        decision_only: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
     },
-    /// Probe what a finished run's heads know (fsp-bow: exact bag recovery per position).
+    /// Moved: `cargo run --release -p analysis -- probe RUN`.
+    #[command(hide = true)]
     Probe {
-        /// The run directory.
-        run: PathBuf,
-        /// Test examples to probe.
-        #[arg(long, default_value_t = 1000)]
-        examples: usize,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
     },
 }
 
@@ -172,36 +133,18 @@ fn run(cli: Cli) -> Result<()> {
     let device = cli.device;
     let (config, overrides, out, resume, quiet) = match cli.cmd {
         Cmd::Train { config, overrides, out, resume, quiet } => (config, overrides, out, resume, quiet),
-        Cmd::Probe { run, examples } => return probe(&run, examples, device),
-        Cmd::Mi {
-            run, counterfactual: true, steps, examples, lr, seed, inner_nodes, critic, decision_only, ..
-        } => {
-            use trainer::objective::infonce::ScorerKind;
-            use trainer::plan_mi::{PlanAnswer, PlanMiOptions};
-            let steps = steps.unwrap_or(PlanMiOptions::default().steps);
-            let answer = if inner_nodes { PlanAnswer::Inner } else { PlanAnswer::Decision };
-            let critic = match critic.as_str() {
-                "bilinear" => ScorerKind::Bilinear,
-                "mlp" => ScorerKind::Mlp,
-                other => bail!("--critic {other}: use bilinear or mlp"),
-            };
-            let options =
-                PlanMiOptions { answer, critic, steps, examples, lr, seed, decision_only, ..Default::default() };
-            return plan_mi(&run, &options, device);
-        }
-        Cmd::Mi { run, k, horizon, steps, examples, lr, seed, .. } => {
-            let steps = steps.unwrap_or(trainer::mi_analysis::MiAnalysisOptions::default().steps);
-            let options =
-                trainer::mi_analysis::MiAnalysisOptions { k, horizon, steps, examples, lr, seed, ..Default::default() };
-            return mi(&run, &options, device);
-        }
+        Cmd::Mi { .. } => bail!(
+            "the analyses moved to their own binary: `cargo run --release -p analysis -- mi RUN` (the MI bound), \
+             `... -- plan RUN` (what was `trainer mi RUN --counterfactual`)"
+        ),
+        Cmd::Probe { .. } => bail!("the probe moved: `cargo run --release -p analysis -- probe RUN`"),
         Cmd::Sweep { file, jobs, out, slurm, dry_run } => {
             return sweep(&file, jobs, out.as_deref(), slurm, dry_run, device);
         }
     };
     let (config, run, resuming, resume_overrides) = match resume {
         Some(run) => {
-            let path = run.join("config.toml");
+            let path = RunDir(&run).config();
             if !path.is_file() {
                 bail!("{} is not a run directory (no config.toml)", run.display());
             }
@@ -240,7 +183,7 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(report) = &outcome.report {
         print!("{}", report.table());
     }
-    println!("metrics: {}", run.join("metrics.jsonl").display());
+    println!("metrics: {}", RunDir(&run).metrics().display());
     Ok(())
 }
 
@@ -294,39 +237,6 @@ fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: boo
     );
     if count(RunStatus::Failed) + count(RunStatus::Skipped) > 0 {
         bail!("some runs did not finish; their logs are beside their directories");
-    }
-    Ok(())
-}
-
-fn mi(run: &Path, options: &trainer::mi_analysis::MiAnalysisOptions, device: Device) -> Result<()> {
-    let analysis =
-        on_device!(autodiff device, "trainer", |B, dev| trainer::mi_analysis::analyse::<B>(run, options, &dev))?;
-    println!("{} at step {}", run.display(), analysis.step);
-    print!("{}", analysis.table());
-    let path = run.join("mi_analysis.json");
-    lab_core::run_dir::write_atomic(&path, (serde_json::to_string_pretty(&analysis)? + "\n").as_bytes())?;
-    println!("wrote {}", path.display());
-    Ok(())
-}
-
-fn plan_mi(run: &Path, options: &trainer::plan_mi::PlanMiOptions, device: Device) -> Result<()> {
-    let analysis = on_device!(autodiff device, "trainer", |B, dev| trainer::plan_mi::analyse::<B>(run, options, &dev))?;
-    println!("{} at step {}", run.display(), analysis.step);
-    print!("{}", analysis.table());
-    let path = run.join("mi_plan.json");
-    lab_core::run_dir::write_atomic(&path, (serde_json::to_string_pretty(&analysis)? + "\n").as_bytes())?;
-    println!("wrote {}", path.display());
-    Ok(())
-}
-
-fn probe(run: &std::path::Path, examples: usize, device: Device) -> Result<()> {
-    let p = on_device!(autodiff device, "trainer", |B, dev| trainer::probe::probe_bow::<B>(run, examples, &dev))?;
-    println!(
-        "{}: bag-of-words head, exact recovery of the bag of x_(t+2..) per predicted target position",
-        run.display()
-    );
-    for (i, (rate, n)) in p.exact.iter().zip(&p.counts).enumerate() {
-        println!("  position {}: {rate:.3} ({n} examples)", i + 1);
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! AdamW for the training loop: burn's `AdamW` step, computed by `models::fused::adamw` (one
+//! AdamW for the training loop: burn's `AdamW` step, computed by `kernels::adamw` (one
 //! pass over memory on the CPU backend instead of a dozen tensor ops, bit for bit burn's result),
 //! with burn's own state record, so checkpoints written with burn's `AdamW` load unchanged.
 
@@ -7,7 +7,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamWState, AdaptiveMomentumState, LearningRate, SimpleOptimizer};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use models::fused::{self, AdamWStep};
+use kernels::AdamWStep;
 
 use crate::config::OptimizerConfig;
 
@@ -59,7 +59,7 @@ impl<B: Backend> SimpleOptimizer<B> for AdamW {
             weight_decay: self.weight_decay,
             time,
         };
-        let [tensor, moment_1, moment_2] = fused::adamw(tensor, grad, moments, step);
+        let [tensor, moment_1, moment_2] = kernels::adamw(tensor, grad, moments, step);
         (tensor, Some(AdamWState::new(AdaptiveMomentumState::new(time, moment_1, moment_2))))
     }
 

@@ -73,7 +73,7 @@ impl<'a> StepSampler<'a> {
             (true, Some(p)) => p.params().degree as usize,
             (true, None) => bail!("sampler.structured needs a path-star task (each graph asked for each of its goals)"),
         };
-        if batch % degree != 0 {
+        if !batch.is_multiple_of(degree) {
             bail!("sampler.structured: schedule.batch_size ({batch}) must be a multiple of the degree ({degree})");
         }
         if config.source == Source::Fixed && train.is_empty() {

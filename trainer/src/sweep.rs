@@ -33,7 +33,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{Context, Result, bail};
-use eval::files::final_metrics;
+use lab_core::run_dir::final_metrics;
 use lab_core::sweep::{MANIFEST_VERSION, Manifest, ManifestRun, RunStatus, finished, started};
 use serde::Deserialize;
 
@@ -448,7 +448,7 @@ impl Plan {
         };
         let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         let jobs = jobs.clamp(1, n.max(1));
-        // The cores are shared among the runs (`models::par`; results do not depend on it).
+        // The cores are shared among the runs (`kernels::par`; results do not depend on it).
         let threads = std::thread::available_parallelism().map_or(1, |c| (c.get() / jobs).max(1));
         std::thread::scope(|scope| {
             for _ in 0..jobs {

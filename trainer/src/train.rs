@@ -15,10 +15,11 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use eval::EvalReport;
-use eval::files::Scored;
 use indicatif::{ProgressBar, ProgressStyle};
 use lab_core::Batch;
-use lab_core::run_dir::{self, Checkpoint, CheckpointMeta, Direction, Health, MAX_GOOD_WEIGHT, Part};
+use lab_core::run_dir::{
+    self, Checkpoint, CheckpointMeta, Direction, Health, MAX_GOOD_WEIGHT, MetricsLine, Part, RunDir, Scored,
+};
 use models::{Decoder, GptConfig};
 use serde_json::{Map, Value, json};
 use tasks::Example;
@@ -114,9 +115,9 @@ pub fn train<B: AutodiffBackend>(
     // run in the same process (tests, sweeps) is f32 unless it asks. Only the CPU backend's
     // kernels read it; GPU backends run burn's products and ignore it.
     let bf16 = config.model.bf16_products.unwrap_or(false);
-    let on = bf16 && models::fused::serves::<B>();
-    models::fused::set_bf16_products(on).map_err(|e| anyhow::anyhow!("model.bf16_products: {e}"))?;
-    if let (true, Some(kernel)) = (on, models::fused::bf16_kernel()) {
+    let bf16_on = bf16 && kernels::serves::<B>();
+    kernels::set_bf16_products(bf16_on).map_err(|e| anyhow::anyhow!("model.bf16_products: {e}"))?;
+    if let (true, Some(kernel)) = (bf16_on, kernels::bf16_kernel()) {
         // Runs reproduce bit for bit only on CPUs that run the same kernel: say which this is.
         eprintln!("bf16 products on the {kernel} kernel");
     }
@@ -159,24 +160,24 @@ pub fn train<B: AutodiffBackend>(
         let gpt = run_dir::load_gpt::<B>(&checkpoint, device)?;
         let model = LabModel { gpt, heads: load_heads(objective.as_ref(), &checkpoint, device)? };
         optim = optim.load_record(run_dir::load_part::<B, _>(&checkpoint, Part::Optim, device)?);
-        truncate_metrics(&run.join("metrics.jsonl"), checkpoint.step)?;
-        let mut text = std::fs::read_to_string(run.join("command.txt")).unwrap_or_default();
+        truncate_metrics(&RunDir(run).metrics(), checkpoint.step)?;
+        let mut text = std::fs::read_to_string(RunDir(run).command()).unwrap_or_default();
         text.push_str(&format!("resumed at step {}: {}", checkpoint.step, options.command));
         if !options.resume_overrides.is_empty() {
             text.push_str(&format!("overrides: {}\n", options.resume_overrides.join(" ")));
-            run_dir::write_atomic(&run.join("config.toml"), resolved.to_toml().as_bytes())?;
+            run_dir::write_atomic(&RunDir(run).config(), resolved.to_toml().as_bytes())?;
         }
-        run_dir::write_atomic(&run.join("command.txt"), text.as_bytes())?;
+        run_dir::write_atomic(&RunDir(run).command(), text.as_bytes())?;
         (model, checkpoint.step)
     } else {
         if !run_dir::checkpoints(run)?.is_empty() {
             bail!("{} already holds checkpoints; continue it with --resume, or choose another --out", run.display());
         }
-        std::fs::create_dir_all(run.join(run_dir::CHECKPOINTS))
-            .with_context(|| format!("creating {}", run.display()))?;
-        run_dir::write_atomic(&run.join("config.toml"), resolved.to_toml().as_bytes())?;
-        run_dir::write_atomic(&run.join("command.txt"), options.command.as_bytes())?;
-        File::create(run.join("metrics.jsonl")).context("creating metrics.jsonl")?;
+        std::fs::create_dir_all(RunDir(run).checkpoints()).with_context(|| format!("creating {}", run.display()))?;
+        run_dir::write_atomic(&RunDir(run).config(), resolved.to_toml().as_bytes())?;
+        run_dir::write_atomic(&RunDir(run).command(), options.command.as_bytes())?;
+        let path = RunDir(run).metrics();
+        File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let host = BuildContext::<Host> { task: task.as_ref(), train: &train, model: &model_config, device: &HOST };
         let host_objective = config.objective.build::<Host>(&host).context("building the objective on the host")?;
         let model =
@@ -185,8 +186,11 @@ pub fn train<B: AutodiffBackend>(
     };
 
     let schedule = &config.schedule;
-    let mut metrics =
-        OpenOptions::new().append(true).open(run.join("metrics.jsonl")).context("opening metrics.jsonl")?;
+    let metrics_path = RunDir(run).metrics();
+    let mut metrics = OpenOptions::new()
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
     let bar = progress_bar(options.progress, schedule.steps, start);
     let pad = task.vocab().dummy();
     let mut window = Window::default();
@@ -219,7 +223,7 @@ pub fn train<B: AutodiffBackend>(
             // Sequences seen so far (nominal: structured batches leave out the rare variant that
             // is a test instance), the budget unit of the planning experiments.
             line.insert("train/sequences".into(), json!(done * schedule.batch_size as u64));
-            write_metrics(&mut metrics, done, line)?;
+            write_metrics(&mut metrics, &metrics_path, done, line)?;
         }
         let last = done == schedule.steps;
         let evaluates = objective.decodes_forward();
@@ -227,10 +231,15 @@ pub fn train<B: AutodiffBackend>(
             let options = if last { &eval_options } else { &periodic_options };
             let decoder = objective.decoder(&model).valid();
             let r = eval::evaluate(&decoder, task.as_ref(), &test, &memory, options);
-            write_metrics(&mut metrics, done, r.metrics().into_iter().map(|(k, v)| (k, json!(v))).collect())?;
+            write_metrics(
+                &mut metrics,
+                &metrics_path,
+                done,
+                r.metrics().into_iter().map(|(k, v)| (k, json!(v))).collect(),
+            )?;
             let scored =
                 Scored { test: "the run's test split".into(), examples: options.scored(test.len()), of: test.len() };
-            eval::files::write_report(run, done, &scored, &r)?;
+            eval::files::write_report(run, done, &scored, bf16_on, &r)?;
             bar.set_message(format!("loss {value:.4} | free exact {:.3}", r.free.exact));
             report = Some(r);
         } else if done % schedule.log_every == 0 {
@@ -386,7 +395,7 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let mut kept = String::new();
     for line in BufReader::new(file).lines() {
         let line = line?;
-        let s = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["step"].as_u64());
+        let s = serde_json::from_str::<MetricsLine>(&line).ok().map(|l| l.step);
         if s.is_some_and(|s| s <= step) {
             kept.push_str(&line);
             kept.push('\n');
@@ -395,12 +404,11 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     run_dir::write_atomic(path, kept.as_bytes()).map(|_| ())
 }
 
-fn write_metrics(out: &mut File, step: u64, values: Map<String, Value>) -> Result<()> {
-    let mut line = Map::new();
-    line.insert("step".into(), json!(step));
-    line.extend(values);
-    writeln!(out, "{}", Value::Object(line)).context("writing metrics.jsonl")?;
-    out.flush().context("writing metrics.jsonl")
+fn write_metrics(out: &mut File, path: &Path, step: u64, values: Map<String, Value>) -> Result<()> {
+    let line = MetricsLine { step, values };
+    writeln!(out, "{}", line.to_json())
+        .and_then(|()| out.flush())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Means of training values over the steps since the last log line.

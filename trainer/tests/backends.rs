@@ -5,7 +5,7 @@
 //! Both runs start from the same weights (drawn on the host, see `train::initial_model`) and see
 //! the same batches, so their losses differ only by floating-point summation order (other kernels,
 //! other reduction trees), which AdamW's normalised steps carry forward: measured here, 8e-7 at
-//! step 5 growing to 5e-5 at step 40 (LOG.md, 2026-11-27). The tolerance is 20 times that, and
+//! step 5 growing to 5e-5 at step 40 (docs/log/2026-11.md, 2026-11-27). The tolerance is 20 times that, and
 //! still far below what one wrong op does (the loss moves by ~0.1 per 5 steps here).
 #![cfg(feature = "wgpu")]
 

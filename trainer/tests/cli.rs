@@ -99,7 +99,7 @@ fn a_backend_this_build_lacks_is_a_clear_error() {
     assert!(err.contains("tpu"), "{err}");
 }
 
-/// Results do not depend on how many threads the kernels use (`models::par`): a run large enough
+/// Results do not depend on how many threads the kernels use (`kernels::par`): a run large enough
 /// to split its products, attention, LayerNorms and AdamW among threads logs and evaluates the
 /// same on one thread as on three; with bf16 products too, where the CPU has them.
 #[test]
@@ -110,7 +110,7 @@ fn results_do_not_depend_on_the_thread_count() {
         .replace("batch_size = 8", "batch_size = 64");
     let dir = tempfile::tempdir().unwrap();
     let mut precisions = vec![("f32", config.clone())];
-    if models::fused::bf16_supported() {
+    if kernels::bf16_supported() {
         precisions.push(("bf16", config.replace("[model]\n", "[model]\nbf16_products = true\n")));
     }
     for (precision, config) in precisions {

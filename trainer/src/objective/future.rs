@@ -1,5 +1,5 @@
-//! The future encoder of the MI-shaped objective (seed §2.2.2, scheme B): the summary of the
-//! future at position t is a pooling of the forward LM's own hidden states over the next L
+//! The future encoder of the MI-shaped objective (docs/method.md, §9.3.2, scheme B): the summary of
+//! the future at position t is a pooling of the forward LM's own hidden states over the next L
 //! positions, F_t = Pooler(h_{t+1}, ..., h_{t+L}), clipped at the end of each row, then
 //! projected to the summary width. Two poolers: the mean, and an attention pooler whose query
 //! comes from the prefix state h_t.

@@ -1,5 +1,5 @@
-//! The CPC / InfoNCE term of the MI-shaped objective (seed §2.3; van den Oord 2018): a score
-//! f(h_t, F) between a state and a future summary, the positive F_t against the summaries of
+//! The CPC / InfoNCE term of the MI-shaped objective (docs/method.md, §9.4; van den Oord 2018): a
+//! score f(h_t, F) between a state and a future summary, the positive F_t against the summaries of
 //! the other positions of the batch as negatives. With K candidates per query (the positive
 //! and K - 1 negatives), I(h; F) >= log K - L_InfoNCE, a bound that can never exceed log K.
 
@@ -8,7 +8,6 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, log_softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use models::fused;
 use serde::{Deserialize, Serialize};
 
 /// The score function f(h, F).
@@ -102,7 +101,7 @@ impl<B: Backend> Scorer<B> {
         let q3 = q.unsqueeze_dim::<3>(1).expand([b, c, s]);
         match (&self.bilinear, &self.mlp) {
             (Some(w), _) => (q3 * w.forward(f)).sum_dim(2).reshape([b, c]),
-            (None, Some((l1, l2))) => l2.forward(gelu(l1.forward(fused::cat_last(q3, f)))).reshape([b, c]),
+            (None, Some((l1, l2))) => l2.forward(gelu(l1.forward(kernels::cat_last(q3, f)))).reshape([b, c]),
             (None, None) => (unit_rows(q3) * unit_rows(f)).sum_dim(2).reshape([b, c]),
         }
     }

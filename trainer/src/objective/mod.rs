@@ -72,7 +72,7 @@ pub enum ObjectiveConfig {
     /// A right-to-left language model over whole sequences: the summariser `fsp-summary` can
     /// load frozen. Its runs are not evaluated by forward decoding.
     ReverseLm,
-    /// The MI-shaped future-aware objective (seed §2.2-2.5): future encoder, InfoNCE,
+    /// The MI-shaped future-aware objective (docs/method.md, §9): future encoder, InfoNCE,
     /// token-level reward, on a schedule.
     Mi(MiConfig),
     /// The AvataRL-style reward baseline with a frozen critic.
@@ -156,6 +156,7 @@ impl<B: Backend> LossOutput<B> {
 /// The extra trainable parameters an objective adds beside the GPT. They are saved beside the
 /// GPT's weights (`step_NNNNNN-heads.mpk`); evaluation never needs them.
 #[derive(Module, Debug)]
+#[expect(clippy::large_enum_variant, reason = "one set of heads per run: its size never matters")]
 pub enum Heads<B: Backend> {
     /// Independent multi-token heads.
     Mtp(MtpHeads<B>),

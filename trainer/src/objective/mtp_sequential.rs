@@ -13,7 +13,7 @@ use burn::nn::{Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use lab_core::Batch;
-use models::{Block, GptConfig, fused, linear_rows};
+use models::{Block, GptConfig, linear_rows};
 use serde::{Deserialize, Serialize};
 
 use super::{Heads, LabModel, LossOutput, Objective, heads, masked_cross_entropy};
@@ -100,7 +100,7 @@ impl<B: AutodiffBackend> Objective<B> for SequentialMtp {
             let len = t - k;
             let d = prev.dims()[2];
             let emb = model.gpt.embed_tokens(batch.inputs.clone().slice([0..b, k..t])); // Emb(x_{i+k}), [b, len, d]
-            let joined = fused::cat_last(m.norm_h.forward(prev.slice([0..b, 0..len, 0..d])), m.norm_e.forward(emb));
+            let joined = kernels::cat_last(m.norm_h.forward(prev.slice([0..b, 0..len, 0..d])), m.norm_e.forward(emb));
             prev = m.block.forward(linear_rows(&m.proj, joined)); // h^k, [b, len, d]
             let loss = masked_cross_entropy(
                 model.gpt.output(prev.clone()),

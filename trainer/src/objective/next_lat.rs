@@ -17,7 +17,7 @@
 //! Loss = L_NTP + λ_latent Σ_i L^latent_i / D + λ_kl Σ_i KL_i / D. The paper's path-star runs:
 //! λs 1 and 1, D = l − 2, a hidden width of d.
 //!
-//! The transition model is the same kind of module as the seed's rollout head
+//! The transition model is the same kind of module as the rollout head (docs/method.md, §9.5.2)
 //! F̂_t(a) = MLP([h_t; e(a)]) (`token_reward.rs`); it is kept here because NextLat's residual,
 //! LayerNorm and output space (the GPT's hidden width) are its own.
 
@@ -26,8 +26,8 @@ use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Numeric, Tensor, TensorData};
+use kernels::gelu;
 use lab_core::Batch;
-use models::fused::{self, gelu};
 use models::{GptConfig, linear_rows, norm};
 use serde::{Deserialize, Serialize};
 
@@ -82,7 +82,7 @@ impl<B: Backend> Transition<B> {
 
     /// The next latent from latents `h` and the next tokens' embeddings `e`, each `[b, n, d]`.
     pub fn forward(&self, h: Tensor<B, 3>, e: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = norm(&self.norm, self.eps, fused::cat_last(e, h.clone()));
+        let x = norm(&self.norm, self.eps, kernels::cat_last(e, h.clone()));
         let x = gelu(linear_rows(&self.fc2, gelu(linear_rows(&self.fc1, x))));
         h + linear_rows(&self.fc3, x)
     }
@@ -167,7 +167,7 @@ impl NextLat {
 
             let w = ahead(real.clone(), i); // position s + i is a real token
             let count = w.clone().sum().clamp_min(1.0).mul_scalar(d as f64);
-            let l = fused::smooth_l1(predicted.clone(), ahead(target.clone(), i), w) / count;
+            let l = kernels::smooth_l1(predicted.clone(), ahead(target.clone(), i), w) / count;
 
             // Positions s in from..t − i: s + i can predict a target, and lies inside the rows.
             let from = first_target.saturating_sub(i);
@@ -175,7 +175,7 @@ impl NextLat {
             let w = batch.target_mask.clone().narrow(1, from + i, rows); // position s + i predicts a target
             let student = model.gpt.unembed_frozen(predicted.clone().narrow(1, from, rows));
             let teacher = teacher.clone().narrow(1, from + i, rows);
-            let k = fused::distillation_kl(student, teacher, w.clone()) / w.sum().clamp_min(1.0);
+            let k = kernels::distillation_kl(student, teacher, w.clone()) / w.sum().clamp_min(1.0);
 
             parts.push((format!("latent{i}"), l.clone()));
             parts.push((format!("kl{i}"), k.clone()));

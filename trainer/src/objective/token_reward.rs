@@ -1,5 +1,5 @@
-//! The token-level reward of the MI-shaped objective (seed §2.4), all (t, a) pairs in one
-//! batched pass, no rollout:
+//! The token-level reward of the MI-shaped objective (docs/method.md, §9.5), all (t, a) pairs in
+//! one batched pass, no rollout:
 //!
 //! - action set A_t = TopK_k(π(·|s_t)) ∪ {x_{t+1}} (k + 1 columns; the ground-truth column is
 //!   masked out when the ground truth is already among the top k);
@@ -17,7 +17,7 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use models::{fused, linear_rows};
+use models::linear_rows;
 
 use super::infonce::unit_rows;
 
@@ -41,8 +41,8 @@ impl<B: Backend> RolloutHead<B> {
     /// `[n, c, d]`.
     pub fn forward(&self, h: Tensor<B, 2>, e: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, c, d] = e.dims();
-        let joined = fused::cat_last(h.unsqueeze_dim::<3>(1).expand([n, c, d]), e);
-        linear_rows(&self.out, fused::gelu(linear_rows(&self.hidden, joined)))
+        let joined = kernels::cat_last(h.unsqueeze_dim::<3>(1).expand([n, c, d]), e);
+        linear_rows(&self.out, kernels::gelu(linear_rows(&self.hidden, joined)))
     }
 }
 

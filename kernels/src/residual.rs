@@ -117,8 +117,8 @@ mod tests {
     use burn::backend::flex::FlexDevice;
     use burn::tensor::Tolerance;
 
-    use super::super::tests::{close, random};
     use super::*;
+    use crate::tests::{close, random};
 
     #[test]
     fn the_sum_and_both_gradients_are_burns() {

@@ -15,8 +15,8 @@ use lab_core::Batch;
 use lab_core::run_dir;
 use tasks::Example;
 
-use crate::RunConfig;
-use crate::objective::{BuildContext, Heads, ObjectiveConfig};
+use trainer::RunConfig;
+use trainer::objective::{BuildContext, Heads, ObjectiveConfig};
 
 /// Exact bag recovery per target position (index 0 = the position predicting target token 1).
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ pub struct BagProbe {
 
 /// Probes the latest checkpoint of an `fsp-bow` run on its first `examples` test examples.
 pub fn probe_bow<B: AutodiffBackend>(run: &Path, examples: usize, device: &B::Device) -> Result<BagProbe> {
-    let config = RunConfig::load(&run.join("config.toml"), &[])
+    let config = RunConfig::load(&run_dir::RunDir(run).config(), &[])
         .with_context(|| format!("{} is not a run directory", run.display()))?;
     let ObjectiveConfig::FspBow(bow) = &config.objective else {
         bail!("the probe reads bag-of-words heads; {} trained {:?}", run.display(), config.objective.name())
@@ -42,7 +42,7 @@ pub fn probe_bow<B: AutodiffBackend>(run: &Path, examples: usize, device: &B::De
     let cx = BuildContext::<B> { task: task.as_ref(), train: &[], model: &meta.model, device };
     let objective = config.objective.build::<B>(&cx)?;
     let gpt = run_dir::load_gpt::<B>(&checkpoint, device)?;
-    let Some(Heads::Bow(head)) = crate::train::load_heads(objective.as_ref(), &checkpoint, device)? else {
+    let Some(Heads::Bow(head)) = trainer::train::load_heads(objective.as_ref(), &checkpoint, device)? else {
         unreachable!("fsp-bow builds a bag-of-words head")
     };
 

@@ -31,7 +31,7 @@ macro_rules! multiversion {
     };
 }
 
-/// The macro, for the ops' files (`use super::kernels::multiversion`).
+/// The macro, for the ops' files (`use super::simd::multiversion`).
 pub(super) use multiversion;
 
 // Index loops rather than iterator closures: a closure is its own function, compiled without

@@ -1,4 +1,4 @@
-//! Fused kernels for burn's CPU backend: linear maps, causal attention over packed heads, GELU,
+//! The lab's CPU kernels for burn's flex backend, beneath the model crate: linear maps, causal attention over packed heads, GELU,
 //! SwiGLU's gate, LayerNorm and RMSNorm, forward and backward, so that a training step on flex is
 //! a few passes over memory instead of a chain of small ops.
 //!
@@ -7,7 +7,7 @@
 //! heads split and merged by strided copies, GELU through a scalar `erf` from `libm`, LayerNorm as
 //! nine recorded ops, and the weight gradient of a linear map on `[b, t, d]` as b zero-filled
 //! products summed. On the d 128 benchmark the first three took ~18, ~17 and ~7 ms of a 91 ms
-//! step, for a few percent of its FLOPs (LOG.md, 2026-11-27).
+//! step, for a few percent of its FLOPs (docs/log/2026-11.md, 2026-11-27).
 //!
 //! How: every function here takes any backend. On `Autodiff<Flex>` (training) it records one op
 //! whose backward is written out in the op's file; on plain `Flex` (evaluation, decoding) it runs
@@ -34,9 +34,13 @@
 //! op and its kernels (`linear.rs`, `attention.rs`, `gelu.rs`, `swiglu.rs`, `layer_norm.rs`,
 //! `concat.rs`, `residual.rs`, `loss.rs`, and `adamw.rs` for the optimizer's math). `product.rs`
 //! holds the matrix products through `gemm` that the linear map and attention share, `bf16.rs` the
-//! linear map's optional bf16 products (`bf16/amx.rs` on AMX tiles), and `kernels.rs` the
+//! linear map's optional bf16 products (`bf16/amx.rs` on AMX tiles), and `simd.rs` the
 //! compile-per-CPU macro, the cut into parts and the vectorizable row helpers (`dot`, `exp`, `erf`,
-//! ...) that every kernel uses.
+//! ...) that every kernel uses; `par.rs` the fork-join over the cores that every kernel's parts
+//! run on.
+//!
+//! The crate knows no model: the `models` crate builds its GPT from these ops, and the trainer
+//! takes AdamW and the bf16 setting from here.
 
 use std::any::Any;
 
@@ -52,13 +56,15 @@ mod attention;
 mod bf16;
 mod concat;
 mod gelu;
-mod kernels;
 mod layer_norm;
 mod linear;
 mod loss;
 mod product;
 mod residual;
+mod simd;
 mod swiglu;
+
+pub mod par;
 
 pub use adamw::{AdamWStep, adamw, sum_of_squares};
 pub use attention::{causal_attention, causal_attention_qkv};
@@ -156,10 +162,13 @@ mod tests {
     use super::*;
 
     pub(super) fn random<B: Backend, const D: usize>(dims: [usize; D], seed: u64) -> Tensor<B, D> {
-        crate::seeded::<Flex, _>(seed, &FlexDevice, || {
-            let x = Tensor::<Flex, D>::random(dims, Distribution::Normal(0.0, 1.5), &FlexDevice);
-            Tensor::<B, D>::from_data(x.into_data(), &Default::default())
-        })
+        // burn's generator is global to the process and the tests run in parallel: seeding and
+        // drawing under one lock keeps each test's inputs its own.
+        static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = SEED_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Flex::seed(&FlexDevice, seed);
+        let x = Tensor::<Flex, D>::random(dims, Distribution::Normal(0.0, 1.5), &FlexDevice);
+        Tensor::<B, D>::from_data(x.into_data(), &Default::default())
     }
 
     pub(super) fn close<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) {

@@ -20,8 +20,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::kernels::{exp, max, multiversion};
 use super::product::gemm_once;
+use super::simd::{exp, max, multiversion};
 use super::{Ad, f32s, flex, float, is, primitive, record, same, values};
 use crate::par;
 
@@ -286,7 +286,6 @@ fn attention_forward_kernel(q: &[f32], k: &[f32], v: &[f32], s: Shape, stride: u
 /// One batch element's attention gradients from the forward pass's inputs (rows `stride` apart),
 /// its softmax weights `p` and the output's gradient `go` `[tq, d]`: `dq`, `dk` and `dv`, shaped
 /// as `q`, `k` and `v`, into `grads`.
-#[allow(clippy::too_many_arguments)]
 fn attention_backward_kernel(
     q: &[f32],
     k: &[f32],
@@ -404,7 +403,7 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::{close, random};
+    use crate::tests::{close, random};
 
     #[test]
     fn attention_matches_burns_forward_and_gradients() {

@@ -20,7 +20,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 
-use super::kernels::{exp, lanes, max, multiversion, rows_per_part};
+use super::simd::{exp, lanes, max, multiversion, rows_per_part};
 use super::{Ad, f32s, flex, float, is, record, same, values};
 use crate::par;
 
@@ -334,7 +334,7 @@ fn log_sum_exp(x: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::{close, random};
+    use crate::tests::{close, random};
 
     /// Weights with zeros among them, as the masks that callers pass.
     fn weights<B: Backend>(dims: [usize; 2], seed: u64) -> Tensor<B, 2> {

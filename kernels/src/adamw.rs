@@ -9,7 +9,7 @@ use burn::backend::Flex;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::kernels::{PART, dot, multiversion};
+use super::simd::{PART, dot, multiversion};
 use super::{f32s, flex, float, is, primitive, same};
 use crate::par;
 
@@ -35,8 +35,8 @@ pub struct AdamWStep {
 /// the first step); returns the new parameter and moments. It computes what burn 0.21's `AdamW`
 /// (without AMSGrad or cautious decay) computes, the same f32 operations in the same order, so
 /// its results are bit for bit burn's (tested): on flex in one pass over memory spread over the
-/// cores instead of a dozen tensor ops (9% of an `ntf` training step ran in burn's; LOG.md,
-/// 2026-11-27), on every other backend with burn's ops.
+/// cores instead of a dozen tensor ops (9% of an `ntf` training step ran in burn's;
+/// docs/log/2026-11.md, 2026-11-27), on every other backend with burn's ops.
 pub fn adamw<B: Backend, const D: usize>(
     param: Tensor<B, D>,
     grad: Tensor<B, D>,
@@ -196,7 +196,7 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::random;
+    use crate::tests::random;
 
     #[test]
     fn adamw_is_burns_adamw_bit_for_bit() {

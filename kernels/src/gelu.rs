@@ -1,6 +1,6 @@
 //! GELU, `0.5 x (1 + erf(x / sqrt 2))`: its dispatch, its autodiff op with the hand-written
 //! backward, and the elementwise kernels, which use the vectorizable `erf` and `exp` of
-//! `kernels.rs` instead of burn's scalar `erf` from `libm`.
+//! `simd.rs` instead of burn's scalar `erf` from `libm`.
 
 use std::mem::MaybeUninit;
 
@@ -13,7 +13,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::kernels::{PART, erf, exp, multiversion};
+use super::simd::{PART, erf, exp, multiversion};
 use super::{Ad, f32s, flex, float, is, primitive, record, same, values};
 use crate::par;
 
@@ -112,7 +112,7 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::{close, random};
+    use crate::tests::{close, random};
 
     #[test]
     fn gelu_matches_burns_forward_and_gradient() {

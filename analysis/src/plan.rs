@@ -1,4 +1,4 @@
-//! `trainer mi RUN --counterfactual`: an MI analysis that measures planning (seed §3.6, with the
+//! `analysis plan RUN`: an MI analysis that measures planning (docs/method.md, §13.4, with the
 //! negatives issue 19 asks for). For every position t of a path-star sequence, the InfoNCE bound
 //! on I(h_t; y | graph): how well the frozen state h_t picks its own answer y out of the d
 //! answers the same graph has (one per arm: the task's counterfactual futures). The negatives
@@ -27,19 +27,19 @@ use burn::backend::Flex;
 use burn::backend::flex::FlexDevice;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::{gelu, log_softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use lab_core::Batch;
 use lab_core::run_dir;
 use models::{Gpt, linear_rows};
 use serde::{Deserialize, Serialize};
 use tasks::{Example, Task};
 
-use crate::RunConfig;
-use crate::mi_analysis::Epochs;
-use crate::objective::infonce::{Scorer, ScorerKind};
+use trainer::RunConfig;
+use trainer::objective::infonce::{Scorer, ScorerKind};
+
+use crate::critic::{self, CriticTraining};
 
 fn bilinear() -> ScorerKind {
     ScorerKind::Bilinear
@@ -249,7 +249,7 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &PlanMiOptions, device: 
     if options.steps == 0 || options.batch == 0 || options.summary_dim == 0 {
         bail!("the planning MI analysis needs steps, batch and summary_dim >= 1");
     }
-    let config = RunConfig::load(&run.join("config.toml"), &[])
+    let config = RunConfig::load(&run_dir::RunDir(run).config(), &[])
         .with_context(|| format!("{} is not a run directory", run.display()))?;
     let checkpoint = run_dir::latest(run)?;
     if checkpoint.meta.reads == run_dir::Direction::Reverse {
@@ -275,32 +275,25 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &PlanMiOptions, device: 
     let p = loaded.test.first().map_or(0, |e| e.prefix_len);
     let at: Vec<usize> = if options.decision_only { vec![p] } else { (0..t).collect() };
 
-    // Drawn on the host and moved, so every backend starts the critic from the same weights.
-    let (drawn, shell) = models::seeded::<Flex, _>(options.seed, &FlexDevice, || {
-        let (a, b) = (
-            Critics::<Flex>::new(options.critic, at.len(), d, options.summary_dim, &FlexDevice),
-            Critics::<B>::new(options.critic, at.len(), d, options.summary_dim, device),
-        );
-        let _ = (a.num_params(), b.num_params());
-        (a, b)
-    });
-    let mut critic: Critics<B> = models::transfer(drawn, shell, device)?;
-    let mut optim = AdamWConfig::new().init::<B, Critics<B>>();
-    let mut epochs = Epochs::new(loaded.train.len(), options.seed);
-    let mut recent = Vec::new();
-    for _ in 0..options.steps {
-        let rows: Vec<&Example> = epochs.next(options.batch).iter().map(|&i| &loaded.train[i]).collect();
-        let (hidden, answers, per_row) = prepare(&gpt, task.as_ref(), &rows, options.answer, device)?;
-        let log_p = critic.log_p(Tensor::from_inner(hidden), Tensor::from_inner(answers), per_row, &at);
-        let loss = log_p.mean().neg();
-        recent.push(loss.clone().into_scalar().elem::<f64>());
-        let grads = GradientsParams::from_grads(loss.backward(), &critic);
-        critic = optim.step(options.lr, critic, grads);
-    }
-    let tail = &recent[recent.len().saturating_sub(20)..];
-    let critic_final_loss = tail.iter().sum::<f64>() / tail.len() as f64;
+    let how = CriticTraining { seed: options.seed, steps: options.steps, batch: options.batch, lr: options.lr };
+    let (kind, s) = (options.critic, options.summary_dim);
+    let draw =
+        || (Critics::<Flex>::new(kind, at.len(), d, s, &FlexDevice), Critics::<B>::new(kind, at.len(), d, s, device));
+    let trained = critic::train(
+        how,
+        loaded.train.len(),
+        draw,
+        |critic: &Critics<B>, batch| {
+            let rows: Vec<&Example> = batch.iter().map(|&i| &loaded.train[i]).collect();
+            let (hidden, answers, per_row) = prepare(&gpt, task.as_ref(), &rows, options.answer, device)?;
+            let log_p = critic.log_p(Tensor::from_inner(hidden), Tensor::from_inner(answers), per_row, &at);
+            Ok(log_p.mean().neg())
+        },
+        device,
+    )?;
+    let critic_final_loss = trained.final_loss;
 
-    let critic = critic.valid();
+    let critic = trained.critic.valid();
     let mut sums: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
     for chunk in loaded.test[..n].chunks(options.batch) {
         let rows: Vec<&Example> = chunk.iter().collect();
@@ -380,6 +373,7 @@ impl PlanMi {
 mod tests {
     use burn::backend::flex::FlexDevice;
     use burn::backend::{Autodiff, Flex};
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

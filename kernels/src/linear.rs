@@ -13,8 +13,8 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::bf16::{bf16_products, product_bf16};
-use super::kernels::{add_parts, axpy, rows_per_part};
 use super::product::product;
+use super::simd::{add_parts, axpy, rows_per_part};
 use super::{Ad, f32s, flex, float, is, optional, primitive, record, same, values};
 use crate::par;
 
@@ -142,7 +142,7 @@ fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::{close, random};
+    use crate::tests::{close, random};
 
     #[test]
     fn linear_matches_burns_forward_and_gradients() {

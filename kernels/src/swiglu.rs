@@ -15,7 +15,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 
-use super::kernels::{PART, exp, multiversion};
+use super::simd::{PART, exp, multiversion};
 use super::{Ad, f32s, flex, float, is, primitive, record, same, values};
 use crate::par;
 
@@ -114,7 +114,7 @@ fn product(a: &[f32], b: &[f32]) -> Vec<f32> {
     y
 }
 
-/// `σ(x) = 1 / (1 + e^-x)` through `e^-|x|` (the `exp` of `kernels.rs` takes `x <= 0`), which
+/// `σ(x) = 1 / (1 + e^-x)` through `e^-|x|` (the `exp` of `simd.rs` takes `x <= 0`), which
 /// also keeps it exact at both tails.
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
@@ -162,7 +162,7 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::{close, random};
+    use crate::tests::{close, random};
 
     #[test]
     fn swiglu_matches_burns_forward_and_gradients() {

@@ -141,7 +141,6 @@ thread_local! {
 /// # Safety
 /// `dst` is row-major with `n` columns and the block is this call's alone; the CPU has
 /// AVX512-BF16; the operands hold every element the strides reach for these rows and columns.
-#[allow(clippy::too_many_arguments)]
 unsafe fn block_product(
     dst: *mut f32,
     n: usize,
@@ -165,7 +164,6 @@ unsafe fn block_product(
 ///
 /// # Safety
 /// As [`block_product`].
-#[allow(clippy::too_many_arguments)]
 unsafe fn block_product_avx512(
     dst: *mut f32,
     n: usize,
@@ -250,7 +248,6 @@ unsafe fn block_product_avx512(
 /// The right operand's words for `kp` pairs of `k` from `k0` (`take` elements of `k` left in the
 /// chunk), in panels of [`NR`] columns: `b` is `[panel][rows][NR]` with `rows = b.len() / (panels
 /// NR)`, zero past column `nc` and past pair `kp` (the AMX kernel's whole tiles read those).
-#[allow(clippy::too_many_arguments)]
 fn pack_b(
     rhs: &[f32],
     [rrs, rcs]: [isize; 2],
@@ -471,7 +468,6 @@ fn bf16_bits(x: f32) -> u32 {
 ///
 /// # Safety
 /// The CPU has AVX512-BF16; the pointers reach every element named.
-#[allow(clippy::too_many_arguments)]
 unsafe fn microkernel(
     mr: usize,
     a: *const u32,
@@ -498,7 +494,6 @@ unsafe fn microkernel(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn kernel<const R: usize>(
     a: *const u32,
     a_rs: usize,
@@ -546,7 +541,6 @@ unsafe fn kernel<const R: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
 unsafe fn kernel<const R: usize>(
     _: *const u32,
     _: usize,
@@ -650,7 +644,7 @@ mod tests {
         }
         // The linear map's three layouts at an experiment's size, odd sizes (partial tiles and
         // panels, odd k), k past one chunk, and no k at all.
-        #[allow(unused_mut)] // pushed to on x86-64 only
+        #[allow(unused_mut, reason = "pushed to on x86-64 only")]
         let mut kernels: Vec<(&str, Kernel)> = vec![("avx512", block_product_avx512)];
         if amx_ready() {
             #[cfg(target_arch = "x86_64")]

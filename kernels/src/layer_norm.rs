@@ -18,7 +18,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::kernels::{add_parts, dot, multiversion, rows_per_part, squared_deviations, sum};
+use super::simd::{add_parts, dot, multiversion, rows_per_part, squared_deviations, sum};
 use super::{Ad, f32s, flex, float, is, record, same, values};
 use crate::par;
 
@@ -313,7 +313,7 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::{close, random};
+    use crate::tests::{close, random};
 
     #[test]
     fn layer_norm_matches_burns_forward_and_gradients() {

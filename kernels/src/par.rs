@@ -4,7 +4,7 @@
 //!
 //! Why not rayon: a rayon call from a thread outside its pool waits for a sleeping worker to
 //! wake, which took 30-80 µs on the machines here (two 50 µs halves joined in 81-188 µs, worse
-//! than running them one after the other; LOG.md, 2026-11-27), and the training step is such a
+//! than running them one after the other; docs/log/2026-11.md, 2026-11-27), and the training step is such a
 //! thread. Here the calling thread always works too, helpers join a call only if they arrive in
 //! time, and the caller waits only for parts a helper has actually begun.
 //!

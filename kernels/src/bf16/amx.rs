@@ -101,7 +101,6 @@ struct Block([f32; 4 * TILE_WORDS]);
 ///
 /// # Safety
 /// As `bf16.rs`'s `block_product`, and [`ready`] returned true.
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn block_product(
     dst: *mut f32,
     n: usize,

@@ -19,7 +19,7 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::kernels::rows_per_part;
+use super::simd::rows_per_part;
 use super::{Ad, f32s, flex, float, is, primitive, record, same, values};
 use crate::par;
 
@@ -93,7 +93,7 @@ fn cat_autodiff<const D: usize>(a: Tensor<Ad, D>, b: Tensor<Ad, D>) -> Tensor<Ad
 /// Rows of `x` (width `wa`) and `y` (width `wb`) side by side.
 fn join(x: &[f32], y: &[f32], wa: usize, wb: usize) -> Vec<f32> {
     let w = wa + wb;
-    let rows = if w == 0 { 0 } else { (x.len() + y.len()) / w };
+    let rows = (x.len() + y.len()).checked_div(w).unwrap_or(0);
     let per = rows_per_part(w);
     // SAFETY: every task writes each element of its part (all of its rows, both halves).
     let [out] = unsafe {
@@ -113,7 +113,7 @@ fn join(x: &[f32], y: &[f32], wa: usize, wb: usize) -> Vec<f32> {
 /// an unwanted part comes back empty.
 fn split(g: &[f32], wa: usize, wb: usize, want_a: bool, want_b: bool) -> (Vec<f32>, Vec<f32>) {
     let w = wa + wb;
-    let rows = if w == 0 { 0 } else { g.len() / w };
+    let rows = g.len().checked_div(w).unwrap_or(0);
     let per = rows_per_part(w);
     let (la, lb) = (if want_a { rows * wa } else { 0 }, if want_b { rows * wb } else { 0 });
     let (pa, pb) = (if want_a { per * wa } else { 0 }, if want_b { per * wb } else { 0 });
@@ -145,7 +145,7 @@ fn copy(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::{close, random};
+    use crate::tests::{close, random};
 
     #[test]
     fn cat_last_matches_burns_cat_and_its_gradients() {

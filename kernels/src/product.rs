@@ -45,7 +45,6 @@ const PARALLEL_MACS: usize = 1 << 20;
 ///
 /// # Safety
 /// `dst` must be valid for writes of `m * n` elements and not aliased.
-#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_parts(
     dst: *mut f32,
     bias: Option<&[f32]>,
@@ -109,7 +108,6 @@ unsafe fn gemm_parts(
 /// # Safety
 /// Every element the strides reach must lie inside its allocation, `dst` must not alias the
 /// operands, and it must be initialised when `read_dst`.
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm_once(
     dst: *mut f32,
     dst_rs: isize,

@@ -1,5 +1,5 @@
-//! MI analysis of a trained run (seed §3.6): per target position, how much information the
-//! state h_t carries about the summary of its future, F_t = mean(h_{t+1..t+L}), estimated with
+//! MI analysis of a trained run (docs/method.md, §13.4): per target position, how much information
+//! the state h_t carries about the summary of its future, F_t = mean(h_{t+1..t+L}), estimated with
 //! the InfoNCE lower bound I(h_t; F_t) >= log K − L_InfoNCE, and which tokens carry its peaks.
 //!
 //! The run's GPT is frozen. A fresh critic (the future encoder's mean pooler and projection, and
@@ -12,7 +12,7 @@
 //!
 //! What the bound measures depends on the negatives: in-batch summaries of other sequences
 //! differ in their prefix as well as in their future, so a state that only identifies its
-//! prefix already scores high. LOG.md discusses what this does to the reading.
+//! prefix already scores high. docs/log/2026-11.md (2026-11-27) discusses what this does to the reading.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,21 +21,19 @@ use anyhow::{Context, Result, bail};
 use burn::backend::Flex;
 use burn::backend::flex::FlexDevice;
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use lab_core::Batch;
 use lab_core::run_dir;
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tasks::Example;
 
-use crate::RunConfig;
-use crate::objective::future::{FutureEncoder, PoolerKind, future_window};
-use crate::objective::infonce::{Negatives, Scorer, ScorerKind, info_nce};
+use trainer::RunConfig;
+use trainer::objective::future::{FutureEncoder, PoolerKind, future_window};
+use trainer::objective::infonce::{Negatives, Scorer, ScorerKind, info_nce};
+
+use crate::critic::{self, CriticTraining};
 
 /// How the critic is trained and the bound measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,7 +158,7 @@ fn batch_terms<B: burn::tensor::backend::Backend>(
     for position in 1..=longest {
         // Rows where h_t (the input t = p + pos − 2 predicting target token pos) has a future:
         // t + 1 <= len − 2, the last input.
-        let rows: Vec<usize> = (0..b).filter(|&r| prefix_lens[r] + position + 1 <= lens[r]).collect();
+        let rows: Vec<usize> = (0..b).filter(|&r| prefix_lens[r] + position < lens[r]).collect();
         if rows.len() < 2 {
             continue;
         }
@@ -177,39 +175,12 @@ fn batch_terms<B: burn::tensor::backend::Backend>(
     out
 }
 
-/// Batches of indices into n examples, drawn without replacement within an epoch (a fresh
-/// seeded shuffle each epoch; a batch never spans two): how the analyses' critics visit a
-/// training split.
-pub(crate) struct Epochs {
-    order: Vec<usize>,
-    cursor: usize,
-    rng: ChaCha8Rng,
-}
-
-impl Epochs {
-    /// Batches over `n` examples under `seed`.
-    pub(crate) fn new(n: usize, seed: u64) -> Epochs {
-        Epochs { order: (0..n).collect(), cursor: n, rng: ChaCha8Rng::seed_from_u64(seed) }
-    }
-
-    /// The next `k` indices (all of them, reshuffled, if there are fewer than `k`).
-    pub(crate) fn next(&mut self, k: usize) -> &[usize] {
-        if self.cursor + k > self.order.len() {
-            self.order.shuffle(&mut self.rng);
-            self.cursor = 0;
-        }
-        let start = self.cursor;
-        self.cursor += k;
-        &self.order[start..(start + k).min(self.order.len())]
-    }
-}
-
 /// Analyses the latest checkpoint of `run`.
 pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, device: &B::Device) -> Result<MiAnalysis> {
     if options.k < 2 || options.horizon == 0 || options.steps == 0 {
         bail!("the MI analysis needs k >= 2, horizon >= 1 and steps >= 1");
     }
-    let config = RunConfig::load(&run.join("config.toml"), &[])
+    let config = RunConfig::load(&run_dir::RunDir(run).config(), &[])
         .with_context(|| format!("{} is not a run directory", run.display()))?;
     let checkpoint = run_dir::latest(run)?;
     let (step, meta) = (checkpoint.step, &checkpoint.meta);
@@ -225,24 +196,12 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
     // The bilinear score is a product of three maps; at GPT-2's 0.02 its gradients start
     // vanishingly small, so the critic is drawn at the 1/sqrt(fan-in) scale.
     let std = (1.0 / d as f64).sqrt();
-    fn critic<C: burn::tensor::backend::Backend>(d: usize, dim: usize, std: f64, device: &C::Device) -> Critic<C> {
+    fn new_critic<C: burn::tensor::backend::Backend>(d: usize, dim: usize, std: f64, device: &C::Device) -> Critic<C> {
         Critic {
             encoder: FutureEncoder::new(PoolerKind::Mean, d, dim, std, device),
             scorer: Scorer::new(ScorerKind::Bilinear, d, dim, std, device),
         }
     }
-    // Drawn on the host and moved, so that every backend starts the critic from the same weights.
-    let dim = options.summary_dim;
-    // Both inside the lock: the shell's draws are overwritten, but must not interleave with
-    // another thread's seeded draws.
-    let (drawn, shell) = models::seeded::<Flex, _>(options.seed, &FlexDevice, || {
-        let (drawn, shell) = (critic::<Flex>(d, dim, std, &FlexDevice), critic::<B>(d, dim, std, device));
-        let _ = (drawn.num_params(), shell.num_params());
-        (drawn, shell)
-    });
-    let critic: Critic<B> = models::transfer(drawn, shell, device)?;
-    let mut optim = AdamWConfig::new().init::<B, Critic<B>>();
-    let mut critic = critic;
     let frozen = |rows: &[&Example]| {
         let batch = Batch::<B::InnerBackend>::new(rows, pad, device);
         let hidden = gpt.forward(batch.inputs.clone()).hidden;
@@ -250,26 +209,29 @@ pub fn analyse<B: AutodiffBackend>(run: &Path, options: &MiAnalysisOptions, devi
     };
 
     // Training: batches of K training rows, drawn without replacement per epoch.
-    let mut epochs = Epochs::new(loaded.train.len(), options.seed);
-    let mut recent = Vec::new();
-    for _ in 0..options.steps {
-        let rows: Vec<&Example> = epochs.next(options.k).iter().map(|&i| &loaded.train[i]).collect();
-        let (hidden, prefix_lens, lens) = frozen(&rows);
-        let terms = batch_terms(&critic, hidden, &prefix_lens, &lens, options.horizon);
-        if terms.is_empty() {
-            bail!("no target position of this task has a future to summarise");
-        }
-        let count = terms.len() as f64;
-        let loss = terms.into_iter().map(|term| term.loss).reduce(|a, b| a + b).expect("non-empty") / count;
-        recent.push(loss.clone().into_scalar().elem::<f64>());
-        let grads = GradientsParams::from_grads(loss.backward(), &critic);
-        critic = optim.step(options.lr, critic, grads);
-    }
-    let tail = &recent[recent.len().saturating_sub(20)..];
-    let critic_final_loss = tail.iter().sum::<f64>() / tail.len() as f64;
+    let dim = options.summary_dim;
+    let how = CriticTraining { seed: options.seed, steps: options.steps, batch: options.k, lr: options.lr };
+    let draw = || (new_critic::<Flex>(d, dim, std, &FlexDevice), new_critic::<B>(d, dim, std, device));
+    let trained = critic::train(
+        how,
+        loaded.train.len(),
+        draw,
+        |critic: &Critic<B>, batch| {
+            let rows: Vec<&Example> = batch.iter().map(|&i| &loaded.train[i]).collect();
+            let (hidden, prefix_lens, lens) = frozen(&rows);
+            let terms = batch_terms(critic, hidden, &prefix_lens, &lens, options.horizon);
+            if terms.is_empty() {
+                bail!("no target position of this task has a future to summarise");
+            }
+            let count = terms.len() as f64;
+            Ok(terms.into_iter().map(|term| term.loss).reduce(|a, b| a + b).expect("non-empty") / count)
+        },
+        device,
+    )?;
+    let critic_final_loss = trained.final_loss;
 
     // Measurement on whole batches of K test rows.
-    let critic = critic.valid();
+    let critic = trained.critic.valid();
     let n = (options.examples.min(loaded.test.len()) / options.k) * options.k;
     if n == 0 {
         bail!("the test split has fewer than K = {} rows", options.k);
@@ -373,6 +335,9 @@ impl MiAnalysis {
 mod tests {
     use burn::backend::flex::FlexDevice;
     use burn::backend::{Autodiff, Flex};
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     use super::*;
 
