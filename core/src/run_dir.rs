@@ -27,7 +27,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder, RecorderError};
+use burn::record::{BurnRecord, FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder, RecorderError};
 use burn::tensor::backend::Backend;
 use models::checkpoint::LabRecorder;
 use models::{DecoderKind, GptConfig};
@@ -601,10 +601,12 @@ pub fn write_sidecar(meta: &CheckpointMeta, stem: &Path) -> Result<()> {
 /// Writes one part of the checkpoint `stem` (atomically) and returns its file name and sum, for the sidecar.
 pub fn save_part<B: Backend, R: Record<B>>(record: R, stem: &Path, part: Part) -> Result<(String, FileSum)> {
     let file = part.file(stem);
-    // Encoded in memory (the bytes `LabRecorder`'s files hold, which it reads back) and written
-    // by `write_atomic`: burn's file recorder reports a full disk as a MessagePack error and
-    // leaves its file behind.
-    let bytes = Recorder::<B>::record(&NamedMpkBytesRecorder::<FullPrecisionSettings>::new(), record, ())
+    // Encoded in memory and written by `write_atomic`: burn's file recorder reports a full disk
+    // as a MessagePack error and leaves its file behind. The bytes are what `LabRecorder` writes,
+    // byte for byte (its own name in the record's metadata included), so that it reads them back
+    // and a checkpoint's sums do not depend on how it was written.
+    let item = BurnRecord::<_, B>::new::<LabRecorder>(record.into_item::<FullPrecisionSettings>());
+    let bytes = Recorder::<B>::save_item(&NamedMpkBytesRecorder::<FullPrecisionSettings>::new(), item, ())
         .with_context(|| format!("encoding {}", file.display()))?;
     let sum = write_atomic(&file, &bytes)?;
     Ok((file.file_name().expect("a part has a file name").to_string_lossy().into_owned(), sum))
@@ -750,6 +752,19 @@ mod tests {
         std::fs::write(&plain, b"{}").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&atomic), mode(&plain));
+    }
+
+    #[test]
+    fn a_part_holds_the_bytes_burns_file_recorder_writes() {
+        use burn::backend::Flex;
+        use burn::backend::flex::FlexDevice;
+        let dir = tempfile::tempdir().unwrap();
+        let model = GptConfig::tiny(6, 4).init_seeded::<Flex>(1, &FlexDevice);
+        let (ours, burns) = (dir.path().join("ours"), dir.path().join("burns"));
+        save_part::<Flex, _>(model.clone().into_record(), &ours, Part::Model).unwrap();
+        Recorder::<Flex>::record(&LabRecorder::new(), model.into_record(), burns.clone()).unwrap();
+        let read = |stem: &Path| std::fs::read(Part::Model.file(stem)).unwrap();
+        assert!(read(&ours) == read(&burns), "the checkpoint's bytes changed with the way it is written");
     }
 
     #[test]

@@ -17,6 +17,9 @@ use crate::run_dir;
 /// with a message that says so, rather than misread.
 pub const MANIFEST_VERSION: u32 = 1;
 
+/// The manifest's name in a sweep directory.
+pub const SWEEP_MANIFEST: &str = "manifest.json";
+
 /// Where a run stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -74,7 +77,7 @@ pub struct Manifest {
 impl Manifest {
     /// Reads `dir/manifest.json`, refusing other versions and what is not a manifest.
     pub fn read(dir: &Path) -> Result<Manifest> {
-        let path = dir.join("manifest.json");
+        let path = dir.join(SWEEP_MANIFEST);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
@@ -93,7 +96,7 @@ impl Manifest {
     /// Writes `dir/manifest.json` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self)? + "\n";
-        run_dir::write_atomic(&dir.join("manifest.json"), json.as_bytes()).map(|_| ())
+        run_dir::write_atomic(&dir.join(SWEEP_MANIFEST), json.as_bytes()).map(|_| ())
     }
 }
 

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::files::EvalFile;
 use lab_core::run_dir::RunDir;
-use lab_core::sweep::{Manifest, finished};
+use lab_core::sweep::{Manifest, SWEEP_MANIFEST, finished};
 
 /// The metrics shown when none are asked for (those that no run has are left out).
 pub const DEFAULT_METRICS: [&str; 11] = [
@@ -52,7 +52,7 @@ pub fn collect(dir: &Path) -> Result<(Vec<RunResult>, Vec<String>)> {
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
-    let listed: Vec<(String, String, Option<u64>)> = if dir.join("manifest.json").is_file() {
+    let listed: Vec<(String, String, Option<u64>)> = if dir.join(SWEEP_MANIFEST).is_file() {
         Manifest::read(dir)?.runs.into_iter().map(|r| (r.name, r.group, Some(r.seed))).collect()
     } else {
         let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -232,7 +232,7 @@ fn sweep(file: &Path, jobs: usize, out: Option<&Path>, slurm: bool, dry_run: boo
         count(RunStatus::Done),
         count(RunStatus::Failed),
         count(RunStatus::Skipped),
-        plan.dir.join("manifest.json").display(),
+        plan.dir.join(lab_core::sweep::SWEEP_MANIFEST).display(),
         plan.dir.display()
     );
     if count(RunStatus::Failed) + count(RunStatus::Skipped) > 0 {
