@@ -155,11 +155,5 @@ fn report(run: &Path, step: u64, table: &str, path: PathBuf, analysis: &impl ser
 
 fn main() -> ExitCode {
     lab_core::alloc::keep_freed_memory();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    lab_core::exit_code(run(Cli::parse()))
 }

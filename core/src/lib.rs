@@ -20,3 +20,15 @@ pub mod sweep;
 
 pub use batch::Batch;
 pub use device::Device;
+
+/// How the lab's binaries end: success, or the error with its causes on one line of stderr
+/// (`error: ...`) and a failure code.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -254,13 +254,7 @@ fn products(run: &std::path::Path, flag: Option<bool>, device: Device) -> Result
 
 fn main() -> ExitCode {
     lab_core::alloc::keep_freed_memory();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    lab_core::exit_code(run(Cli::parse()))
 }
 
 /// `eval robustness`: see `eval::robustness`.

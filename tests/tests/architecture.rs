@@ -66,6 +66,23 @@ fn the_crates_link_what_architecture_md_says_and_nothing_else() {
     }
 }
 
+/// Objectives never import the evaluator: the loss is the trainer's, the scores the evaluator's.
+#[test]
+fn objectives_do_not_import_the_evaluator() {
+    let mut files = vec![root().join("trainer/src/objective")];
+    let mut checked = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(!text.contains("eval::"), "{} names eval::", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "the objectives were found ({checked} files)");
+}
+
 #[test]
 fn the_layers_hold() {
     let actual = actual();
