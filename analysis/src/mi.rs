@@ -7,7 +7,7 @@
 //! same target position (K rows per batch), then the bound is measured on the test split. The
 //! same protocol for every run, whatever its objective, so an NTP run and an MI-shaped run are
 //! compared on equal terms (the MI run's own critic is not used). The bound can never exceed
-//! log K; the pointwise value log K + log softmax(score)[positive] says, for one row and one
+//! log K; the pointwise value log K + log softmax(score)\[positive\] says, for one row and one
 //! position, how sharply h_t picks out its own future among K.
 //!
 //! What the bound measures depends on the negatives: in-batch summaries of other sequences

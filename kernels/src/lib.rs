@@ -19,7 +19,7 @@
 //! FMA, baseline) and picked by the CPU at run time, like flex's own matrix products; products go
 //! to the `gemm` crate that flex uses. `erf` and `exp` are polynomial approximations (errors below
 //! 1e-6, tested) that vectorize. Each kernel's work is cut into parts by shape alone and spread
-//! over the cores by [`par`](crate::par), so results do not depend on the thread count.
+//! over the cores by [`par`], so results do not depend on the thread count.
 //!
 //! Beside the model's ops: the concatenation along the last dimension through which heads read
 //! pairs of vectors ([`cat_last`], whose backward hands out contiguous gradients), the residual

@@ -7,9 +7,10 @@
 //! how many training examples were asked for. Duplicates *within* a split are kept, as NTF does:
 //! they are draws from the task's distribution.
 //!
-//! Layout: [`splits`] draws the splits, [`formats`] turns examples into lines and lines back into
-//! examples, [`files`] writes a dataset directory (atomically, with checksums), [`manifest`]
-//! describes one, and [`spec`] is a run's `[data]` section, which loads or generates its splits.
+//! Layout: `splits.rs` draws the splits, `formats.rs` turns examples into lines and lines back
+//! into examples, `files.rs` writes a dataset directory (atomically, with checksums),
+//! `manifest.rs` describes one, and `spec.rs` is a run's `[data]` section ([`DataSpec`]), which
+//! loads or generates its splits.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
