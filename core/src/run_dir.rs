@@ -66,10 +66,6 @@ impl RunDir<'_> {
     /// `analysis plan RUN`'s result.
     pub const MI_PLAN: &'static str = "mi_plan.json";
 
-    /// The run directory itself.
-    pub fn root(&self) -> &Path {
-        self.0
-    }
     /// `config.toml`.
     pub fn config(&self) -> PathBuf {
         self.0.join(Self::CONFIG)

@@ -13,13 +13,20 @@ use tasks::one_line;
 
 use crate::{EvalOptions, EvalReport};
 
+/// A run's `config.toml` as a TOML table, with its path for messages. The evaluator reads the
+/// sections it needs from it, not the trainer's `RunConfig`, which it does not link.
+fn run_config(run: &Path) -> Result<(PathBuf, toml::Table)> {
+    let path = RunDir(run).config();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("parsing {}: {}", path.display(), one_line(&e.to_string())))?;
+    Ok((path, table))
+}
+
 /// The `[eval]` options of a run's `config.toml` (defaults when the table is absent), with
 /// `--set key=value` overrides applied (keys relative to `[eval]`, e.g. `pass_at_k.samples=128`).
 pub fn eval_options(run: &Path, overrides: &[String]) -> Result<EvalOptions> {
-    let path = RunDir(run).config();
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("parsing {}: {}", path.display(), one_line(&e.to_string())))?;
+    let (path, mut table) = run_config(run)?;
     let mut eval = match table.remove("eval") {
         Some(toml::Value::Table(t)) => t,
         Some(_) => bail!("[eval] of {} is not a table", path.display()),
@@ -44,10 +51,7 @@ pub type EvalFile = run_dir::EvalFile<EvalReport>;
 /// Whether the run trained with `model.bf16_products` (its `config.toml`; absent means f32): the
 /// products its own evaluations decoded with, which a re-evaluation uses by default.
 pub fn run_bf16_products(run: &Path) -> Result<bool> {
-    let path = RunDir(run).config();
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("parsing {}: {}", path.display(), one_line(&e.to_string())))?;
+    let (path, table) = run_config(run)?;
     match table.get("model").and_then(|m| m.get("bf16_products")) {
         None => Ok(false),
         Some(toml::Value::Boolean(on)) => Ok(*on),

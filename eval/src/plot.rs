@@ -21,7 +21,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use lab_core::run_dir::RunDir;
+use lab_core::run_dir::{self, RunDir};
 
 use crate::compare::{RunResult, collect};
 
@@ -241,13 +241,9 @@ pub fn write(figure: &Figure, stem: &Path) -> Result<Vec<PathBuf>> {
 fn curve(runs: &[&RunResult], dir: &Path, key: &str) -> Result<Vec<(f64, f64)>> {
     let mut by_step: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     for r in runs {
-        let path = RunDir(&dir.join(&r.name)).metrics();
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        for line in text.lines() {
-            let v: serde_json::Value =
-                serde_json::from_str(line).with_context(|| format!("a line of {} is not JSON", path.display()))?;
-            if let (Some(step), Some(x)) = (v["step"].as_u64(), v[key].as_f64()) {
-                by_step.entry(step).or_default().push(x);
+        for line in run_dir::read_metrics(&dir.join(&r.name))? {
+            if let Some(x) = line.get(key) {
+                by_step.entry(line.step).or_default().push(x);
             }
         }
     }
@@ -264,18 +260,13 @@ fn curve(runs: &[&RunResult], dir: &Path, key: &str) -> Result<Vec<(f64, f64)>> 
 fn curve_by_sequences(runs: &[&RunResult], dir: &Path, key: &str) -> Result<Vec<(f64, f64)>> {
     let mut by_step: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
     for r in runs {
-        let path = RunDir(&dir.join(&r.name)).metrics();
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let (mut seen, mut values) = (BTreeMap::new(), BTreeMap::new());
-        for line in text.lines() {
-            let v: serde_json::Value =
-                serde_json::from_str(line).with_context(|| format!("a line of {} is not JSON", path.display()))?;
-            let Some(step) = v["step"].as_u64() else { continue };
-            if let Some(n) = v["train/sequences"].as_f64() {
-                seen.insert(step, n);
+        for line in run_dir::read_metrics(&dir.join(&r.name))? {
+            if let Some(n) = line.get("train/sequences") {
+                seen.insert(line.step, n);
             }
-            if let Some(x) = v[key].as_f64() {
-                values.insert(step, x);
+            if let Some(x) = line.get(key) {
+                values.insert(line.step, x);
             }
         }
         for (step, x) in values {

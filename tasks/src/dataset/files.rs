@@ -24,24 +24,24 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Writes one split file under the temporary name `tmp` and returns its entry (named `file`).
-/// The caller renames it into place once the whole dataset is written.
+/// Writes one split file through `handle` (its staged temporary file; errors name `path`, where it
+/// goes) and returns its entry (named `file`). The caller renames it into place once the whole
+/// dataset is written.
 pub(super) fn write_split(
-    tmp: &Path,
+    (handle, path): (File, PathBuf),
     file: &str,
     writer: &mut LineWriter<'_>,
     fill: impl FnOnce(&mut dyn FnMut(&Example) -> Result<(), DataError>) -> Result<(), DataError>,
 ) -> Result<SplitFile, DataError> {
-    let handle = File::create(tmp).map_err(io_err(tmp))?;
     let mut out = HashingWriter { inner: BufWriter::with_capacity(1 << 20, handle), hasher: Sha256::new(), bytes: 0 };
     let mut examples = 0u64;
     fill(&mut |ex| {
         let line = writer.line(ex);
-        out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).map_err(io_err(tmp))?;
+        out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")).map_err(io_err(&path))?;
         examples += 1;
         Ok(())
     })?;
-    out.flush().map_err(io_err(tmp))?;
+    out.flush().map_err(io_err(&path))?;
     let sha256 = hex(&out.hasher.finalize());
     Ok(SplitFile { file: file.to_string(), examples, bytes: out.bytes, sha256 })
 }
@@ -83,8 +83,9 @@ impl Staging {
     }
 
     /// A temporary file beside `name` in `dir` (tempfile's, as every file the lab writes), to be
-    /// renamed to `name` on commit.
-    fn stage(&mut self, dir: &Path, name: &str) -> Result<PathBuf, DataError> {
+    /// renamed to `name` on commit: a handle to write it through, and the path it will have (what
+    /// errors name).
+    fn stage(&mut self, dir: &Path, name: &str) -> Result<(File, PathBuf), DataError> {
         let mut builder = tempfile::Builder::new();
         // A file as the usual create makes it (0666 less the umask), not tempfile's private 0600.
         #[cfg(unix)]
@@ -94,9 +95,10 @@ impl Staging {
             .suffix(".partial")
             .tempfile_in(dir)
             .map_err(io_err(&dir.join(name)))?;
-        let path = tmp.path().to_path_buf();
-        self.staged.push((tmp, dir.join(name)));
-        Ok(path)
+        let path = dir.join(name);
+        let handle = tmp.as_file().try_clone().map_err(io_err(&path))?;
+        self.staged.push((tmp, path.clone()));
+        Ok((handle, path))
     }
 
     /// Renames every staged file into place, in the order staged (the manifest last, so that a
@@ -182,16 +184,14 @@ pub fn write_dataset(
     };
 
     let mut held_out = HashSet::new();
-    let tmp = staging.stage(dir, &test_name)?;
-    let test_file = write_split(&tmp, &test_name, &mut writer, |sink| {
+    let test_file = write_split(staging.stage(dir, &test_name)?, &test_name, &mut writer, |sink| {
         held_out = draw_test(task, sizes, &mut |ex| {
             tick(&mut done);
             sink(ex)
         })?;
         Ok(())
     })?;
-    let tmp = staging.stage(dir, &train_name)?;
-    let train_file = write_split(&tmp, &train_name, &mut writer, |sink| {
+    let train_file = write_split(staging.stage(dir, &train_name)?, &train_name, &mut writer, |sink| {
         draw_train(task, sizes, &held_out, &mut |ex| {
             tick(&mut done);
             sink(ex)
@@ -209,8 +209,8 @@ pub fn write_dataset(
         eos: task.eos().map(|e| task.vocab().decode(&[e])),
         splits: BTreeMap::from([("train".to_string(), train_file), ("test".to_string(), test_file)]),
     };
-    let tmp = staging.stage(dir, MANIFEST)?;
-    std::fs::write(&tmp, manifest.to_json()).map_err(io_err(&tmp))?;
+    let (mut handle, path) = staging.stage(dir, MANIFEST)?;
+    handle.write_all(manifest.to_json().as_bytes()).map_err(io_err(&path))?;
     staging.commit()?;
     Ok(manifest)
 }
