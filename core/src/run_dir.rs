@@ -65,6 +65,9 @@ impl RunDir<'_> {
     pub const MI_ANALYSIS: &'static str = "mi_analysis.json";
     /// `analysis plan RUN`'s result.
     pub const MI_PLAN: &'static str = "mi_plan.json";
+    /// What the training steps cost ([`Cost`]): kept apart from `metrics.jsonl`, which holds no
+    /// wall-clock value so that a seeded run reproduces it byte for byte.
+    pub const COST: &'static str = "cost.json";
 
     /// `config.toml`.
     pub fn config(&self) -> PathBuf {
@@ -93,6 +96,10 @@ impl RunDir<'_> {
     /// `mi_plan.json`.
     pub fn mi_plan(&self) -> PathBuf {
         self.0.join(Self::MI_PLAN)
+    }
+    /// `cost.json`.
+    pub fn cost(&self) -> PathBuf {
+        self.0.join(Self::COST)
     }
     /// `.lock`.
     pub fn lock(&self) -> PathBuf {
@@ -132,6 +139,63 @@ impl MetricsLine {
     /// The line as written: one JSON object, `step` first.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("numbers and strings serialise")
+    }
+}
+
+/// What a run's training steps cost, summed over its invocations (a resume continues from the
+/// figures recorded at its checkpoint): `cost.json`, written with every checkpoint. Only the
+/// steps count (drawing the batch, forward, backward, the update), not setup, evaluations or
+/// checkpoints, so that objectives compare by the training they need.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cost {
+    /// The step the figures run to.
+    pub step: u64,
+    /// The step they start from: 0, unless a resume found no figures for its checkpoint (a run
+    /// from before `cost.json` existed), when they cover only the steps since.
+    pub from_step: u64,
+    /// Sequences trained on in those steps.
+    pub sequences: u64,
+    /// Wall-clock seconds of those steps. Runs that shared the machine (a sweep's `--jobs 2`)
+    /// each took longer than alone: compare runs of one sweep, or say so.
+    pub training_seconds: f64,
+    /// Multiply-adds of the matrix products the CPU kernels ran in those steps (linear maps and
+    /// attention, forward and backward, counted as run: 0 on GPU backends, which do not run them).
+    pub multiply_adds: u64,
+    /// Threads the kernels ran on.
+    pub threads: usize,
+    /// The device, as `--device` names it.
+    pub device: String,
+}
+
+impl Cost {
+    /// Training seconds per 1,000 sequences.
+    pub fn seconds_per_1k(&self) -> Option<f64> {
+        (self.sequences > 0).then(|| 1000.0 * self.training_seconds / self.sequences as f64)
+    }
+
+    /// FLOPs (two per multiply-add) of the matrix products per training sequence; `None` where
+    /// nothing was counted.
+    pub fn flops_per_sequence(&self) -> Option<f64> {
+        (self.sequences > 0 && self.multiply_adds > 0).then(|| 2.0 * self.multiply_adds as f64 / self.sequences as f64)
+    }
+
+    /// The run's `cost.json`, if it has one.
+    pub fn read(run: &Path) -> Result<Option<Cost>> {
+        let path = RunDir(run).cost();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e.to_string())))
+    }
+
+    /// Writes the run's `cost.json`.
+    pub fn write(&self, run: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("a cost serialises");
+        write_atomic(&RunDir(run).cost(), text.as_bytes()).map(|_| ())
     }
 }
 

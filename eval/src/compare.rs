@@ -18,8 +18,9 @@ use lab_core::run_dir::RunDir;
 use lab_core::sweep::{Manifest, SWEEP_MANIFEST, finished};
 
 /// The metrics shown when none are asked for (those that no run has are left out).
-pub const DEFAULT_METRICS: [&str; 11] = [
+pub const DEFAULT_METRICS: [&str; 15] = [
     "eval/free/exact",
+    "eval/free/exact_ci95",
     "eval/free/valid",
     "eval/path_star/decision",
     "eval/path_star/clever_hans",
@@ -30,7 +31,22 @@ pub const DEFAULT_METRICS: [&str; 11] = [
     "eval/pass_at_k/1",
     "eval/pass_at_k/8",
     "eval/pass_at_k/64",
+    "train/sequences",
+    "cost/s_per_1k_seq",
+    "cost/gflops_per_seq",
 ];
+
+/// Half the width of the Wilson score interval at 95% for `k` successes in `n` trials: the
+/// uncertainty of one run's accuracy from the number of examples it scored (at n = 1,000 and
+/// an accuracy of 1/2, 0.031; at 20,000, 0.007).
+pub fn wilson_half_width(accuracy: f64, n: usize) -> f64 {
+    if n == 0 {
+        return f64::NAN;
+    }
+    let (n, z) = (n as f64, 1.959_963_984_540_054);
+    let z2 = z * z;
+    z / (1.0 + z2 / n) * (accuracy * (1.0 - accuracy) / n + z2 / (4.0 * n * n)).sqrt()
+}
 
 /// One finished run.
 #[derive(Clone, Debug)]
@@ -116,7 +132,23 @@ fn read_run(run: &Path) -> Result<Option<(toml::Table, BTreeMap<String, f64>)>> 
         return Ok(None);
     }
     let mut metrics: BTreeMap<String, f64> = file.report.metrics().into_iter().collect();
+    // Each run's own uncertainty from the examples it scored (reports from before `scored` was
+    // recorded scored `report.examples`, the same number).
+    let scored = file.scored.as_ref().map_or(file.report.examples, |s| s.examples);
+    metrics.insert("eval/examples".into(), scored as f64);
+    if let Some(&exact) = metrics.get("eval/free/exact") {
+        metrics.insert("eval/free/exact_ci95".into(), wilson_half_width(exact, scored));
+    }
     metrics.extend(final_train_metrics(run)?);
+    // What the training steps cost, where the run recorded it (runs from before 2026-12-07 did not).
+    if let Some(cost) = lab_core::run_dir::Cost::read(run)? {
+        if let Some(s) = cost.seconds_per_1k() {
+            metrics.insert("cost/s_per_1k_seq".into(), s);
+        }
+        if let Some(f) = cost.flops_per_sequence() {
+            metrics.insert("cost/gflops_per_seq".into(), f / 1e9);
+        }
+    }
     if let Some((name, value)) = plan_mi(run, steps)? {
         metrics.insert(name, value);
     }
@@ -213,7 +245,8 @@ pub struct Row {
     pub runs: usize,
     /// Their seeds.
     pub seeds: Vec<u64>,
-    /// Per metric: mean and sd over the runs that have it, and how many do.
+    /// Per metric: mean and sd over the runs that have it, and how many do (for a run's interval,
+    /// `*_ci95`, the widest of them and no sd).
     pub values: Vec<Option<(f64, Option<f64>, usize)>>,
 }
 
@@ -229,7 +262,7 @@ pub fn aggregate(runs: &[RunResult], by: &[String], metrics: &[String], unfinish
     } else {
         let mut out = Vec::new();
         for m in metrics {
-            let full = if ["eval/", "train/", "plan/"].iter().any(|p| m.starts_with(p)) {
+            let full = if ["eval/", "train/", "plan/", "cost/"].iter().any(|p| m.starts_with(p)) {
                 m.clone()
             } else {
                 format!("eval/{m}")
@@ -273,6 +306,10 @@ pub fn aggregate(runs: &[RunResult], by: &[String], metrics: &[String], unfinish
                 .map(|m| {
                     let xs: Vec<f64> = members.iter().filter_map(|r| r.metrics.get(m).copied()).collect();
                     (!xs.is_empty()).then(|| {
+                        if m.ends_with("_ci95") {
+                            // Runs' own intervals are not averaged: the widest stands for all.
+                            return (xs.iter().copied().fold(f64::NAN, f64::max), None, xs.len());
+                        }
                         let (mean, sd) = mean_sd(&xs);
                         (mean, sd, xs.len())
                     })
@@ -305,8 +342,11 @@ impl Table {
                 .iter()
                 .cloned()
                 .chain([r.runs.to_string(), if seeds.is_empty() { "-".into() } else { seeds }])
-                .chain(r.values.iter().map(|v| match v {
+                .chain(r.values.iter().zip(&self.metrics).map(|(v, m)| match v {
                     None => "-".into(),
+                    // A run's interval: the widest of the group's (they scored as many examples).
+                    Some((widest, _, _)) if m.ends_with("_ci95") => format!("±{widest:.3}"),
+                    Some((mean, _, _)) if m == "train/sequences" => format!("{:.0}k", mean / 1e3),
                     Some((mean, None, _)) => format!("{mean:.3}"),
                     Some((mean, Some(sd), _)) => format!("{mean:.3} ± {sd:.3}"),
                 }))
@@ -366,6 +406,15 @@ pub fn compare(dir: &Path, by: &[String], metrics: &[String]) -> Result<(Table, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runs_interval_shrinks_with_the_examples_it_scored() {
+        assert!((wilson_half_width(0.5, 1000) - 0.0309).abs() < 1e-4);
+        assert!((wilson_half_width(0.5, 20_000) - 0.00693).abs() < 1e-5);
+        // At the edges the interval stays open (a Wald interval would be 0 at 1.0).
+        assert!(wilson_half_width(1.0, 20_000) > 0.0);
+        assert!(wilson_half_width(0.5, 0).is_nan());
+    }
 
     fn run(name: &str, kind: &str, nodes: i64, metrics: &[(&str, f64)]) -> RunResult {
         let (group, seed) = split_seed(name);

@@ -36,7 +36,9 @@ use crate::sample::Purpose;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalOptions {
-    /// Test examples to evaluate, from the start of the test split (0: all of them).
+    /// Test examples to evaluate, from the start of the test split; 0, the default, scores all
+    /// of them (a subset's binomial error, about 0.016 at 1,000 examples and an accuracy near
+    /// 1/2, is as large as the differences the tables compare).
     #[serde(default = "EvalOptions::default_examples")]
     pub examples: usize,
     /// Rows per forward pass.
@@ -137,7 +139,7 @@ impl Default for EvalOptions {
 
 impl EvalOptions {
     fn default_examples() -> usize {
-        2000
+        0
     }
     fn default_batch_size() -> usize {
         256

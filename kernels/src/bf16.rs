@@ -98,6 +98,7 @@ pub(super) fn product_bf16(
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
     assert!(bf16_supported(), "bf16 products on a CPU without AVX512-BF16");
+    super::product::count([m, k, n]);
     let last = |rows: usize, cols: usize, [rs, cs]: [isize; 2]| {
         (rows.max(1) - 1) as isize * rs + (cols.max(1) - 1) as isize * cs
     };

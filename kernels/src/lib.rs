@@ -74,6 +74,7 @@ pub use gelu::gelu;
 pub use layer_norm::{layer_norm, rms_norm};
 pub use linear::linear;
 pub use loss::{distillation_kl, smooth_l1};
+pub use product::multiply_adds;
 pub use residual::add_suffix;
 pub use swiglu::swiglu;
 

@@ -4,7 +4,26 @@
 //! scores and outputs). They sit apart because both ops call them and their safety argument is
 //! the same.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::par;
+
+/// Multiply-adds of every matrix product this process has run through the kernels (f32 and bf16,
+/// linear maps and attention), for the cost a run records: a count of the work done, with the
+/// positions each objective skips left out, rather than a formula's estimate of it.
+static MULTIPLY_ADDS: AtomicU64 = AtomicU64::new(0);
+
+/// Multiply-adds of the kernels' matrix products so far in this process (see
+/// [`MULTIPLY_ADDS`]); the difference over a span of work is that work's count. GPU backends do
+/// not run these kernels, so their work is not counted.
+pub fn multiply_adds() -> u64 {
+    MULTIPLY_ADDS.load(Ordering::Relaxed)
+}
+
+/// Adds one product's multiply-adds to the count.
+pub(super) fn count([m, k, n]: [usize; 3]) {
+    MULTIPLY_ADDS.fetch_add((m * k * n) as u64, Ordering::Relaxed);
+}
 
 /// `lhs rhs (+ bias)` for `lhs` `[m, k]` and `rhs` `[k, n]` read through (row, column) strides,
 /// into a fresh row-major `[m, n]`; `bias` `[n]` is added to every row.
@@ -118,6 +137,7 @@ pub(super) unsafe fn gemm_once(
     [rhs_rs, rhs_cs]: [isize; 2],
     [m, k, n]: [usize; 3],
 ) {
+    count([m, k, n]);
     // SAFETY: forwarded from the caller; gemm computes dst := alpha dst + beta lhs rhs, with
     // alpha taken as zero (dst not loaded) when `read_dst` is false.
     unsafe {

@@ -89,6 +89,19 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
         std::fs::read_to_string(whole.join("eval.json")).unwrap(),
         std::fs::read_to_string(split.join("eval.json")).unwrap()
     );
+    // The cost of the training steps continues from the checkpoint's: the interrupted run's
+    // figures cover every step once, like the whole run's (the five steps after the checkpoint
+    // that the "kill" lost are not counted twice). Products are counted process-wide and the
+    // tests run side by side, so only their presence is checked.
+    let cost = |run: &Path| lab_core::run_dir::Cost::read(run).unwrap().expect("cost.json");
+    let (c_whole, c_split) = (cost(&whole), cost(&split));
+    let steps = config.schedule.steps;
+    assert_eq!(
+        (c_whole.step, c_whole.from_step, c_whole.sequences),
+        (steps, 0, steps * config.schedule.batch_size as u64)
+    );
+    assert_eq!((c_split.step, c_split.from_step, c_split.sequences), (c_whole.step, 0, c_whole.sequences));
+    assert!(c_whole.multiply_adds > 0 && c_split.multiply_adds > 0 && c_whole.training_seconds > 0.0);
     // Starting over in a directory that holds checkpoints is refused.
     let err = trainer::train::<B>(&config, &split, false, &FlexDevice, &quiet()).unwrap_err();
     assert!(format!("{err:#}").contains("--resume"));

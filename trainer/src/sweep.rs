@@ -3,7 +3,9 @@
 //!
 //! ```toml
 //! # configs/sweeps/example.toml
-//! seeds = [0, 1, 2]                 # each run once per seed (seeds.model = seeds.data = seed)
+//! seeds = [0, 1, 2]                 # each run once per seed (seeds.model = seeds.data = seed,
+//!                                   # and data.seed = seed: every seed its own split)
+//! # fixed_data = true               # keep the config's data.seed: seeds vary the model only
 //!
 //! [set]                             # overrides for every run
 //! "schedule.steps" = 1500
@@ -33,7 +35,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{Context, Result, bail};
-use lab_core::run_dir::final_metrics;
+use lab_core::run_dir::{RunDir, final_metrics};
 use lab_core::sweep::{MANIFEST_VERSION, Manifest, ManifestRun, RunStatus, finished, started};
 use serde::Deserialize;
 
@@ -45,9 +47,15 @@ use crate::RunConfig;
 pub struct SweepFile {
     /// The sweep's name [default: the file stem]; the default directory is `runs/sweeps/<name>`.
     pub name: Option<String>,
-    /// Seeds every run is repeated with (`seeds.model` and `seeds.data`).
+    /// Seeds every run is repeated with: `seeds.model`, `seeds.data` and, unless `fixed_data`,
+    /// `data.seed` (the generated split), so that the spread over seeds includes the spread
+    /// over data sets.
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
+    /// Keep every run's `[data] seed` as its config has it: the seeds then vary the
+    /// initialisation and the order of the examples, not the examples themselves.
+    #[serde(default)]
+    pub fixed_data: bool,
     /// Overrides applied to every run, before the grid's and the run's own.
     #[serde(default)]
     pub set: toml::Table,
@@ -204,6 +212,19 @@ impl Plan {
                 bail!("{key}: seeds come from the sweep's `seeds` list, not from set or grid");
             }
         }
+        if !sweep.fixed_data {
+            let mut own = Vec::new();
+            for entry in &sweep.runs {
+                flatten("", &entry.set, &mut own);
+            }
+            let keys =
+                common.iter().map(|(k, _)| k).chain(axes.iter().map(|(k, _)| k)).chain(own.iter().map(|(k, _)| k));
+            if keys.into_iter().any(|k| k == "data.seed") {
+                bail!(
+                    "data.seed: the sweep's `seeds` list sets it (every seed its own split); add `fixed_data = true` to the sweep to set it yourself"
+                );
+            }
+        }
         // Every combination of axis values, in order (the last axis varies fastest).
         let mut combos: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
         for (key, values) in &axes {
@@ -243,6 +264,9 @@ impl Plan {
                         .collect();
                     overrides.push(format!("seeds.model={seed}"));
                     overrides.push(format!("seeds.data={seed}"));
+                    if !sweep.fixed_data {
+                        overrides.push(format!("data.seed={seed}"));
+                    }
                     let after = common
                         .iter()
                         .chain(combo)
@@ -367,6 +391,47 @@ impl Plan {
         }
     }
 
+    /// A run directory that already exists must hold the run this sweep plans: resuming (or
+    /// counting as done) a run trained under another config, say another `data.seed` from
+    /// before the seed list set it, would put its numbers in the wrong row. `schedule.*` and
+    /// `optimizer.*` may differ (a resume may change them), and `model.*` keys the plan leaves
+    /// to the preset are filled in the run's resolved copy.
+    fn check_trained_as_planned(&self, run: &PlannedRun) -> Result<()> {
+        let dir = self.dir.join(&run.name);
+        let saved = RunDir(&dir).config();
+        if !saved.exists() {
+            return Ok(());
+        }
+        let table = |config: RunConfig| -> Result<BTreeMap<String, toml::Value>> {
+            let value = toml::Value::try_from(&config).context("serialising a config")?;
+            let mut flat = Vec::new();
+            if let toml::Value::Table(t) = value {
+                flatten("", &t, &mut flat);
+            }
+            Ok(flat.into_iter().collect())
+        };
+        let planned = table(RunConfig::load(&run.config, &run.overrides)?)?;
+        let trained = table(RunConfig::load(&saved, &[])?)?;
+        let keys: BTreeSet<&String> = planned.keys().chain(trained.keys()).collect();
+        for key in keys {
+            if key.starts_with("schedule.") || key.starts_with("optimizer.") {
+                continue;
+            }
+            let (p, t) = (planned.get(key), trained.get(key));
+            if p == t || (p.is_none() && key.starts_with("model.")) {
+                continue;
+            }
+            let show = |v: Option<&toml::Value>| v.map_or("nothing".to_string(), toml::Value::to_string);
+            bail!(
+                "{} was trained with {key} = {}, but the sweep now plans {}: move that directory away (or give the sweep another directory with --out) before resuming",
+                dir.display(),
+                show(t),
+                show(p)
+            );
+        }
+        Ok(())
+    }
+
     /// The trainer arguments that (re)start a run: `train --resume` when it has a checkpoint,
     /// else `train --config ... --out ...`.
     fn train_args(&self, run: &PlannedRun) -> Vec<String> {
@@ -389,6 +454,9 @@ impl Plan {
     /// Creates the sweep directory and writes its manifest and a copy of the sweep file;
     /// returns the manifest written.
     pub fn prepare(&self, failed: &BTreeMap<String, RunStatus>) -> Result<Manifest> {
+        for run in &self.runs {
+            self.check_trained_as_planned(run)?;
+        }
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         std::fs::copy(&self.file, self.dir.join("sweep.toml"))
             .with_context(|| format!("copying {} into {}", self.file.display(), self.dir.display()))?;

@@ -197,9 +197,16 @@ pub fn train<B: AutodiffBackend>(
     let mut report = None;
     let (mut sequences, mut tokens) = (0u64, 0u64);
     let mut training_seconds = 0.0;
+    let mut cost = match run_dir::Cost::read(run)? {
+        Some(cost) if resume && cost.step == start => cost,
+        _ => run_dir::Cost { step: start, from_step: start, ..Default::default() },
+    };
+    cost.threads = kernels::par::threads();
+    cost.device = format!("{device:?}");
 
     for step in start..schedule.steps {
         let step_started = Instant::now();
+        let products_before = kernels::multiply_adds();
         let lr = schedule.lr(opt.lr, step);
         let examples = sampler.examples(step);
         sequences += examples.len() as u64;
@@ -208,7 +215,12 @@ pub fn train<B: AutodiffBackend>(
         let batch = Batch::<B>::new(&rows, pad, device);
         let (next, stats) = train_step(model, &mut optim, objective.as_ref(), &batch, step, lr, opt.grad_clip);
         model = next;
-        training_seconds += step_started.elapsed().as_secs_f64();
+        let step_seconds = step_started.elapsed().as_secs_f64();
+        training_seconds += step_seconds;
+        cost.step = step + 1;
+        cost.sequences += examples.len() as u64;
+        cost.training_seconds += step_seconds;
+        cost.multiply_adds += kernels::multiply_adds() - products_before;
         let StepStats { loss: value, values, grad_norm } = stats;
         if !value.is_finite() {
             bar.abandon();
@@ -254,6 +266,7 @@ pub fn train<B: AutodiffBackend>(
                 bail!(diverged(run, &format!("at step {done} {problem}; that checkpoint was not written")));
             }
             save_checkpoint(&model, objective.as_ref(), &optim, run, meta(done, health))?;
+            cost.write(run)?;
         }
         bar.set_position(done);
         if options.stop_after == Some(done) {

@@ -98,7 +98,7 @@ fn a_grid_expands_into_every_combination_and_seed() {
     assert_eq!((r.group.as_str(), r.seed, r.steps), ("ntp-lr0.001-nodes10", 1, 4));
     assert_eq!(
         r.overrides,
-        ["schedule.steps=4", "optimizer.lr=0.001", "task.nodes=10", "seeds.model=1", "seeds.data=1"]
+        ["schedule.steps=4", "optimizer.lr=0.001", "task.nodes=10", "seeds.model=1", "seeds.data=1", "data.seed=1"]
     );
     // (TOML writes a string holding `"` as a literal string, in single quotes.)
     let test_file = out.join("ntp-lr0.001-nodes8-s0/test.jsonl").display().to_string();
@@ -108,7 +108,8 @@ fn a_grid_expands_into_every_combination_and_seed() {
             "schedule.steps=4".to_string(),
             format!("data.test_file='{test_file}'"),
             "seeds.model=5".into(),
-            "seeds.data=5".into()
+            "seeds.data=5".into(),
+            "data.seed=5".into()
         ]
     );
     // tl reads a run of the grid, so it comes in a second phase.
@@ -118,6 +119,43 @@ fn a_grid_expands_into_every_combination_and_seed() {
     let spaced = Plan::load(&file, Some(&ws.path().join("o ut"))).unwrap();
     let err = format!("{:#}", spaced.slurm(Path::new("/t"), Path::new("/r")).unwrap_err());
     assert!(err.contains("whitespace"), "{err}");
+}
+
+#[test]
+fn seeds_vary_the_data_unless_the_sweep_fixes_it() {
+    let ws = workspace();
+    let out = ws.path().join("out");
+    let seeds = GRID_2X2.replace("seeds = [0]", "seeds = [0, 1]");
+    let varied = Plan::load(&sweep_file(ws.path(), &seeds), Some(&out)).unwrap();
+    let fixed = format!("fixed_data = true\n{}", seeds.replace("[grid]", "\"data.seed\" = 7\n[grid]"));
+    let fixed = Plan::load(&sweep_file(ws.path(), &fixed), Some(&out)).unwrap();
+    for (v, f) in varied.runs.iter().zip(&fixed.runs) {
+        let data_seed = |r: &trainer::sweep::PlannedRun| {
+            let c = trainer::RunConfig::load(&r.config, &r.overrides).unwrap();
+            (c.data.seed, c.seeds.model, c.seeds.data)
+        };
+        assert_eq!(data_seed(v), (v.seed, v.seed, v.seed), "{}", v.name);
+        assert_eq!(data_seed(f), (7, f.seed, f.seed), "{}", f.name);
+    }
+}
+
+#[test]
+fn a_run_trained_under_another_config_is_not_resumed_into_the_sweep() {
+    let ws = workspace();
+    let out = ws.path().join("out");
+    let plan = Plan::load(&sweep_file(ws.path(), GRID_2X2), Some(&out)).unwrap();
+    let run = &plan.runs[0];
+    // The run's directory as a trainer leaves it, first as planned, then trained on another
+    // split than the seed list asks for.
+    let mut trained = trainer::RunConfig::load(&run.config, &run.overrides).unwrap();
+    std::fs::create_dir_all(out.join(&run.name)).unwrap();
+    trained.schedule.steps = 99; // a resume may change the schedule: not a conflict
+    std::fs::write(out.join(&run.name).join("config.toml"), trained.to_toml()).unwrap();
+    plan.prepare(&Default::default()).unwrap();
+    trained.data.seed = 3;
+    std::fs::write(out.join(&run.name).join("config.toml"), trained.to_toml()).unwrap();
+    let e = format!("{:#}", plan.prepare(&Default::default()).unwrap_err());
+    assert!(e.contains("was trained with data.seed = 3, but the sweep now plans 0"), "{e}");
 }
 
 #[test]
@@ -135,6 +173,9 @@ fn bad_sweep_files_are_clear_errors() {
     assert!(e.contains("task.degree must be a non-empty list"), "{e}");
     let e = err(&GRID_2X2.replace("\"task.nodes\" = [8, 10]", "\"seeds.model\" = [1, 2]"));
     assert!(e.contains("seeds come from the sweep's `seeds` list"), "{e}");
+    // The seed list sets data.seed unless the sweep fixes the data.
+    let e = err(&GRID_2X2.replace("[grid]", "\"data.seed\" = 3\n[grid]"));
+    assert!(e.contains("data.seed: the sweep's `seeds` list sets it") && e.contains("fixed_data = true"), "{e}");
     let e = err(&format!("{GRID_2X2}[[runs]]\nconfig = \"$DIR/ntp.toml\"\n"));
     assert!(e.contains("two runs are named ntp-lr0.001-nodes8-s0"), "{e}");
     let e = err(&format!("{GRID_2X2}set = {{ \"objective.kind\" = \"{{sweep}}/nothing-s0\" }}\n"));
