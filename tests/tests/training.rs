@@ -107,6 +107,23 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     assert!(format!("{err:#}").contains("--resume"));
 }
 
+/// `until_exact` stops at the first evaluation that reaches it (the time-to-plan benchmark's
+/// measurement), and not before an evaluation has run.
+#[test]
+fn a_run_stops_at_the_first_evaluation_that_reaches_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path(), &["schedule.eval_every=10"]);
+    let until = |target: f64, out: &str| {
+        let options = TrainOptions { progress: false, until_exact: Some(target), ..Default::default() };
+        trainer::train::<B>(&config, &dir.path().join(out), false, &FlexDevice, &options).unwrap()
+    };
+    let anything = until(0.0, "zero");
+    assert_eq!(anything.step, 10, "the first evaluation is at step 10");
+    assert_eq!(anything.sequences, 10 * config.schedule.batch_size as u64);
+    let unreachable = until(1.5, "never");
+    assert_eq!(unreachable.step, config.schedule.steps);
+}
+
 /// Objectives with heads save them beside the GPT and resume from them exactly.
 #[test]
 fn objectives_with_heads_resume_exactly() {

@@ -162,7 +162,13 @@ fn run(cli: Cli) -> Result<()> {
             (config, run, false, Vec::new())
         }
     };
-    let options = TrainOptions { progress: !quiet, stop_after: None, command: command_line(device), resume_overrides };
+    let options = TrainOptions {
+        progress: !quiet,
+        stop_after: None,
+        until_exact: None,
+        command: command_line(device),
+        resume_overrides,
+    };
     println!("{} {}", if resuming { "resuming" } else { "training in" }, run.display());
     let outcome =
         on_device!(autodiff device, "trainer", |B, dev| trainer::train::<B>(&config, &run, resuming, &dev, &options))?;

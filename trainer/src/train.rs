@@ -42,6 +42,10 @@ pub struct TrainOptions {
     /// Stop after this many steps as if the process had been killed there (for tests of
     /// `--resume`); checkpoints and metrics are left as a kill would leave them.
     pub stop_after: Option<u64>,
+    /// Stop after the first evaluation whose free-running exact match reaches this, leaving
+    /// the run as an interrupted one (`--resume` continues it): how the time-to-plan benchmark
+    /// measures the steps a recipe needs without training out its whole budget.
+    pub until_exact: Option<f64>,
     /// The command that started this invocation, for `command.txt` and the run's lock.
     pub command: String,
     /// `--set` overrides given with `--resume` (already applied to the config): recorded in
@@ -269,7 +273,8 @@ pub fn train<B: AutodiffBackend>(
             cost.write(run)?;
         }
         bar.set_position(done);
-        if options.stop_after == Some(done) {
+        let reached = options.until_exact.is_some_and(|t| report.as_ref().is_some_and(|r| r.free.exact >= t));
+        if options.stop_after == Some(done) || reached {
             bar.abandon();
             let seconds = started.elapsed().as_secs_f64();
             return Ok(Outcome { step: done, report, seconds, sequences, tokens, training_seconds });
