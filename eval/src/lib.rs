@@ -197,7 +197,7 @@ pub fn evaluate<B: Backend>(
     let n = options.scored(examples.len());
     let examples = &examples[..n];
     assert!(
-        needed_positions(task, examples) <= model.max_seq_len(),
+        model.position_limit().is_none_or(|limit| needed_positions(task, examples) <= limit),
         "the examples need more positions than the model has; check with needed_positions first"
     );
     let device = model.device();

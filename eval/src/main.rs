@@ -198,10 +198,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     let train = eval::TrainingTargets::new(loaded.task.as_ref(), &loaded.train);
     let needed = eval::needed_positions(loaded.task.as_ref(), &loaded.test);
-    if needed > meta.model.max_seq_len {
+    if let Some(limit) = meta.model.position_limit().filter(|&limit| needed > limit) {
         anyhow::bail!(
-            "the test split needs {needed} positions but the model has {}: evaluate on data of the run's shape",
-            meta.model.max_seq_len
+            "the test split needs {needed} positions but the model has {limit} learned ones: evaluate on data of the run's shape"
         );
     }
     let (bf16, trained_bf16) = products(&run, cli.bf16_products, cli.device)?;

@@ -141,8 +141,8 @@ pub fn score<B: Backend>(
             };
             let task: Box<dyn Task> = spec.build().expect("built above");
             let needed = needed_positions(task.as_ref(), &examples);
-            if needed > model.max_seq_len() {
-                return skip(format!("needs {needed} positions, the model has {}", model.max_seq_len()));
+            if let Some(limit) = model.position_limit().filter(|&limit| needed > limit) {
+                return skip(format!("needs {needed} positions, the model has {limit} (learned positions)"));
             }
             let none = TrainingTargets::new(task.as_ref(), &[]);
             let r = evaluate(model, task.as_ref(), &examples, &none, &options);

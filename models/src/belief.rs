@@ -184,9 +184,9 @@ impl<B: Backend> Decoder<B> {
         }
     }
 
-    /// The longest sequence the decoder accepts.
-    pub fn max_seq_len(&self) -> usize {
-        self.gpt().max_seq_len()
+    /// The longest sequence the decoder accepts: `None` with rotary or no positions.
+    pub fn position_limit(&self) -> Option<usize> {
+        self.gpt().position_limit()
     }
 
     /// The device the decoder lives on.

@@ -235,6 +235,11 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// The state dict and the shape the parameters show.
 fn convert<B: Backend>(model: &Gpt<B>) -> Result<(StateDict, Shape), ExportError> {
+    if model.position_limit().is_none() {
+        return Err(ExportError::Layout(
+            "nanoGPT's layout has learned positions (`transformer.wpe`); this model has rotary or no positions".into(),
+        ));
+    }
     let mut collect = Collect::default();
     model.visit(&mut collect);
     if let Some(e) = collect.error {

@@ -11,4 +11,4 @@ pub mod export;
 pub mod gpt;
 
 pub use belief::{BeliefDecoder, BeliefHead, BeliefHeadConfig, Decoder, DecoderKind};
-pub use gpt::{Block, Gpt, GptConfig, GptOutput, GptSuffix, KvCache, linear_rows, norm, seeded, transfer};
+pub use gpt::{Block, Gpt, GptConfig, GptOutput, GptSuffix, KvCache, Positions, linear_rows, norm, seeded, transfer};

@@ -39,7 +39,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use eval::EvalOptions;
-use models::GptConfig;
+use models::{GptConfig, Positions};
 use serde::{Deserialize, Serialize};
 use tasks::TaskSpec;
 use tasks::dataset::DataSpec;
@@ -114,6 +114,11 @@ pub struct ModelSection {
     pub max_seq_len: Option<usize>,
     /// Vocabulary size; must equal the task's if given.
     pub vocab_size: Option<usize>,
+    /// How positions are encoded: `learned` (the default: a table of `max_seq_len` vectors, as
+    /// NTF's GPT-2), `rope` (rotary, as BST's official code) or `none`. Only the learned table
+    /// ties the model to the trained length: with the others `eval robustness` scores longer
+    /// prompts too.
+    pub positions: Option<Positions>,
     /// Run the linear maps' matrix products with bf16 inputs and f32 accumulation (weights,
     /// gradients and the optimizer stay f32), on the CPU backend of a CPU with AVX512-BF16; an
     /// error elsewhere on the CPU backend, ignored on GPU backends. Default false. It holds for
@@ -147,6 +152,7 @@ impl ModelSection {
         c.tie_embeddings = self.tie_embeddings.unwrap_or(c.tie_embeddings);
         c.layer_norm_eps = self.layer_norm_eps.unwrap_or(c.layer_norm_eps);
         c.init_std = self.init_std.unwrap_or(c.init_std);
+        c.positions = self.positions.unwrap_or(c.positions);
         c.validate().map_err(|e| anyhow::anyhow!("model: {e}"))?;
         Ok(c)
     }
@@ -164,6 +170,7 @@ impl ModelSection {
             init_std: Some(c.init_std),
             max_seq_len: Some(c.max_seq_len),
             vocab_size: Some(c.vocab_size),
+            positions: Some(c.positions),
             bf16_products: None,
         }
     }

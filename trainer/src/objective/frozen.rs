@@ -51,7 +51,8 @@ pub fn load_frozen<B: Backend>(
             meta.decoder.name()
         );
     }
-    if meta.model.vocab_size != forward.vocab_size || meta.model.max_seq_len < forward.max_seq_len {
+    let too_short = meta.model.position_limit().is_some_and(|limit| limit < forward.max_seq_len);
+    if meta.model.vocab_size != forward.vocab_size || too_short {
         bail!(
             "the model in {} has vocabulary {} and {} positions; this run needs {} and {}",
             run.display(),
