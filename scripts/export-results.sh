@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copies what a LOG.md entry cites from a sweep directory into the repository, so that no result
 # depends on one machine: compare.md/csv, manifest.json, the figures (SVG), and per run its
-# resolved config, eval.json, a thinned metrics.jsonl (every evaluation line, the training lines of
+# resolved config, eval.json, cost.json, a thinned metrics.jsonl (every evaluation line, the training lines of
 # the evaluated steps and the last one), and the analyses (mi_plan.json, mi_analysis.json,
 # robustness reports). Checkpoints stay behind. The exported runs are themselves a directory that
 # `eval compare DEST/runs` and `eval plot DEST/runs` read.
@@ -25,6 +25,8 @@ for run in "$src"/*/; do
     out=$dest/runs/$name
     mkdir -p "$out"
     cp "$run/config.toml" "$run/eval.json" "$out/"
+    # What the training steps cost (runs from before 2026-12-07 have no cost.json).
+    [ -f "$run/cost.json" ] && cp "$run/cost.json" "$out/"
     # The steps that were evaluated, then their lines (training and evaluation) and the last line.
     steps=$(grep '"eval/' "$run/metrics.jsonl" | sed -n 's/^{"step":\([0-9]*\),.*/\1/p' | sort -u | tr '\n' '|')
     {
