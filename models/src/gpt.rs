@@ -14,8 +14,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-/// How a [`Gpt`] knows where each token is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How a [`Gpt`] knows where each token is. Written as `"learned"`, `"rope"` or `"none"`; a
+/// missing value reads as learned, so that checkpoint sidecars written before the option existed
+/// still load (burn's `Config` derive applies no field defaults when deserialising).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Positions {
     /// A learned vector per position added to the token embedding (GPT-2, nanoGPT, NTF): the
@@ -30,6 +32,25 @@ pub enum Positions {
     /// No position signal at all ("NoPE"): causal attention alone, which can still count;
     /// sequences of any length.
     None,
+}
+
+impl<'de> Deserialize<'de> for Positions {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Named {
+            Learned,
+            Rope,
+            None,
+        }
+        // A missing field reaches here as an absent option (serde's missing-field rule), which is
+        // what makes old sidecars load.
+        Ok(match Option::<Named>::deserialize(deserializer)? {
+            None | Some(Named::Learned) => Positions::Learned,
+            Some(Named::Rope) => Positions::Rope,
+            Some(Named::None) => Positions::None,
+        })
+    }
 }
 
 /// Shape and initialisation of a [`Gpt`].
@@ -684,6 +705,17 @@ mod tests {
             close(full.clone(), Tensor::cat(parts, 1));
             close(full.slice([0..2, 5..8]), m.forward_from(seq, 5).logits);
         }
+    }
+
+    #[test]
+    fn a_config_written_before_positions_existed_reads_as_learned() {
+        let new = GptConfig::tiny(17, 6).with_positions(Positions::Rope);
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(json.contains("\"positions\":\"rope\""), "{json}");
+        assert_eq!(serde_json::from_str::<GptConfig>(&json).unwrap(), new);
+        let old = json.replace(",\"positions\":\"rope\"", "");
+        assert_eq!(serde_json::from_str::<GptConfig>(&old).unwrap().positions, Positions::Learned);
+        assert!(serde_json::from_str::<GptConfig>(&json.replace("rope", "sinusoid")).is_err());
     }
 
     #[test]
