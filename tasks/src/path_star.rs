@@ -350,7 +350,8 @@ impl PathStar {
         if fits {
             return Ok(());
         }
-        let degree = if len > 1 && edges.is_multiple_of(len - 1) { (edges / (len - 1)).to_string() } else { "?".into() };
+        let degree =
+            if len > 1 && edges.is_multiple_of(len - 1) { (edges / (len - 1)).to_string() } else { "?".into() };
         let nodes = largest.map_or("?".into(), |m| format!("at least {}", m + 1));
         Err(format!(
             "this line is a G({degree},{len},n) graph with {nodes} nodes ({edges} edges, a path of {len} nodes), \
