@@ -341,22 +341,29 @@ impl PathStar {
     /// A line of another graph than this task's (a test file of another rung) is refused with
     /// both shapes named, rather than with whichever token first fails to parse: its edges and
     /// path give its degree and path length, its largest node a lower bound on its node count.
+    /// Only a line whose edges and path make a whole graph of another shape counts; a damaged
+    /// line (a node lost or doubled) gets the parser's own message, which names the fault.
     fn check_ntf_shape(&self, graph: &str, path: &str) -> Result<(), String> {
         let p = &self.params;
         let edges = graph.split('|').count();
         let len = path.split(',').count();
-        let largest = graph.split(['|', ',']).chain(path.split(',')).filter_map(|t| t.trim().parse::<u64>().ok()).max();
-        let fits = edges == p.edges() && len == p.path_len as usize && largest.is_none_or(|m| m < u64::from(p.nodes));
-        if fits {
+        let same = edges == p.edges() && len == p.path_len as usize;
+        let a_graph = len > 1 && edges.is_multiple_of(len - 1);
+        if same || !a_graph {
             return Ok(());
         }
-        let degree =
-            if len > 1 && edges.is_multiple_of(len - 1) { (edges / (len - 1)).to_string() } else { "?".into() };
+        let largest = graph.split(['|', ',']).chain(path.split(',')).filter_map(|t| t.trim().parse::<u64>().ok()).max();
         let nodes = largest.map_or("?".into(), |m| format!("at least {}", m + 1));
         Err(format!(
-            "this line is a G({degree},{len},n) graph with {nodes} nodes ({edges} edges, a path of {len} nodes), \
+            "this line is a G({},{len},n) graph with {nodes} nodes ({edges} edges, a path of {len} nodes), \
              but the task is G({},{},{}) (degree {}, path length {}, {} nodes): a test file of another graph",
-            p.degree, p.path_len, p.nodes, p.degree, p.path_len, p.nodes
+            edges / (len - 1),
+            p.degree,
+            p.path_len,
+            p.nodes,
+            p.degree,
+            p.path_len,
+            p.nodes
         ))
     }
 
@@ -568,10 +575,14 @@ mod tests {
             PathStar::new(PathStarParams { degree: 2, path_len: 4, nodes: 10, ..PathStarParams::default() }).unwrap();
         let e = g2410.parse_ntf_line(NTF_LINE).unwrap_err();
         assert!(e.contains("G(2,5,n) graph with at least 48 nodes") && e.contains("the task is G(2,4,10)"), "{e}");
-        // The right shape but nodes beyond the task's: still refused before any token is read.
-        let g2550 = PathStar::new(PathStarParams { nodes: 40, ..PathStarParams::default() }).unwrap();
-        let e = g2550.parse_ntf_line(NTF_LINE).unwrap_err();
-        assert!(e.contains("G(2,5,n) graph with at least 48 nodes") && e.contains("the task is G(2,5,40)"), "{e}");
+        // The right shape but nodes beyond the task's: the parser names the node.
+        let g2540 = PathStar::new(PathStarParams { nodes: 40, ..PathStarParams::default() }).unwrap();
+        let e = g2540.parse_ntf_line(NTF_LINE).unwrap_err();
+        assert!(e.contains("node 47 is outside 0..40"), "{e}");
+        // A damaged line (a path node doubled: 8 edges, 6 path nodes) is no graph of another
+        // shape: the parser's own message.
+        let e = g250().parse_ntf_line(&NTF_LINE.replace("=32,34", "=32,32,34")).unwrap_err();
+        assert!(!e.contains("graph with"), "{e}");
         let degree5 = "9,32|4,46|25,37|10,25|0,43|10,9|10,7|10,0|10,4|7,48/10,32=10,9,32";
         let e = g250().parse_ntf_line(degree5).unwrap_err();
         assert!(e.contains("G(5,3,n)") && e.contains("the task is G(2,5,50)"), "{e}");
@@ -617,8 +628,8 @@ mod tests {
             ("32,3|16,12", "missing `/`"),
             ("32,3|16,12/32,12", "missing `=`"),
             ("32,3|16,x|3,19|32,34|34,6|6,16|19,47|47,28/32,12=32,34,6,16,12", "not a node number"),
-            ("32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,99/32,12=32,34,6,16,12", "at least 100 nodes"),
-            ("32,3|16,12|3,19|32,34|34,6|6,16|19,47/32,12=32,34,6,16,12", "(7 edges, a path of 5 nodes)"),
+            ("32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,99/32,12=32,34,6,16,12", "outside 0..50"),
+            ("32,3|16,12|3,19|32,34|34,6|6,16|19,47/32,12=32,34,6,16,12", "prompt tokens"),
             ("32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,28/32,12=32,3,19,47,28", "target"),
             ("32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,16/32,12=32,34,6,16,12", "parent"),
         ] {
