@@ -13,8 +13,8 @@ use crate::par;
 /// positions each objective skips left out, rather than a formula's estimate of it.
 static MULTIPLY_ADDS: AtomicU64 = AtomicU64::new(0);
 
-/// Multiply-adds of the kernels' matrix products so far in this process (see
-/// [`MULTIPLY_ADDS`]); the difference over a span of work is that work's count. GPU backends do
+/// Multiply-adds of the kernels' matrix products so far in this process (f32 and bf16, linear
+/// maps and attention); the difference over a span of work is that work's count. GPU backends do
 /// not run these kernels, so their work is not counted.
 pub fn multiply_adds() -> u64 {
     MULTIPLY_ADDS.load(Ordering::Relaxed)
