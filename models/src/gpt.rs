@@ -519,8 +519,10 @@ impl<B: Backend> CausalSelfAttention<B> {
         // place, so no split or merge copies (`kernels::causal_attention`).
         let Some(slot) = cache else {
             if self.rope {
-                let q = rotary(linear_rows(&self.q, x.clone()), self.n_heads, 0);
-                let key = rotary(linear_rows(&self.k, x.clone()), self.n_heads, 0);
+                let [_, t, d] = x.dims();
+                let turn = Rotary::new(t, d, self.n_heads, 0, &x.device());
+                let q = turn.apply(linear_rows(&self.q, x.clone()));
+                let key = turn.apply(linear_rows(&self.k, x.clone()));
                 let value = linear_rows(&self.v, x);
                 return linear_rows(&self.proj, kernels::causal_attention(q, key, value, self.n_heads));
             }
@@ -540,8 +542,10 @@ impl<B: Backend> CausalSelfAttention<B> {
         if self.rope {
             // The new positions follow the cached ones; cached keys were rotated when computed.
             let offset = slot.as_ref().map_or(0, |(k, _)| k.dims()[1]);
-            q = rotary(q, self.n_heads, offset);
-            key = rotary(key, self.n_heads, offset);
+            let [_, t, d] = q.dims();
+            let turn = Rotary::new(t, d, self.n_heads, offset, &q.device());
+            q = turn.apply(q);
+            key = turn.apply(key);
         }
         if let Some((past_k, past_v)) = slot.take() {
             key = Tensor::cat(vec![past_k, key], 1); // [b, t_past + t, d]
@@ -560,14 +564,22 @@ impl<B: Backend> CausalSelfAttention<B> {
         let mut q = linear_rows(&self.q, x.clone().slice([0..b, from..t]));
         let (mut key, value) = (linear_rows(&self.k, x.clone()), linear_rows(&self.v, x));
         if self.rope {
-            q = rotary(q, self.n_heads, from);
-            key = rotary(key, self.n_heads, 0);
+            let turn = Rotary::new(t, key.dims()[2], self.n_heads, 0, &key.device());
+            q = turn.from(from).apply(q);
+            key = turn.apply(key);
         }
         linear_rows(&self.proj, kernels::causal_attention(q, key, value, self.n_heads))
     }
 }
 
-/// Rotary position embedding of `x` `[b, t, d]` (heads packed side by side, each `k = d / h`
+/// [`Rotary`] at positions from `offset` applied to `x` (the tests' shorthand).
+#[cfg(test)]
+fn rotary<B: Backend>(x: Tensor<B, 3>, heads: usize, offset: usize) -> Tensor<B, 3> {
+    let [_, t, d] = x.dims();
+    Rotary::new(t, d, heads, offset, &x.device()).apply(x)
+}
+
+/// Rotary position embedding, for `x` `[b, t, d]` (heads packed side by side, each `k = d / h`
 /// wide) at positions `offset..offset + t`: in every head, dimension `i` and `i + k/2` form a
 /// pair rotated by the angle `position · 10000^(-2i/k)` (GPT-NeoX's layout, which BST's code
 /// inherits). A rotation preserves norms, and the product of a rotated query and key depends
@@ -577,36 +589,61 @@ impl<B: Backend> CausalSelfAttention<B> {
 /// each pair `(u, w)` to `(-w, u)`: one product through the linear kernel and three elementwise
 /// ops over `[b, t d]` with the tables broadcast as one row, instead of per-head slices and a
 /// concatenation, which under autodiff cost BST 2.7x its step.
-fn rotary<B: Backend>(x: Tensor<B, 3>, heads: usize, offset: usize) -> Tensor<B, 3> {
-    let [b, t, d] = x.dims();
-    let k = d / heads;
-    let half = k / 2;
-    let (mut cos, mut sin) = (vec![0f32; t * d], vec![0f32; t * d]);
-    for p in 0..t {
-        for i in 0..half {
-            let angle = (offset + p) as f64 * 10_000f64.powf(-2.0 * i as f64 / k as f64);
-            let (c, s) = (angle.cos() as f32, angle.sin() as f32);
-            for h in 0..heads {
-                for at in [p * d + h * k + i, p * d + h * k + i + half] {
-                    cos[at] = c;
-                    sin[at] = s;
+///
+/// The tables for `t` positions from `offset` are built once per attention call and applied to
+/// its queries and keys alike.
+struct Rotary<B: Backend> {
+    /// `cos` and `sin` of every position's angles, `[1, t d]` (a row that broadcasts over the batch).
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    /// `R`, `[d, d]`.
+    turn: Tensor<B, 2>,
+    d: usize,
+}
+
+impl<B: Backend> Rotary<B> {
+    fn new(t: usize, d: usize, heads: usize, offset: usize, device: &B::Device) -> Self {
+        let k = d / heads;
+        let half = k / 2;
+        let (mut cos, mut sin) = (vec![0f32; t * d], vec![0f32; t * d]);
+        for p in 0..t {
+            for i in 0..half {
+                let angle = (offset + p) as f64 * 10_000f64.powf(-2.0 * i as f64 / k as f64);
+                let (c, s) = (angle.cos() as f32, angle.sin() as f32);
+                for h in 0..heads {
+                    for at in [p * d + h * k + i, p * d + h * k + i + half] {
+                        cos[at] = c;
+                        sin[at] = s;
+                    }
                 }
             }
         }
-    }
-    let mut turn = vec![0f32; d * d]; // R, [d, d]: (x R)_j = sum_i x_i R_ij
-    for h in 0..heads {
-        for i in 0..half {
-            let (u, w) = (h * k + i, h * k + i + half);
-            turn[w * d + u] = -1.0; // first of the pair: -w
-            turn[u * d + w] = 1.0; // second of the pair: u
+        let mut turn = vec![0f32; d * d]; // R, [d, d]: (x R)_j = sum_i x_i R_ij
+        for h in 0..heads {
+            for i in 0..half {
+                let (u, w) = (h * k + i, h * k + i + half);
+                turn[w * d + u] = -1.0; // first of the pair: -w
+                turn[u * d + w] = 1.0; // second of the pair: u
+            }
         }
+        let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [1, t * d]), device);
+        let turn = Tensor::<B, 2>::from_data(TensorData::new(turn, [d, d]), device);
+        Rotary { cos: table(cos), sin: table(sin), turn, d }
     }
-    let device = x.device();
-    let table = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [1, t * d]), &device);
-    let turn = Tensor::<B, 2>::from_data(TensorData::new(turn, [d, d]), &device);
-    let turned = rows(x.clone(), |x| kernels::linear(x, turn, None)).reshape([b, t * d]);
-    (x.reshape([b, t * d]) * table(cos) + turned * table(sin)).reshape([b, t, d])
+
+    /// The tables of the positions from the `from`-th on (a suffix's queries).
+    fn from(&self, from: usize) -> Self {
+        let all = self.cos.dims()[1];
+        let tail = |x: &Tensor<B, 2>| x.clone().slice([0..1, from * self.d..all]);
+        Rotary { cos: tail(&self.cos), sin: tail(&self.sin), turn: self.turn.clone(), d: self.d }
+    }
+
+    /// `x ∘ cos + (x R) ∘ sin` for `x` `[b, t, d]`.
+    fn apply(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let turned = rows(x.clone(), |x| kernels::linear(x, self.turn.clone(), None)).reshape([b, t * d]);
+        (x.reshape([b, t * d]) * self.cos.clone() + turned * self.sin.clone()).reshape([b, t, d])
+    }
 }
 
 #[derive(Module, Debug)]
