@@ -40,12 +40,33 @@ pub enum Negatives {
     Counterfactual,
     /// Counterfactual futures plus every other position of the batch.
     CounterfactualBatch,
+    /// Hard negatives that share the far future with the positive (issue 35): for each
+    /// counterfactual future, the true future with its first `swap_depth` inner nodes (the nodes
+    /// after the source; path-star: the decision onwards) taken from the counterfactual one. The
+    /// goal's parent stays the true one, so the one-hop shortcut (the goal's parent, read from the
+    /// prompt) cannot tell them apart; only the near future, the plan, can.
+    NearSwap,
+    /// Depth-graded hard negatives (issue 35): for each counterfactual future and each inner node
+    /// of the answer, the true future with that one node taken from the counterfactual one. The
+    /// negative that differs at the goal's parent is won by the one-hop shortcut; the one that
+    /// differs one node earlier needs one hop more, and so on back to the decision: the shortcut
+    /// becomes the first step of a backward chain instead of its end.
+    DepthGraded,
 }
 
 impl Negatives {
     /// Whether the task's counterfactual futures are among the negatives.
     pub fn counterfactual(self) -> bool {
-        matches!(self, Negatives::Counterfactual | Negatives::CounterfactualBatch)
+        matches!(
+            self,
+            Negatives::Counterfactual | Negatives::CounterfactualBatch | Negatives::NearSwap | Negatives::DepthGraded
+        )
+    }
+
+    /// Whether the negatives are the true future with some nodes swapped in from the
+    /// counterfactual ones (`near-swap`, `depth-graded`).
+    pub fn spliced(self) -> bool {
+        matches!(self, Negatives::NearSwap | Negatives::DepthGraded)
     }
 }
 

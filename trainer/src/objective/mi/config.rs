@@ -74,8 +74,13 @@ pub struct MiConfig {
     pub scorer: ScorerKind,
     /// Temperature of the InfoNCE scores.
     pub temperature: f64,
-    /// Negatives: `batch` (every other position) or `other-sequences`.
+    /// Negatives: `batch` (every other position), `other-sequences`, `counterfactual`,
+    /// `counterfactual-batch`, `near-swap` or `depth-graded` (see [`Negatives`]).
     pub negatives: Negatives,
+    /// `negatives = "near-swap"`: how many inner nodes of the answer (from the one after the
+    /// source on) each hard negative takes from a counterfactual future; at most the answer's
+    /// inner nodes.
+    pub swap_depth: usize,
     /// λ_InfoNCE (its peak under the joint schedule, its stage-1 value under two-stage).
     pub lambda_infonce: f64,
     /// k of the action set TopK_k ∪ {x_{t+1}}.
@@ -110,6 +115,7 @@ impl Default for MiConfig {
             scorer: ScorerKind::Dot,
             temperature: 0.1,
             negatives: Negatives::Batch,
+            swap_depth: 1,
             lambda_infonce: 0.1,
             top_k: 3,
             lambda_gt: 0.5,

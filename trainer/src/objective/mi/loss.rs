@@ -2,7 +2,7 @@
 //! token-level reward from the rollout head, weighted by the schedule's λs; and the future-only
 //! encoders' per-position states.
 
-use super::negatives::decision_mass;
+use super::negatives::{candidate_flags, decision_mass};
 use super::*;
 
 impl<B: AutodiffBackend> Mi<B> {
@@ -107,15 +107,10 @@ impl<B: AutodiffBackend> Mi<B> {
                     let picked = alt_summaries
                         .reshape([b * m * t, s])
                         .select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n * m]), &device));
-                    let width = n + n * m;
-                    let mut keep = vec![0f32; n * width];
-                    for i in 0..n {
-                        if c.negatives == Negatives::CounterfactualBatch {
-                            keep[i * width..i * width + n].fill(1.0);
-                        }
-                        keep[i * width + i] = 1.0;
-                        keep[i * width + n + i * m..i * width + n + (i + 1) * m].fill(1.0);
-                    }
+                    // Spliced negatives are candidates only where they differ from the positive.
+                    let differs = c.negatives.spliced().then(|| alt.differs(&index_host, t, horizon));
+                    let with_batch = c.negatives == Negatives::CounterfactualBatch;
+                    let keep = candidate_flags(n, m, with_batch, differs.as_deref());
                     (Tensor::cat(vec![f.clone(), picked], 0), Some(keep))
                 }
                 _ => (f.clone(), None),

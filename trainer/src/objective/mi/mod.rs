@@ -133,7 +133,23 @@ impl<B: AutodiffBackend> Mi<B> {
                 task.sample(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0))
             });
             match task.counterfactual_targets(&probe) {
-                Some(alt) if !alt.is_empty() => {}
+                Some(alt) if !alt.is_empty() => {
+                    // A spliced negative swaps inner nodes of the answer (all but its first and last).
+                    let inner = probe.target().len().saturating_sub(2);
+                    if config.negatives.spliced() && inner == 0 {
+                        bail!(
+                            "objective.negatives = {:?}: the answers of task {} have no inner nodes to swap",
+                            config.negatives,
+                            task.spec().name()
+                        );
+                    }
+                    if config.negatives == Negatives::NearSwap && !(1..=inner).contains(&config.swap_depth) {
+                        bail!(
+                            "objective.swap_depth = {} must be between 1 and the answer's {inner} inner nodes",
+                            config.swap_depth
+                        );
+                    }
+                }
                 _ => bail!(
                     "objective.negatives = {:?}: task {} has no counterfactual futures (path-star and graph-walk have them); use \
                      \"batch\" or \"other-sequences\"",
@@ -392,6 +408,16 @@ mod tests {
                 false,
             ),
             (
+                "future tokens, depth-graded negatives",
+                MiConfig {
+                    encoder_input: EncoderInput::FutureTokens,
+                    negatives: Negatives::DepthGraded,
+                    ..constant.clone()
+                },
+                0,
+                false,
+            ),
+            (
                 "reverse LM, counterfactual and batch negatives",
                 MiConfig {
                     encoder_input: EncoderInput::ReverseLm,
@@ -525,6 +551,147 @@ mod tests {
         let Some(Heads::Mi(h1)) = &m.heads else { panic!() };
         assert_ne!(params(&h1.encoder), enc);
         assert_ne!(params(h1.tokens.as_ref().unwrap()), tok);
+    }
+
+    #[test]
+    fn spliced_negatives_take_the_one_hop_shortcut_away_and_leave_the_plan() {
+        // The shortcut that won the counterfactual contrast (LOG.md, 2026-12-01 (later)): a state
+        // that knows the goal's parent (one edge back from the goal the prompt names) and nothing
+        // of the path. As a critic it scores a candidate future by whether its window holds that
+        // node, scaled until the softmax is hard. Against the other arms' futures it wins at every
+        // anchor; against spliced negatives it ties one wherever the window holds the decision.
+        // A state that knows the path (scoring the window's agreement with the true one) wins
+        // against every kind, so the candidates the loss keeps are all separable.
+        use super::negatives::candidate_flags;
+        let (task, batch, config) = path_star_case();
+        let [_, t] = batch.inputs.dims();
+        let (index, _) = future_positions(&batch.prefix_lens, &batch.target_lens, t);
+        let n = index.len();
+        let horizon = MiConfig::default().horizon;
+        let loss_of = |negatives: Negatives| {
+            let obj = mi_on(
+                task.as_ref(),
+                &config,
+                MiConfig { negatives, encoder_input: EncoderInput::FutureTokens, ..Default::default() },
+            )
+            .unwrap();
+            let alt = obj.alternatives(&batch).unwrap();
+            let m = alt.per_row;
+            let differs = negatives.spliced().then(|| alt.differs(&index, t, horizon));
+            let keep = candidate_flags(n, m, false, differs.as_deref());
+            let window = |tokens: &[u32], k: i32| {
+                let i = k as usize % t;
+                tokens[i + 1..=(i + horizon).min(tokens.len() - 2)].to_vec()
+            };
+            // Per anchor: (loss of the shortcut, loss of the planner, whether the window holds
+            // the decision, the answer's second node).
+            let mut out = Vec::new();
+            for (i, &k) in index.iter().enumerate() {
+                let r = k as usize / t;
+                let truth = &alt.truth[r];
+                let parent = truth[truth.len() - 2];
+                let decision = batch.prefix_lens[r] + 1;
+                let mut windows = vec![Vec::new(); n + n * m];
+                windows[i] = window(truth, k);
+                for a in 0..m {
+                    windows[n + i * m + a] = window(&alt.tokens[r * m + a], k);
+                }
+                let row = &keep[i * windows.len()..(i + 1) * windows.len()];
+                let losses: Vec<f64> = [
+                    |w: &[u32], _: &[u32], parent: u32| w.contains(&parent) as u32 as f32,
+                    |w: &[u32], truth: &[u32], _| w.iter().zip(truth).filter(|(x, y)| x == y).count() as f32,
+                ]
+                .iter()
+                .map(|score| {
+                    let scores: Vec<f32> = windows.iter().map(|w| 50.0 * score(w, &windows[i], parent)).collect();
+                    let scores = Tensor::<B, 2>::from_data(TensorData::new(scores, [1, windows.len()]), &FlexDevice);
+                    scalar(info_nce_among(scores, 1.0, &[i], row).0) as f64
+                })
+                .collect();
+                let holds_decision = (k as usize % t) < decision && decision <= (k as usize % t) + horizon;
+                out.push((losses[0], losses[1], holds_decision, row.iter().sum::<f32>() > 1.0));
+            }
+            out
+        };
+        for (i, (shortcut, planner, _, has_negatives)) in loss_of(Negatives::Counterfactual).into_iter().enumerate() {
+            assert!(has_negatives && shortcut < 1e-6 && planner < 1e-6, "counterfactual, anchor {i}: {shortcut} {planner}");
+        }
+        for negatives in [Negatives::NearSwap, Negatives::DepthGraded] {
+            let anchors = loss_of(negatives);
+            assert!(anchors.iter().filter(|a| a.2).count() >= 8, "two anchors per row hold the decision");
+            for (i, (shortcut, planner, holds_decision, has_negatives)) in anchors.into_iter().enumerate() {
+                assert!(planner < 1e-6, "{negatives:?}, anchor {i}: a state that knows the path loses {planner}");
+                if holds_decision {
+                    assert!(has_negatives, "{negatives:?}, anchor {i}");
+                    assert!(shortcut >= 2f64.ln() - 1e-6, "{negatives:?}, anchor {i}: the shortcut wins ({shortcut})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn spliced_negatives_swap_inner_nodes_and_need_some() {
+        let truth = [1, 2, 3, 4, 9];
+        let others = [vec![1, 5, 6, 7, 8]];
+        assert_eq!(super::negatives::negative_answers(Negatives::NearSwap, 2, &truth, &others), [vec![1, 5, 6, 4, 9]]);
+        assert_eq!(
+            super::negatives::negative_answers(Negatives::DepthGraded, 0, &truth, &others),
+            [vec![1, 5, 3, 4, 9], vec![1, 2, 6, 4, 9], vec![1, 2, 3, 7, 9]]
+        );
+        let (task, _, config) = path_star_case();
+        let base = MiConfig { encoder_input: EncoderInput::FutureTokens, ..Default::default() };
+        for (negatives, swap_depth, ok) in [
+            (Negatives::NearSwap, 1, true),
+            (Negatives::NearSwap, 2, true),
+            (Negatives::NearSwap, 0, false),
+            (Negatives::NearSwap, 3, false), // G(2,4,10)'s answers have two inner nodes
+            (Negatives::DepthGraded, 0, true),
+        ] {
+            let r = mi_on(task.as_ref(), &config, MiConfig { negatives, swap_depth, ..base.clone() });
+            assert_eq!(r.is_ok(), ok, "{negatives:?}, swap_depth {swap_depth}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("swap_depth"), "{e}");
+            }
+        }
+        // Without a future-only encoder, or on a task without counterfactual futures: refused.
+        let e = mi_on(task.as_ref(), &config, MiConfig { negatives: Negatives::DepthGraded, ..Default::default() })
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("future-only encoder"), "{e}");
+        let recall = tasks::TaskSpec::default_of("key-recall").unwrap().build().unwrap();
+        let cfg = GptConfig::tiny(recall.vocab().len(), 96).with_d_model(16);
+        let e = mi_on(recall.as_ref(), &cfg, MiConfig { negatives: Negatives::NearSwap, ..base }).err().unwrap();
+        assert!(e.to_string().contains("no counterfactual futures"), "{e}");
+    }
+
+    #[test]
+    fn spliced_negatives_train_and_count_their_candidates() {
+        // G(2,4,10), horizon 4, anchors `=` (window s a1 a2), s (a1 a2) and a1 (a2). Near-swap
+        // (a1 swapped): candidates 2, 2, 1 (at a1 the negative is the positive); depth-graded
+        // (a1, then a2 swapped): 3, 3, 2.
+        let (task, batch, config) = path_star_case();
+        for (negatives, want) in [
+            (Negatives::NearSwap, (2f64.ln() * 2.0) / 3.0),
+            (Negatives::DepthGraded, (3f64.ln() * 2.0 + 2f64.ln()) / 3.0),
+        ] {
+            let obj = mi_on(
+                task.as_ref(),
+                &config,
+                MiConfig {
+                    negatives,
+                    encoder_input: EncoderInput::FutureTokens,
+                    schedule: MiSchedule::Constant,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let m = model(&obj, &config);
+            let out = obj.loss(&m, &batch, 0);
+            let stat = |name: &str| scalar(out.stats.iter().find(|(n, _)| n == name).unwrap().1.clone()) as f64;
+            assert!((stat("mi_log_k") - want).abs() < 1e-6, "{negatives:?}: log K {}", stat("mi_log_k"));
+            assert!(stat("mi_bound") <= stat("mi_log_k") + 1e-6);
+            assert!(scalar(out.total).is_finite());
+        }
     }
 
     #[test]

@@ -10,40 +10,121 @@ use super::*;
 pub(super) struct Alternatives<B: Backend> {
     pub(super) batch: Batch<B>,
     pub(super) per_row: usize,
-    /// `firsts[r]`: for row r, the second target token of each alternative (the node after the
-    /// source: the arm it goes down).
+    /// `arms[r]`: for row r, the second target token of each counterfactual future (the node
+    /// after the source: the arm it goes down), whatever the negatives spliced from them.
     pub(super) arms: Vec<Vec<u32>>,
+    /// The alternatives' tokens, row-major as in `batch`, and the true rows': for the spliced
+    /// negatives' windows (see [`Alternatives::differs`]).
+    pub(super) tokens: Vec<Vec<u32>>,
+    pub(super) truth: Vec<Vec<u32>>,
+}
+
+/// `truth` with its tokens at `at` taken from `other` (both answers of the same length).
+fn splice(truth: &[u32], other: &[u32], at: std::ops::RangeInclusive<usize>) -> Vec<u32> {
+    let mut out = truth.to_vec();
+    out[at.clone()].copy_from_slice(&other[at]);
+    out
+}
+
+/// The negatives' answers for one row, from its true answer and the task's counterfactual
+/// answers: the counterfactual answers themselves, or the true one with nodes swapped in from
+/// them (`near-swap`: the first `swap_depth` inner nodes; `depth-graded`: each inner node alone,
+/// counterfactual-major). Inner nodes are all but the answer's first and last token.
+pub(super) fn negative_answers(
+    negatives: Negatives,
+    swap_depth: usize,
+    truth: &[u32],
+    counterfactual: &[Vec<u32>],
+) -> Vec<Vec<u32>> {
+    let inner = truth.len().saturating_sub(2);
+    match negatives {
+        Negatives::NearSwap => counterfactual.iter().map(|c| splice(truth, c, 1..=swap_depth.min(inner))).collect(),
+        Negatives::DepthGraded => {
+            counterfactual.iter().flat_map(|c| (1..=inner).map(move |j| splice(truth, c, j..=j))).collect()
+        }
+        _ => counterfactual.to_vec(),
+    }
 }
 
 impl<B: AutodiffBackend> Mi<B> {
-    /// The batch's counterfactual futures as inputs of the same layout, if the task has them and
-    /// every row has as many.
+    /// The batch's negative futures as inputs of the same layout (the counterfactual ones, or
+    /// those spliced from them), if the task has them and every row has as many.
     pub(super) fn alternatives(&self, batch: &Batch<B>) -> Option<Alternatives<B>> {
         let [b, t] = batch.inputs.dims();
         let rows = host_rows(batch);
         let mut per_row = None;
         let mut examples = Vec::new();
         let mut arms = Vec::with_capacity(b);
+        let mut truth = Vec::with_capacity(b);
         for (r, row) in rows.iter().enumerate() {
             let p = batch.prefix_lens[r];
-            let example = tasks::Example { tokens: row.iter().map(|&x| x as u32).collect(), prefix_len: p };
+            let tokens: Vec<u32> = row.iter().map(|&x| x as u32).collect();
+            let example = tasks::Example { tokens: tokens.clone(), prefix_len: p };
             let alt = self.task.counterfactual_targets(&example)?;
-            if *per_row.get_or_insert(alt.len()) != alt.len() || alt.is_empty() {
+            if alt.is_empty() || alt.iter().any(|a| a.len() != tokens.len() - p) {
                 return None;
             }
             arms.push(alt.iter().map(|a| a.get(1).copied().unwrap_or(u32::MAX)).collect());
-            for target in alt {
-                let mut tokens: Vec<u32> = row[..p].iter().map(|&x| x as u32).collect();
+            let answers = negative_answers(self.config.negatives, self.config.swap_depth, &tokens[p..], &alt);
+            if *per_row.get_or_insert(answers.len()) != answers.len() {
+                return None;
+            }
+            for target in answers {
+                let mut tokens: Vec<u32> = tokens[..p].to_vec();
                 tokens.extend(target);
                 examples.push(tasks::Example { tokens, prefix_len: p });
             }
+            truth.push(tokens);
         }
         let per_row = per_row?;
         let refs: Vec<&tasks::Example> = examples.iter().collect();
         let alt = Batch::new(&refs, self.task.vocab().dummy(), &batch.inputs.device());
+        let tokens = examples.into_iter().map(|e| e.tokens).collect();
         // Counterfactual targets have the answer's length, so the layouts agree.
-        (alt.inputs.dims()[1] == t).then_some(Alternatives { batch: alt, per_row, arms })
+        (alt.inputs.dims()[1] == t).then_some(Alternatives { batch: alt, per_row, arms, tokens, truth })
     }
+}
+
+impl<B: Backend> Alternatives<B> {
+    /// `[n m]`, anchor-major: whether alternative a of anchor i (flat index `row * t + position`
+    /// in `index`) differs from the true future inside the anchor's window at `horizon` (the
+    /// inputs `position + 1 ..= position + horizon`, never the last token: `future_window`).
+    /// A spliced negative that does not is the positive itself: no state could tell them apart,
+    /// so it is no candidate (its tie would only add log 2 to the loss and to log K).
+    pub(super) fn differs(&self, index: &[i32], t: usize, horizon: usize) -> Vec<bool> {
+        let m = self.per_row;
+        let mut out = Vec::with_capacity(index.len() * m);
+        for &k in index {
+            let (r, i) = (k as usize / t, k as usize % t);
+            let truth = &self.truth[r];
+            let last = (i + horizon).min(truth.len().saturating_sub(2)).min(t.saturating_sub(1));
+            for a in 0..m {
+                let alt = &self.tokens[r * m + a];
+                out.push((i + 1..=last).any(|j| alt[j] != truth[j]));
+            }
+        }
+        out
+    }
+}
+
+/// The candidates of each of `n` anchors (`[n, n + n m]`, row-major, 1.0 = a candidate) among
+/// the columns `[the anchors' own summaries; their m alternatives' each, anchor-major]`: its own
+/// summary, its alternatives (those `differs` marks, if given), and with `with_batch` every other
+/// anchor's summary.
+pub(super) fn candidate_flags(n: usize, m: usize, with_batch: bool, differs: Option<&[bool]>) -> Vec<f32> {
+    let width = n + n * m;
+    let mut keep = vec![0f32; n * width];
+    for i in 0..n {
+        if with_batch {
+            keep[i * width..i * width + n].fill(1.0);
+        }
+        keep[i * width + i] = 1.0;
+        for a in 0..m {
+            let candidate = differs.is_none_or(|d| d[i * m + a]);
+            keep[i * width + n + i * m + a] = if candidate { 1.0 } else { 0.0 };
+        }
+    }
+    keep
 }
 
 /// At the decision position of each row (path-star: target position 2, input position
