@@ -52,6 +52,23 @@ pub enum MiSchedule {
     TwoStage,
 }
 
+/// What the token-level reward scores each candidate token against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RewardKind {
+    /// The seed's form (docs/method.md, §9.5): the rollout head's F̂_t(a) against the true
+    /// future's summary F_t, plus λ_gt for the ground truth, over TopK ∪ {x_(t+1)}. Scored against
+    /// the true future, it is a soft copy of the label (LOG.md, 2026-12-01 (later)).
+    #[default]
+    Label,
+    /// Issue 35: each candidate is the first step of a future the environment rolls out (the true
+    /// one and the task's counterfactual ones, unmarked), scored by the critic f(h_t, F(future)),
+    /// over TopK ∪ {every future's first step}. Neither the ground truth nor the true future is
+    /// marked, so the reward favours the goal's arm only as far as h_t knows the plan. Needs a
+    /// future-only encoder and a task with counterfactual futures.
+    OnPolicy,
+}
+
 /// `[objective] kind = "mi"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -85,7 +102,10 @@ pub struct MiConfig {
     pub lambda_infonce: f64,
     /// k of the action set TopK_k ∪ {x_{t+1}}.
     pub top_k: usize,
-    /// λ_gt: the score bonus of the ground-truth token.
+    /// `label` (the seed's reward, scored against the true future) or `on-policy` (the critic's
+    /// score of each candidate's rolled-out future, no label); see [`RewardKind`].
+    pub reward: RewardKind,
+    /// λ_gt: the score bonus of the ground-truth token (`reward = "label"` only).
     pub lambda_gt: f64,
     /// τ of the reward softmax.
     pub reward_tau: f64,
@@ -118,6 +138,7 @@ impl Default for MiConfig {
             swap_depth: 1,
             lambda_infonce: 0.1,
             top_k: 3,
+            reward: RewardKind::Label,
             lambda_gt: 0.5,
             reward_tau: 0.1,
             lambda_rl: 1.0,

@@ -2,7 +2,7 @@
 //! token-level reward from the rollout head, weighted by the schedule's λs; and the future-only
 //! encoders' per-position states.
 
-use super::negatives::{candidate_flags, decision_mass};
+use super::negatives::{at_anchors, candidate_flags, decision_mass};
 use super::*;
 
 impl<B: AutodiffBackend> Mi<B> {
@@ -99,14 +99,7 @@ impl<B: AutodiffBackend> Mi<B> {
                     let alt_lens: Vec<usize> = lens.iter().flat_map(|&l| std::iter::repeat_n(l, m)).collect();
                     let alt_window = future_window(&alt_lens, t, horizon);
                     let alt_summaries = encode(alt_states, &alt_window); // [b m, t, s]
-                    let flat: Vec<i32> = index_host
-                        .iter()
-                        .zip(&rows)
-                        .flat_map(|(&k, &r)| (0..m).map(move |a| ((r * m + a) * t + k as usize - r * t) as i32))
-                        .collect();
-                    let picked = alt_summaries
-                        .reshape([b * m * t, s])
-                        .select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [n * m]), &device));
+                    let picked = at_anchors(alt_summaries, &index_host, &rows, m); // [n m, s]
                     // Spliced negatives are candidates only where they differ from the positive.
                     let differs = c.negatives.spliced().then(|| alt.differs(&index_host, t, horizon));
                     let with_batch = c.negatives == Negatives::CounterfactualBatch;
@@ -143,11 +136,22 @@ impl<B: AutodiffBackend> Mi<B> {
         let gt = batch.targets.clone().reshape([b * t]).select(0, index);
         let (actions, valid, is_gt) = action_set(logits.clone().detach(), gt, c.top_k);
         let embedded = model.gpt.embed_tokens(actions.clone()).detach(); // [n, k + 1, d]
-        let predicted = h.rollout.forward(hs.detach(), embedded); // [n, k + 1, s]
+        let predicted = h.rollout.forward(hs.clone().detach(), embedded); // [n, k + 1, s]
         let target = f.detach();
         let predicted_gt = (predicted.clone() * is_gt.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([n, s]);
         let rollout = (unit_rows(predicted_gt) * unit_rows(target.clone())).sum().neg() / n as f64 + 1.0;
         let reward = rewards(predicted.detach(), target, valid, is_gt.clone(), c.lambda_gt, c.reward_tau);
+        let (actions, reward, reward_gt) = match c.reward {
+            RewardKind::Label => {
+                let gt_mass = (reward.clone() * is_gt).sum() / n as f64;
+                (actions, reward, gt_mass)
+            }
+            RewardKind::OnPolicy => {
+                let (actions, reward, gt_mass) =
+                    self.on_policy(untracked(h, model), batch, &hs, &index_host, &rows, &logits);
+                (actions, reward, constant(gt_mass, &device))
+            }
+        };
         let decision = alternatives
             .as_ref()
             .filter(|_| forward_star)
@@ -161,7 +165,7 @@ impl<B: AutodiffBackend> Mi<B> {
         let mut stats = vec![
             ("mi_bound".to_string(), nce.clone().neg() + log_k),
             ("mi_log_k".to_string(), constant(log_k, &device)),
-            ("reward_gt".to_string(), (reward * is_gt).sum() / n as f64),
+            ("reward_gt".to_string(), reward_gt),
             ("entropy".to_string(), mean_entropy(logits.detach())),
             ("lambda_infonce".to_string(), constant(w.infonce, &device)),
             ("lambda_rl".to_string(), constant(w.rl, &device)),
@@ -252,7 +256,7 @@ pub(super) fn future_states<R: Backend>(
 /// graph) alive, and burn never frees it. Stage 2 of a future-only encoder grew by 1.7-3.2 MB a
 /// step that way (LOG.md, 2026-12-01).
 pub(super) struct Untracked<B: AutodiffBackend> {
-    heads: MiHeads<B::InnerBackend>,
+    pub(super) heads: MiHeads<B::InnerBackend>,
     gpt: Gpt<B::InnerBackend>,
 }
 

@@ -44,8 +44,9 @@ use super::{
 mod config;
 mod loss;
 mod negatives;
+mod on_policy;
 
-pub use config::{EncoderInput, MiConfig, MiSchedule, Weights};
+pub use config::{EncoderInput, MiConfig, MiSchedule, RewardKind, Weights};
 
 /// The parameters the MI objective adds.
 #[derive(Module, Debug)]
@@ -118,14 +119,18 @@ impl<B: AutodiffBackend> Mi<B> {
             // counterfactuals after the decision and gives the scorer a cue that needs no plan.
             bail!("objective.pooler = \"attention\" is defined for scheme B; future-only encoders pool by the mean");
         }
-        if config.negatives.counterfactual() {
+        if config.negatives.counterfactual() || config.reward == RewardKind::OnPolicy {
+            // Both score futures that did not happen: the negatives' or the candidates'.
+            let what = match config.negatives.counterfactual() {
+                true => format!("objective.negatives = {:?}", config.negatives),
+                false => "objective.reward = \"on-policy\"".to_string(),
+            };
             if !config.encoder_input.future_only() {
                 bail!(
-                    "objective.negatives = {:?} needs a future-only encoder (encoder_input = \"future-tokens\" or \
+                    "{what} needs a future-only encoder (encoder_input = \"future-tokens\" or \
                      \"reverse-lm\"): \
                      a summary of hidden states that read the prompt cannot be computed for a future that did not \
-                     happen without running the LM on it",
-                    config.negatives
+                     happen without running the LM on it"
                 );
             }
             let probe = cx.train.first().cloned().unwrap_or_else(|| {
@@ -151,9 +156,8 @@ impl<B: AutodiffBackend> Mi<B> {
                     }
                 }
                 _ => bail!(
-                    "objective.negatives = {:?}: task {} has no counterfactual futures (path-star and graph-walk have them); use \
-                     \"batch\" or \"other-sequences\"",
-                    config.negatives,
+                    "{what}: task {} has no counterfactual futures (path-star and graph-walk have them); use \
+                     negatives = \"batch\" or \"other-sequences\" and reward = \"label\"",
                     task.spec().name()
                 ),
             }
@@ -418,6 +422,17 @@ mod tests {
                 false,
             ),
             (
+                "future tokens, near-swap negatives, on-policy reward",
+                MiConfig {
+                    encoder_input: EncoderInput::FutureTokens,
+                    negatives: Negatives::NearSwap,
+                    reward: RewardKind::OnPolicy,
+                    ..constant.clone()
+                },
+                0,
+                false,
+            ),
+            (
                 "reverse LM, counterfactual and batch negatives",
                 MiConfig {
                     encoder_input: EncoderInput::ReverseLm,
@@ -614,7 +629,10 @@ mod tests {
             out
         };
         for (i, (shortcut, planner, _, has_negatives)) in loss_of(Negatives::Counterfactual).into_iter().enumerate() {
-            assert!(has_negatives && shortcut < 1e-6 && planner < 1e-6, "counterfactual, anchor {i}: {shortcut} {planner}");
+            assert!(
+                has_negatives && shortcut < 1e-6 && planner < 1e-6,
+                "counterfactual, anchor {i}: {shortcut} {planner}"
+            );
         }
         for negatives in [Negatives::NearSwap, Negatives::DepthGraded] {
             let anchors = loss_of(negatives);
@@ -692,6 +710,63 @@ mod tests {
             assert!(stat("mi_bound") <= stat("mi_log_k") + 1e-6);
             assert!(scalar(out.total).is_finite());
         }
+    }
+
+    #[test]
+    fn the_on_policy_reward_is_not_the_label() {
+        // A critic that cannot read h_t (its query map zeroed: every future scores the same)
+        // gives the seed's reward a decision that still favours the goal's arm (it scores against
+        // the true future and adds λ_gt), and the on-policy reward an even split between the two
+        // arms: without the label, the reward knows only what the state knows.
+        let (task, batch, config) = path_star_case();
+        struct Zero;
+        impl burn::module::ModuleMapper<B> for Zero {
+            fn map_float<const D: usize>(
+                &mut self,
+                p: burn::module::Param<Tensor<B, D>>,
+            ) -> burn::module::Param<Tensor<B, D>> {
+                p.map(|x| x.zeros_like())
+            }
+        }
+        let decision = |reward: RewardKind| {
+            let obj = mi_on(
+                task.as_ref(),
+                &config,
+                MiConfig {
+                    reward,
+                    encoder_input: EncoderInput::FutureTokens,
+                    negatives: Negatives::Counterfactual,
+                    schedule: MiSchedule::Constant,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let mut m = model(&obj, &config);
+            if let Some(Heads::Mi(h)) = m.heads.take() {
+                m.heads = Some(Heads::Mi(MiHeads { scorer: h.scorer.map(&mut Zero), ..h }));
+            }
+            let out = obj.loss(&m, &batch, 0);
+            let stat = |name: &str| scalar(out.stats.iter().find(|(n, _)| n == name).unwrap().1.clone()) as f64;
+            assert!(scalar(out.total.clone()).is_finite());
+            (stat("decision_reward_arm"), stat("decision_reward_other_arms"))
+        };
+        let (arm, other) = decision(RewardKind::Label);
+        assert!(arm > other + 0.5, "the seed's reward copies the label: {arm} against {other}");
+        let (arm, other) = decision(RewardKind::OnPolicy);
+        assert!((arm - 0.5).abs() < 1e-5 && (other - 0.5).abs() < 1e-5, "{arm} against {other}");
+    }
+
+    #[test]
+    fn the_on_policy_reward_needs_futures_it_can_roll_out() {
+        let (task, _, config) = path_star_case();
+        let on_policy = MiConfig { reward: RewardKind::OnPolicy, ..Default::default() };
+        let e = mi_on(task.as_ref(), &config, on_policy.clone()).err().unwrap();
+        assert!(e.to_string().contains("reward = \"on-policy\" needs a future-only encoder"), "{e}");
+        let recall = tasks::TaskSpec::default_of("key-recall").unwrap().build().unwrap();
+        let cfg = GptConfig::tiny(recall.vocab().len(), 96).with_d_model(16);
+        let future_tokens = MiConfig { encoder_input: EncoderInput::FutureTokens, ..on_policy };
+        let e = mi_on(recall.as_ref(), &cfg, future_tokens).err().unwrap();
+        assert!(e.to_string().contains("no counterfactual futures"), "{e}");
     }
 
     #[test]

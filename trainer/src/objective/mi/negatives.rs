@@ -50,6 +50,11 @@ impl<B: AutodiffBackend> Mi<B> {
     /// The batch's negative futures as inputs of the same layout (the counterfactual ones, or
     /// those spliced from them), if the task has them and every row has as many.
     pub(super) fn alternatives(&self, batch: &Batch<B>) -> Option<Alternatives<B>> {
+        self.alternatives_as(batch, self.config.negatives)
+    }
+
+    /// [`Mi::alternatives`] as `negatives` would build them.
+    pub(super) fn alternatives_as(&self, batch: &Batch<B>, negatives: Negatives) -> Option<Alternatives<B>> {
         let [b, t] = batch.inputs.dims();
         let rows = host_rows(batch);
         let mut per_row = None;
@@ -65,7 +70,7 @@ impl<B: AutodiffBackend> Mi<B> {
                 return None;
             }
             arms.push(alt.iter().map(|a| a.get(1).copied().unwrap_or(u32::MAX)).collect());
-            let answers = negative_answers(self.config.negatives, self.config.swap_depth, &tokens[p..], &alt);
+            let answers = negative_answers(negatives, self.config.swap_depth, &tokens[p..], &alt);
             if *per_row.get_or_insert(answers.len()) != answers.len() {
                 return None;
             }
@@ -105,6 +110,21 @@ impl<B: Backend> Alternatives<B> {
         }
         out
     }
+}
+
+/// The alternatives' summaries `[b m, t, s]` (row-major as `Alternatives::batch`) at their
+/// anchors' positions: `[n m, s]`, anchor-major (`index[i]` = `row * t + position`, `rows[i]` its
+/// row).
+pub(super) fn at_anchors<R: Backend>(summaries: Tensor<R, 3>, index: &[i32], rows: &[usize], m: usize) -> Tensor<R, 2> {
+    let [bm, t, s] = summaries.dims();
+    let flat: Vec<i32> = index
+        .iter()
+        .zip(rows)
+        .flat_map(|(&k, &r)| (0..m).map(move |a| ((r * m + a) * t + k as usize - r * t) as i32))
+        .collect();
+    let n = flat.len();
+    let device = summaries.device();
+    summaries.reshape([bm * t, s]).select(0, Tensor::<R, 1, Int>::from_data(TensorData::new(flat, [n]), &device))
 }
 
 /// The candidates of each of `n` anchors (`[n, n + n m]`, row-major, 1.0 = a candidate) among
