@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One table of `eval robustness` over a sweep's runs: free-running exact per test set, mean ± sd
 over the seeds of each group (a run `<group>-s<seed>`), from each run's latest
-evals/robustness-step_N.json. Run `eval robustness RUN` on the runs first.
+robustness-step_N.json (in evals/, or beside eval.json in an export). Run `eval robustness RUN`
+on the runs first.
 
     python3 scripts/robustness-table.py runs/sweeps/equal-g2410 [more sweeps...]
 """
@@ -13,7 +14,9 @@ from pathlib import Path
 
 
 def latest(run: Path):
-    files = sorted(run.glob("evals/robustness-step_*.json"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
+    # A run directory keeps them in evals/; scripts/export-results.sh puts them beside eval.json.
+    found = list(run.glob("evals/robustness-step_*.json")) + list(run.glob("robustness-step_*.json"))
+    files = sorted(found, key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
     return json.loads(files[-1].read_text()) if files else None
 
 
