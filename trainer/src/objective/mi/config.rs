@@ -103,7 +103,7 @@ pub struct MiConfig {
     /// k of the action set TopK_k ∪ {x_{t+1}}.
     pub top_k: usize,
     /// `label` (the seed's reward, scored against the true future) or `on-policy` (the critic's
-    /// score of each candidate's rolled-out future, no label); see [`RewardKind`].
+    /// score of each candidate's rolled-out future, no label); see `RewardKind`.
     pub reward: RewardKind,
     /// λ_gt: the score bonus of the ground-truth token (`reward = "label"` only).
     pub lambda_gt: f64,
