@@ -140,15 +140,18 @@ impl<B: AutodiffBackend> Mi<B> {
         let target = f.detach();
         let predicted_gt = (predicted.clone() * is_gt.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([n, s]);
         let rollout = (unit_rows(predicted_gt) * unit_rows(target.clone())).sum().neg() / n as f64 + 1.0;
-        let reward = rewards(predicted.detach(), target, valid, is_gt.clone(), c.lambda_gt, c.reward_tau);
         let (actions, reward, reward_gt) = match c.reward {
             RewardKind::Label => {
+                let reward = rewards(predicted.detach(), target, valid, is_gt.clone(), c.lambda_gt, c.reward_tau);
                 let gt_mass = (reward.clone() * is_gt).sum() / n as f64;
                 (actions, reward, gt_mass)
             }
             RewardKind::OnPolicy => {
+                // The rolled-out futures are the counterfactual ones: those the negatives already
+                // built, unless they were spliced from them.
+                let plain = alternatives.as_ref().filter(|_| !c.negatives.spliced());
                 let (actions, reward, gt_mass) =
-                    self.on_policy(untracked(h, model), batch, &hs, &index_host, &rows, &logits);
+                    self.on_policy(untracked(h, model), batch, plain, &target, &hs, &index_host, &rows, &logits);
                 (actions, reward, constant(gt_mass, &device))
             }
         };

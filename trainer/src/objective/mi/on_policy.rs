@@ -11,7 +11,7 @@
 //! critic that cannot read h_t it is uniform over the arms (the test below).
 
 use super::loss::Untracked;
-use super::negatives::at_anchors;
+use super::negatives::{Alternatives, at_anchors};
 use super::*;
 
 /// Per anchor, the action set and its rewards: the columns are TopK(π) (`top[i]`), then the
@@ -42,35 +42,41 @@ pub(super) fn on_policy_rewards(top: &[Vec<u32>], futures: &[Vec<(u32, f32)>], t
 
 impl<B: AutodiffBackend> Mi<B> {
     /// The on-policy reward's actions `[n, k + m + 1]` and rewards (constants) at the anchors
-    /// (`index`, `rows`; states `hs` `[n, d]`, logits `[n, v]`), and the rewards' mean mass on the
-    /// ground truth (a statistic, computed after the rewards).
+    /// (`index`, `rows`; states `hs` `[n, d]`, the true futures' summaries `own` `[n, s]` as the
+    /// contrast computed them, logits `[n, v]`), and the rewards' mean mass on the ground truth (a
+    /// statistic, computed after the rewards). `counterfactual`: the batch's counterfactual
+    /// futures if the caller has them already (built here otherwise).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_policy(
         &self,
         untracked: &Untracked<B>,
         batch: &Batch<B>,
+        counterfactual: Option<&Alternatives<B>>,
+        own: &Tensor<B, 2>,
         hs: &Tensor<B, 2>,
         index: &[i32],
         rows: &[usize],
         logits: &Tensor<B, 2>,
     ) -> (Tensor<B, 2, Int>, Tensor<B, 2>, f64) {
         let c = &self.config;
-        let alt = self
-            .alternatives_as(batch, Negatives::Counterfactual)
-            .expect("on-policy reward: a row of the batch has no counterfactual futures of the answer's length");
+        let built;
+        let alt = match counterfactual {
+            Some(alt) => alt,
+            None => {
+                built = self.alternatives_as(batch, Negatives::Counterfactual).expect(
+                    "on-policy reward: a row of the batch has no counterfactual futures of the answer's length",
+                );
+                &built
+            }
+        };
         let ([_, t], m, n) = (batch.inputs.dims(), alt.per_row, index.len());
         let device = batch.inputs.device();
         let (encoder, scorer) = (&untracked.heads.encoder, &untracked.heads.scorer);
-        let lens = batch.lens();
-        let alt_lens: Vec<usize> = lens.iter().flat_map(|&l| std::iter::repeat_n(l, m)).collect();
-        let summarise = |batch: &Batch<B>, lens: &[usize]| {
-            let states = untracked.future_states(batch).inner();
-            encoder.forward(states.clone(), states, &future_window(lens, t, c.horizon))
-        };
-        let own = summarise(batch, &lens); // [b, t, s]
-        let [b, _, s] = own.dims();
-        let idx = Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(index.to_vec(), [n]), &device);
-        let own = own.reshape([b * t, s]).select(0, idx); // [n, s]
-        let others = at_anchors(summarise(&alt.batch, &alt_lens), index, rows, m); // [n m, s]
+        let alt_lens: Vec<usize> = batch.lens().iter().flat_map(|&l| std::iter::repeat_n(l, m)).collect();
+        let alt_states = untracked.future_states(&alt.batch).inner();
+        let others = encoder.forward(alt_states.clone(), alt_states, &future_window(&alt_lens, t, c.horizon));
+        let others = at_anchors(others, index, rows, m); // [n m, s]
+        let own = own.clone().inner();
         let scores = scorer.scores(hs.clone().inner(), Tensor::cat(vec![own, others], 0)); // [n, n + n m]
         let scores = scores.into_data().convert::<f32>().to_vec::<f32>().expect("floats");
         let width = n + n * m;
